@@ -1,0 +1,266 @@
+"""The HTTP API (Litestar): thin routes over `OrderService`; every error mapped in one place.
+
+Errors follow RFC 9457 problem details (`application/problem+json`); validation problems carry
+an `errors` list naming every bad field. A database that is down or slow gives a quick 503 with
+`Retry-After`, never a hang; Redis plays no part in answering a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Final
+
+import asyncpg
+import msgspec
+import structlog
+from litestar import Litestar, Request, Response, get, post
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import (
+    Components,
+    Example,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from acme_orders.domain import FieldError, parse_order
+from acme_orders.service import IdempotencyConflict, OrderService
+
+__all__ = ["build_app"]
+
+log = structlog.get_logger(__name__)
+
+PROBLEM_JSON: Final = "application/problem+json"
+_IDEMPOTENCY_KEY_RE: Final = re.compile(r"[\x21-\x7e]{1,255}")
+_json = msgspec.json.Encoder(decimal_format="string")
+
+SAMPLE_ORDER: Final = {
+    "customer": {"name": "Ana Souza", "email": "ana@example.com", "locale": "pt-BR"},
+    "items": [{"sku": "CANECA-01", "name": "Caneca", "quantity": 2, "unit_price": "19.90"}],
+    "currency": "BRL",
+}
+
+
+class Problem(Exception):
+    """An RFC 9457 problem, raised anywhere in a handler and rendered by `_problem_response`."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        kind: str,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.kind = kind
+        self.errors = errors
+        self.headers = headers or {}
+
+
+def _problem_response(request: Request[Any, Any, Any], problem: Problem) -> Response[bytes]:
+    body: dict[str, Any] = {
+        "type": f"https://acme.example/problems/{problem.kind}",
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+        "instance": request.url.path,
+    }
+    if problem.errors:
+        body["errors"] = [{"field": e.field, "message": e.message} for e in problem.errors]
+    return Response(
+        _json.encode(body),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers=problem.headers,
+    )
+
+
+def _on_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[bytes]:
+    if isinstance(exc, Problem):
+        return _problem_response(request, exc)
+    if isinstance(exc, HTTPException):
+        kinds = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}
+        problem = Problem(
+            exc.status_code,
+            exc.detail or "HTTP error",
+            exc.detail or "",
+            kind=kinds.get(exc.status_code, "http-error"),
+        )
+        if exc.status_code == 413:
+            problem.title = "Request body too large"
+            problem.detail = "The request body exceeds the size this API accepts."
+        return _problem_response(request, problem)
+    if isinstance(exc, asyncpg.PostgresError | OSError | asyncio.TimeoutError):
+        log.warning("database_unavailable", error=repr(exc), path=request.url.path)
+        return _problem_response(
+            request,
+            Problem(
+                503,
+                "Service unavailable",
+                "The order database is not answering; retry shortly.",
+                kind="unavailable",
+                headers={"Retry-After": "1"},
+            ),
+        )
+    log.exception("unhandled_error", path=request.url.path)
+    return _problem_response(
+        request,
+        Problem(
+            HTTP_500_INTERNAL_SERVER_ERROR,
+            "Internal error",
+            "Something went wrong on our side.",
+            kind="internal",
+        ),
+    )
+
+
+def _json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> Response[bytes]:
+    return Response(
+        _json.encode(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY_RE.fullmatch(key):
+        raise Problem(
+            400,
+            "Invalid Idempotency-Key",
+            "Idempotency-Key must be 1-255 visible ASCII characters.",
+            kind="invalid-idempotency-key",
+            errors=[FieldError("Idempotency-Key", "must be 1-255 visible ASCII chars")],
+        )
+    return key
+
+
+class _OrderBodyOperation(Operation):
+    """Documents the order body in OpenAPI: the handler reads raw bytes to report every error."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            description="The order. Money is a decimal string; totals are computed by the server.",
+            content={
+                "application/json": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        required=["customer", "items", "currency"],
+                        description="customer {name, email, locale}, items [{sku, name,"
+                        " quantity, unit_price}], currency (ISO 4217).",
+                    ),
+                    examples={"order": Example(value=SAMPLE_ORDER)},
+                )
+            },
+        )
+
+
+def build_app(
+    *,
+    lifespan: Callable[[Litestar], AbstractAsyncContextManager[None]],
+    max_body_bytes: int,
+    extra_handlers: Sequence[Any] = (),
+) -> Litestar:
+    """The Litestar application.
+
+    `lifespan` opens the clients and sets `app.state.service` (an `OrderService`) and
+    `app.state.ready_check` (an async callable that raises when PostgreSQL does not answer).
+    """
+
+    @post(
+        "/orders",
+        status_code=201,
+        operation_class=_OrderBodyOperation,
+        summary="Place an order; the confirmation e-mail follows asynchronously.",
+    )
+    async def create_order(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
+        service: OrderService = state.service
+        if "json" not in request.headers.get("content-type", ""):
+            raise Problem(
+                415,
+                "Unsupported media type",
+                "Send the order as application/json.",
+                kind="unsupported-media-type",
+            )
+        key = _idempotency_key(request)
+        raw = await request.body()
+        try:
+            document = msgspec.json.decode(raw)
+        except msgspec.DecodeError as exc:
+            raise Problem(
+                400, "Malformed JSON", f"The body is not valid JSON: {exc}", kind="malformed-json"
+            ) from None
+        draft = parse_order(document)
+        if isinstance(draft, list):
+            raise Problem(
+                422,
+                "Invalid order",
+                f"{len(draft)} field(s) are invalid.",
+                kind="validation",
+                errors=draft,
+            )
+        try:
+            placed = await service.place_order(draft, idempotency_key=key)
+        except IdempotencyConflict as exc:
+            raise Problem(
+                422, "Idempotency-Key reused", str(exc), kind="idempotency-key-reused"
+            ) from None
+        headers = {"Location": f"/orders/{placed.order['id']}"}
+        if placed.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return _json_response(placed.order, 201, headers)
+
+    @get("/orders/{order_id:str}", summary="An order, its notification status and timeline.")
+    async def read_order(order_id: str, state: State) -> Response[bytes]:
+        service: OrderService = state.service
+        try:
+            parsed = uuid.UUID(order_id)
+        except ValueError:
+            raise Problem(
+                404, "Order not found", f"No order has the id {order_id!r}.", kind="not-found"
+            ) from None
+        view = await service.get_order(parsed)
+        if view is None:
+            raise Problem(
+                404, "Order not found", f"No order has the id {order_id}.", kind="not-found"
+            )
+        return _json_response(view)
+
+    @get("/health/live", summary="The process is up.")
+    async def live() -> Response[bytes]:
+        return _json_response({"status": "ok"})
+
+    @get("/health/ready", summary="PostgreSQL answers (Redis is not required to take orders).")
+    async def ready(state: State) -> Response[bytes]:
+        try:
+            await state.ready_check()
+        except Exception as exc:
+            return _json_response({"status": "unavailable", "postgres": repr(exc)}, 503)
+        return _json_response({"status": "ok", "postgres": "ok"})
+
+    return Litestar(
+        route_handlers=[create_order, read_order, live, ready, *extra_handlers],
+        exception_handlers={Exception: _on_exception},
+        request_max_body_size=max_body_bytes,
+        openapi_config=OpenAPIConfig(title="AcME Orders", version="1.0.0", components=Components()),
+        lifespan=[lifespan],
+        debug=False,
+    )

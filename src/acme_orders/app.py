@@ -1,0 +1,137 @@
+"""Composition roots of the order service's processes: `acme api` and `acme relay`.
+
+Each builds its clients from the settings, hands them to the pieces that use them, and owns
+their shutdown. Nothing here runs at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import msgspec
+import structlog
+from litestar import Litestar
+from redis.asyncio import Redis
+
+from acme_orders.api import build_app
+from acme_orders.janitor import Janitor
+from acme_orders.publisher import FastPathPublisher
+from acme_orders.relay import OutboxRelay, Redriver
+from acme_orders.service import OrderService
+from acme_orders.settings import OrdersSettings
+from acme_orders.store import OrderStore
+from acme_runtime.actors import Actor, Supervisor, install_signal_handlers
+
+__all__ = ["Clients", "api_app", "open_clients", "relay_actors", "run_relay"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Clients:
+    pool: asyncpg.Pool
+    redis: Redis
+    store: OrderStore
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # JSONB comes back as Python objects (timeline details) rather than strings.
+    await conn.set_type_codec(
+        "jsonb", encoder=lambda v: v, decoder=_json_loads, schema="pg_catalog", format="text"
+    )
+
+
+def _json_loads(text: str) -> object:
+    return msgspec.json.decode(text)
+
+
+@asynccontextmanager
+async def open_clients(settings: OrdersSettings) -> AsyncIterator[Clients]:
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        command_timeout=settings.db_timeout_ms / 1000,
+        init=_init_connection,
+        server_settings={
+            "application_name": "acme-orders",
+            "statement_timeout": str(settings.db_timeout_ms),
+        },
+    )
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=settings.redis_timeout_ms / 1000,
+        socket_connect_timeout=settings.redis_timeout_ms / 1000,
+        health_check_interval=30,
+    )
+    try:
+        yield Clients(pool, redis, OrderStore(pool))
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+def api_app(settings: OrdersSettings) -> Litestar:
+    """The API process's application: clients and the fast path live as long as the app."""
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with open_clients(settings) as clients:
+            publisher = FastPathPublisher(
+                clients.store,
+                clients.redis,
+                queue_size=settings.fast_path_queue_size,
+                pause_ms=settings.fast_path_pause_ms,
+                dedupe_ttl_s=settings.dedupe_ttl_s,
+            )
+            app.state.service = OrderService(clients.store, publisher)
+            app.state.ready_check = lambda: clients.pool.fetchval("SELECT 1", timeout=1)
+            supervisor = Supervisor([publisher], grace_s=5)
+            runner = asyncio.create_task(supervisor.run())
+            try:
+                yield
+            finally:
+                supervisor.stop.set()
+                await runner
+
+    return build_app(lifespan=lifespan, max_body_bytes=settings.max_body_bytes)
+
+
+def relay_actors(settings: OrdersSettings, clients: Clients) -> list[Actor]:
+    """The actors of an `acme relay` process."""
+    return [
+        OutboxRelay(
+            clients.store,
+            clients.redis,
+            settings.database_url,
+            poll_ms=settings.relay_poll_ms,
+            grace_ms=settings.relay_grace_ms,
+            batch=settings.relay_batch,
+            dedupe_ttl_s=settings.dedupe_ttl_s,
+        ),
+        Redriver(
+            clients.store,
+            clients.redis,
+            older_than_s=settings.redrive_after_s,
+            batch=settings.relay_batch,
+            dedupe_ttl_s=settings.dedupe_ttl_s,
+        ),
+        Janitor(
+            clients.store,
+            interval_s=settings.janitor_interval_s,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+        ),
+    ]
+
+
+async def run_relay(settings: OrdersSettings) -> None:
+    """`acme relay`: runs until SIGTERM/SIGINT, then drains."""
+    async with open_clients(settings) as clients:
+        supervisor = Supervisor(relay_actors(settings, clients), grace_s=10)
+        install_signal_handlers(supervisor.stop)
+        log.info("relay_started")
+        await supervisor.run()

@@ -1,0 +1,155 @@
+"""Publishing outbox events to the Redis Stream, once each, and the API's fast path.
+
+`publish_batch` is the one way events reach the stream: a pipeline of `publish_once.lua` calls,
+one round trip per batch, each call idempotent. The `FastPathPublisher` actor runs inside the API
+process: the request handler hands it the event after commit and answers at once; the actor
+publishes in batches and records the result. When Redis is slow or down it drops what it holds
+(the rows stay unpublished) and the relay publishes them: the fast path is an optimisation,
+never the guarantee.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Sequence
+
+import asyncpg
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError, RedisError
+
+from acme_orders.events import stream_fields
+from acme_orders.store import OrderStore, OutboxEvent
+from acme_runtime.channels import EVENTS_STREAM, published_key
+from acme_runtime.lua import load_script
+
+__all__ = ["RELAY_WAKE_CHANNEL", "FastPathPublisher", "publish_batch"]
+
+log = structlog.get_logger(__name__)
+
+PublishResult = tuple[uuid.UUID, str, bool]
+
+#: LISTEN/NOTIFY channel that wakes the relay early when the fast path gave events up.
+RELAY_WAKE_CHANNEL = "acme_outbox"
+
+
+async def publish_batch(
+    redis: Redis, events: Sequence[OutboxEvent], dedupe_ttl_s: int
+) -> list[PublishResult]:
+    """Publishes each event at most once; returns (event_id, stream_id, added_now) per event."""
+    if not events:
+        return []
+    script = load_script("publish_once")
+    ttl_ms = dedupe_ttl_s * 1000
+
+    async def run_pipeline() -> list[list[bytes | int]]:
+        async with redis.pipeline(transaction=False) as pipe:
+            for event in events:
+                event_id = str(event.event_id)
+                script.queue(
+                    pipe,
+                    [EVENTS_STREAM, published_key(event_id)],
+                    [ttl_ms, *stream_fields(event_id, str(event.order_id), event.envelope)],
+                )
+            return await pipe.execute()
+
+    try:
+        replies = await run_pipeline()
+    except NoScriptError:
+        await script.ensure_loaded(redis)
+        replies = await run_pipeline()
+    results: list[PublishResult] = []
+    for event, (added, stream_id) in zip(events, replies, strict=True):
+        sid = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+        results.append((event.event_id, sid, bool(added)))
+    return results
+
+
+class FastPathPublisher:
+    """Publishes freshly committed events right after the response, in batches."""
+
+    name = "fast-path-publisher"
+
+    def __init__(
+        self,
+        store: OrderStore,
+        redis: Redis,
+        *,
+        queue_size: int,
+        pause_ms: int,
+        dedupe_ttl_s: int,
+        batch_max: int = 256,
+    ) -> None:
+        self._store = store
+        self._redis = redis
+        self._queue: asyncio.Queue[OutboxEvent] = asyncio.Queue(maxsize=queue_size)
+        self._pause_s = pause_ms / 1000
+        self._dedupe_ttl_s = dedupe_ttl_s
+        self._batch_max = batch_max
+        self._paused_until = 0.0
+        self.published = 0
+        self.left_to_relay = 0
+
+    def submit(self, event: OutboxEvent) -> None:
+        """Never blocks the request: a full queue or a paused publisher leaves it to the relay."""
+        if asyncio.get_running_loop().time() < self._paused_until:
+            self.left_to_relay += 1
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.left_to_relay += 1
+
+    async def _next_batch(self, stop: asyncio.Event) -> list[OutboxEvent]:
+        getter = asyncio.ensure_future(self._queue.get())
+        stopper = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not getter.done():
+                getter.cancel()
+        if not getter.done() or getter.cancelled():
+            return []
+        batch = [getter.result()]
+        while len(batch) < self._batch_max:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                break
+        return batch
+
+    async def publish_now(self, batch: list[OutboxEvent]) -> None:
+        try:
+            results = await publish_batch(self._redis, batch, self._dedupe_ttl_s)
+        except (RedisError, OSError) as exc:
+            self._paused_until = asyncio.get_running_loop().time() + self._pause_s
+            self.left_to_relay += len(batch)
+            log.warning("fast_path_publish_failed", events=len(batch), error=repr(exc))
+            await self._wake_relay()
+            return
+        self.published += len(results)
+        try:
+            await self._store.mark_published(self._store.pool, results, via="fast-path")
+        except (asyncpg.PostgresError, OSError) as exc:
+            # Published but not recorded: the relay finds the row still unpublished and
+            # publish_once turns its second publish into a no-op: nothing lost or duplicated.
+            log.warning("fast_path_mark_failed", events=len(results), error=repr(exc))
+
+    async def _wake_relay(self) -> None:
+        # A hint only: the relay polls anyway, this just saves it the wait.
+        with contextlib.suppress(asyncpg.PostgresError, OSError):
+            await self._store.pool.execute("SELECT pg_notify($1, '')", RELAY_WAKE_CHANNEL)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            batch = await self._next_batch(stop)
+            if batch:
+                await self.publish_now(batch)
+        # Drain what was already handed over, best effort; the relay has the rest anyway.
+        with contextlib.suppress(asyncio.QueueEmpty):
+            leftover = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+            if leftover:
+                await self.publish_now(leftover)

@@ -1,0 +1,168 @@
+"""The order service's use cases: place an order, read one back. No HTTP, no environment.
+
+`place_order` commits the order and its outbox event in one statement, then hands the event to
+the fast-path publisher and returns: the e-mail never sits on the request's critical path.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+from babel.numbers import get_currency_precision
+
+from acme_orders.domain import OrderDraft
+from acme_orders.events import build_envelope, encode_envelope
+from acme_orders.publisher import FastPathPublisher
+from acme_orders.store import Created, IdempotencyMismatch, OrderStore, OutboxEvent, Replayed
+from acme_runtime.ids import uuid7
+
+__all__ = ["OrderService", "Placed"]
+
+
+@dataclass(frozen=True)
+class Placed:
+    order: dict[str, Any]
+    replayed: bool
+
+
+def _money(value: Decimal, currency: str) -> str:
+    return str(value.quantize(Decimal(1).scaleb(-get_currency_precision(currency))))
+
+
+def order_view(record: dict[str, Any], *, with_timeline: bool) -> dict[str, Any]:
+    """The JSON shape of an order, from `OrderStore.get_order`'s record."""
+    order = record["order"]
+    currency = order["currency"]
+    outbox = record["outbox"]
+    view: dict[str, Any] = {
+        "id": str(order["id"]),
+        "customer": {
+            "name": order["customer_name"],
+            "email": order["customer_email"],
+            "locale": order["locale"],
+        },
+        "currency": currency,
+        "items": [
+            {
+                "sku": item["sku"],
+                "name": item["name"],
+                "quantity": item["quantity"],
+                "unit_price": _money(item["unit_price"], currency),
+                "line_total": _money(item["line_total"], currency),
+            }
+            for item in record["items"]
+        ],
+        "total": _money(order["total"], currency),
+        "created_at": order["created_at"].isoformat(),
+        "trace_id": order["trace_id"],
+        "notification": {
+            "status": order["notification_status"],
+            "updated_at": None
+            if order["notification_updated_at"] is None
+            else order["notification_updated_at"].isoformat(),
+            "attempts": order["delivery_attempts"],
+            "detail": order["notification_detail"],
+            "event_id": None if outbox is None else str(outbox["event_id"]),
+            "stream_id": None if outbox is None else outbox["stream_id"],
+        },
+    }
+    if with_timeline:
+        view["timeline"] = [
+            {"at": entry["at"].isoformat(), "kind": entry["kind"], "detail": entry["detail"]}
+            for entry in record["timeline"]
+        ]
+    return view
+
+
+class IdempotencyConflict(Exception):
+    """The Idempotency-Key was already used for a different request."""
+
+    def __init__(self, order_id: uuid.UUID) -> None:
+        super().__init__(f"Idempotency-Key already used for order {order_id} with another body")
+        self.order_id = order_id
+
+
+class OrderService:
+    def __init__(self, store: OrderStore, publisher: FastPathPublisher) -> None:
+        self._store = store
+        self._publisher = publisher
+
+    async def place_order(
+        self,
+        draft: OrderDraft,
+        *,
+        idempotency_key: str | None,
+        traceparent: str | None = None,
+        trace_id: str | None = None,
+    ) -> Placed:
+        order_id = uuid7()
+        event_id = uuid7()
+        created_at = datetime.now(UTC)
+        envelope = encode_envelope(
+            build_envelope(
+                event_id=str(event_id),
+                order_id=str(order_id),
+                draft=draft,
+                created_at=created_at,
+                traceparent=traceparent,
+            )
+        )
+        result = await self._store.create_order(
+            order_id=order_id,
+            event_id=event_id,
+            draft=draft,
+            created_at=created_at,
+            envelope=envelope,
+            trace_id=trace_id,
+            idempotency_key=idempotency_key,
+        )
+        if isinstance(result, IdempotencyMismatch):
+            raise IdempotencyConflict(result.order_id)
+        if isinstance(result, Created):
+            self._publisher.submit(OutboxEvent(event_id, order_id, envelope))
+            return Placed(
+                self._fresh_view(order_id, event_id, draft, created_at, trace_id), replayed=False
+            )
+        assert isinstance(result, Replayed)
+        record = await self._store.get_order(result.order_id)
+        assert record is not None, "an idempotency key always points at a stored order"
+        return Placed(order_view(record, with_timeline=False), replayed=True)
+
+    async def get_order(self, order_id: uuid.UUID) -> dict[str, Any] | None:
+        record = await self._store.get_order(order_id)
+        return None if record is None else order_view(record, with_timeline=True)
+
+    @staticmethod
+    def _fresh_view(
+        order_id: uuid.UUID,
+        event_id: uuid.UUID,
+        draft: OrderDraft,
+        created_at: datetime,
+        trace_id: str | None,
+    ) -> dict[str, Any]:
+        # Built from what was just written, so creating an order costs no read-back.
+        record = {
+            "order": {
+                "id": order_id,
+                "customer_name": draft.customer.name,
+                "customer_email": draft.customer.email,
+                "locale": draft.customer.locale,
+                "currency": draft.currency,
+                "total": draft.total,
+                "created_at": created_at,
+                "trace_id": trace_id,
+                "notification_status": "pending",
+                "notification_updated_at": None,
+                "delivery_attempts": 0,
+                "notification_detail": None,
+            },
+            "items": [msgspec.structs.asdict(item) for item in draft.items],
+            "outbox": {"event_id": event_id, "stream_id": None},
+            "timeline": [],
+        }
+        return order_view(record, with_timeline=False)

@@ -1,0 +1,89 @@
+"""The order service's settings: read once from the environment in `main()`, then passed down."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from acme_runtime.env import EnvReader, SettingsError, default_consumer_name
+
+__all__ = ["OrdersSettings", "SettingsError"]
+
+
+class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
+    #: PostgreSQL, the source of truth (orders, outbox).
+    database_url: str
+    #: Redis, the transport (events stream, receipts stream).
+    redis_url: str
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    log_level: str = "info"
+    log_format: str = "json"
+    #: Requests with a larger body are refused with 413 before they are read whole.
+    max_body_bytes: int = 64 * 1024
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    #: Statement timeout: a Postgres that hangs makes the API answer 503, never hang.
+    db_timeout_ms: int = 2_000
+    redis_timeout_ms: int = 500
+    #: Events waiting for the fast-path publisher; past this the relay publishes them.
+    fast_path_queue_size: int = 10_000
+    #: After a Redis failure the fast path rests this long and leaves publishing to the relay.
+    fast_path_pause_ms: int = 1_000
+    #: How often the relay looks for unpublished events when nothing wakes it.
+    relay_poll_ms: int = 500
+    #: The relay leaves events younger than this to the fast path.
+    relay_grace_ms: int = 1_000
+    relay_batch: int = 500
+    #: Published but unconfirmed events older than this are published again (Redis data loss).
+    redrive_after_s: int = 60
+    #: How long a publish-once dedupe key lives in Redis.
+    dedupe_ttl_s: int = 86_400
+    #: How long an Idempotency-Key is remembered.
+    idempotency_ttl_s: int = 86_400
+    #: How often the janitor deletes expired idempotency keys and old timeline rows.
+    janitor_interval_s: int = 60
+    #: The receipts consumer's name; unique per process.
+    consumer_name: str = "orders-1"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OrdersSettings:
+        env = EnvReader(environ)
+        database_url = env.optional_url("ACME_DATABASE_URL", ("postgresql", "postgres"))
+        redis_url = env.optional_url("ACME_REDIS_URL", ("redis", "rediss", "unix"))
+        if database_url is None:
+            raise SettingsError(
+                "ACME_DATABASE_URL: not set (or run `acme up` for an embedded stack)"
+            )
+        if redis_url is None:
+            raise SettingsError("ACME_REDIS_URL: not set (or run `acme up` for an embedded stack)")
+        return cls(
+            database_url=database_url,
+            redis_url=redis_url,
+            http_host=env.string("ACME_HTTP_HOST", cls.http_host),
+            http_port=env.integer("ACME_HTTP_PORT", cls.http_port, minimum=0, maximum=65535),
+            log_level=env.choice(
+                "ACME_LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")
+            ),
+            log_format=env.choice("ACME_LOG_FORMAT", cls.log_format, ("json", "console")),
+            max_body_bytes=env.integer("ACME_MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
+            db_pool_min=env.integer("ACME_DB_POOL_MIN", cls.db_pool_min, minimum=1),
+            db_pool_max=env.integer("ACME_DB_POOL_MAX", cls.db_pool_max, minimum=1),
+            db_timeout_ms=env.integer("ACME_DB_TIMEOUT_MS", cls.db_timeout_ms, minimum=10),
+            redis_timeout_ms=env.integer("ACME_REDIS_TIMEOUT_MS", cls.redis_timeout_ms, minimum=10),
+            fast_path_queue_size=env.integer("ACME_FAST_PATH_QUEUE_SIZE", cls.fast_path_queue_size),
+            fast_path_pause_ms=env.integer("ACME_FAST_PATH_PAUSE_MS", cls.fast_path_pause_ms),
+            relay_poll_ms=env.integer("ACME_RELAY_POLL_MS", cls.relay_poll_ms, minimum=10),
+            relay_grace_ms=env.integer("ACME_RELAY_GRACE_MS", cls.relay_grace_ms),
+            relay_batch=env.integer("ACME_RELAY_BATCH", cls.relay_batch, minimum=1),
+            redrive_after_s=env.integer("ACME_REDRIVE_AFTER_S", cls.redrive_after_s, minimum=1),
+            dedupe_ttl_s=env.integer("ACME_DEDUPE_TTL_S", cls.dedupe_ttl_s, minimum=60),
+            idempotency_ttl_s=env.integer(
+                "ACME_IDEMPOTENCY_TTL_S", cls.idempotency_ttl_s, minimum=60
+            ),
+            janitor_interval_s=env.integer(
+                "ACME_JANITOR_INTERVAL_S", cls.janitor_interval_s, minimum=1
+            ),
+            consumer_name=env.string("ACME_CONSUMER_NAME", default_consumer_name(env)),
+        )

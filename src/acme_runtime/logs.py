@@ -1,0 +1,46 @@
+"""structlog set-up shared by every process, and the masking of personal data in logs.
+
+JSON lines in production (`json`), coloured key=value lines for people (`console`). Whatever is
+bound in contextvars (order id, event id, trace id) is merged into every line.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+
+__all__ = ["configure_logging", "mask_email"]
+
+
+def mask_email(address: str) -> str:
+    """`ana.souza@example.com` -> `a***@example.com`: enough to recognise, not to harvest."""
+    local, at, domain = address.rpartition("@")
+    if not at:
+        return "***"
+    return f"{local[:1]}***@{domain}"
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Configures structlog and the standard library root logger once per process."""
+    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+    processors: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.processors.StackInfoRenderer(),
+    ]
+    renderer: structlog.typing.Processor
+    if fmt == "console":
+        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    else:
+        processors.append(structlog.processors.format_exc_info)
+        renderer = structlog.processors.JSONRenderer()
+    structlog.configure(
+        processors=[*processors, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
