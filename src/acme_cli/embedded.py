@@ -18,6 +18,7 @@ import ctypes
 import functools
 import importlib.util
 import os
+import queue
 import re
 import shutil
 import signal
@@ -26,8 +27,10 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +53,7 @@ POSTGRES_SUPERUSER = "postgres"
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_BYTES = 64 * 1024
 _POLL_INTERVAL_S = 0.05
-_PROBE_TIMEOUT_S = 2.0
+_PROBE_TIMEOUT_S = 1.0
 _CHILDREN_GONE_TIMEOUT_S = 5.0
 _PR_SET_PDEATHSIG = 1
 _DB_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -143,6 +146,41 @@ def _child_setup(run_as: _RunAs | None) -> Callable[[], None]:
     return setup
 
 
+_SpawnRequest = tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
+
+
+class _Spawner:
+    """Forks server children from one daemon thread that lives as long as the process.
+
+    PR_SET_PDEATHSIG fires when the *thread* that forked the child exits, not the process.
+    Forking from here makes "parent died" mean "this process died", whichever thread
+    (asyncio.to_thread's worker, a fixture's) called start().
+    """
+
+    def __init__(self) -> None:
+        self._requests: queue.SimpleQueue[_SpawnRequest] = queue.SimpleQueue()
+        thread = threading.Thread(target=self._serve, name="acme-embedded-spawner", daemon=True)
+        thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            popen, result = self._requests.get()
+            try:
+                result.set_result(popen())
+            except Exception as exc:
+                result.set_exception(exc)
+
+    def run(self, popen: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+        result: Future[subprocess.Popen[bytes]] = Future()
+        self._requests.put((popen, result))
+        return result.result()
+
+
+@functools.cache
+def _spawner() -> _Spawner:
+    return _Spawner()
+
+
 def _child_env(**overrides: str) -> dict[str, str]:
     # Inherited PG* variables (PGOPTIONS, PGDATA, PGHOST...) would silently override our
     # explicit arguments; LC_ALL=C keeps server log lines (and so our error tails) in English.
@@ -217,16 +255,20 @@ class _ServerProcess:
         # so ours is closed right away. A new session keeps a terminal's Ctrl-C away from
         # the server: the parent decides when it stops.
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(  # noqa: S603 - argv holds our own binary and flags
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                env=_child_env(),
-                start_new_session=True,
-                preexec_fn=_child_setup(run_as),  # PDEATHSIG needs code between fork and exec
-            )
+
+            def popen() -> subprocess.Popen[bytes]:
+                return subprocess.Popen(  # noqa: S603 - argv holds our own binary and flags
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=cwd,
+                    env=_child_env(),
+                    start_new_session=True,
+                    preexec_fn=_child_setup(run_as),  # PDEATHSIG needs code between fork/exec
+                )
+
+            self._proc = _spawner().run(popen)
 
     def stop(self, sig: signal.Signals, timeout_s: float) -> None:
         proc = self._proc

@@ -19,6 +19,7 @@ import msgspec
 import structlog
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import (
@@ -229,7 +230,7 @@ def build_app(
         return _json_response(placed.order, 201, headers)
 
     @get("/orders/{order_id:str}", summary="An order, its notification status and timeline.")
-    async def read_order(order_id: str, state: State) -> Response[bytes]:
+    async def read_order(order_id: FromPath[str], state: State) -> Response[bytes]:
         service: OrderService = state.service
         try:
             parsed = uuid.UUID(order_id)

@@ -38,7 +38,7 @@ class Clients:
     store: OrderStore
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def init_connection(conn: asyncpg.Connection) -> None:
     # JSONB comes back as Python objects (timeline details) rather than strings.
     await conn.set_type_codec(
         "jsonb", encoder=lambda v: v, decoder=_json_loads, schema="pg_catalog", format="text"
@@ -56,7 +56,7 @@ async def open_clients(settings: OrdersSettings) -> AsyncIterator[Clients]:
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         command_timeout=settings.db_timeout_ms / 1000,
-        init=_init_connection,
+        init=init_connection,
         server_settings={
             "application_name": "acme-orders",
             "statement_timeout": str(settings.db_timeout_ms),

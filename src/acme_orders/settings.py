@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from acme_runtime.env import EnvReader, SettingsError, default_consumer_name
+from acme_runtime.env import EnvReader, SettingsError, default_consumer_name, struct_defaults
 
 __all__ = ["OrdersSettings", "SettingsError"]
 
@@ -50,6 +50,7 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OrdersSettings:
         env = EnvReader(environ)
+        d = struct_defaults(cls)
         database_url = env.optional_url("ACME_DATABASE_URL", ("postgresql", "postgres"))
         redis_url = env.optional_url("ACME_REDIS_URL", ("redis", "rediss", "unix"))
         if database_url is None:
@@ -61,29 +62,33 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
         return cls(
             database_url=database_url,
             redis_url=redis_url,
-            http_host=env.string("ACME_HTTP_HOST", cls.http_host),
-            http_port=env.integer("ACME_HTTP_PORT", cls.http_port, minimum=0, maximum=65535),
+            http_host=env.string("ACME_HTTP_HOST", d["http_host"]),
+            http_port=env.integer("ACME_HTTP_PORT", d["http_port"], minimum=0, maximum=65535),
             log_level=env.choice(
-                "ACME_LOG_LEVEL", cls.log_level, ("debug", "info", "warning", "error")
+                "ACME_LOG_LEVEL", d["log_level"], ("debug", "info", "warning", "error")
             ),
-            log_format=env.choice("ACME_LOG_FORMAT", cls.log_format, ("json", "console")),
-            max_body_bytes=env.integer("ACME_MAX_BODY_BYTES", cls.max_body_bytes, minimum=1024),
-            db_pool_min=env.integer("ACME_DB_POOL_MIN", cls.db_pool_min, minimum=1),
-            db_pool_max=env.integer("ACME_DB_POOL_MAX", cls.db_pool_max, minimum=1),
-            db_timeout_ms=env.integer("ACME_DB_TIMEOUT_MS", cls.db_timeout_ms, minimum=10),
-            redis_timeout_ms=env.integer("ACME_REDIS_TIMEOUT_MS", cls.redis_timeout_ms, minimum=10),
-            fast_path_queue_size=env.integer("ACME_FAST_PATH_QUEUE_SIZE", cls.fast_path_queue_size),
-            fast_path_pause_ms=env.integer("ACME_FAST_PATH_PAUSE_MS", cls.fast_path_pause_ms),
-            relay_poll_ms=env.integer("ACME_RELAY_POLL_MS", cls.relay_poll_ms, minimum=10),
-            relay_grace_ms=env.integer("ACME_RELAY_GRACE_MS", cls.relay_grace_ms),
-            relay_batch=env.integer("ACME_RELAY_BATCH", cls.relay_batch, minimum=1),
-            redrive_after_s=env.integer("ACME_REDRIVE_AFTER_S", cls.redrive_after_s, minimum=1),
-            dedupe_ttl_s=env.integer("ACME_DEDUPE_TTL_S", cls.dedupe_ttl_s, minimum=60),
+            log_format=env.choice("ACME_LOG_FORMAT", d["log_format"], ("json", "console")),
+            max_body_bytes=env.integer("ACME_MAX_BODY_BYTES", d["max_body_bytes"], minimum=1024),
+            db_pool_min=env.integer("ACME_DB_POOL_MIN", d["db_pool_min"], minimum=1),
+            db_pool_max=env.integer("ACME_DB_POOL_MAX", d["db_pool_max"], minimum=1),
+            db_timeout_ms=env.integer("ACME_DB_TIMEOUT_MS", d["db_timeout_ms"], minimum=10),
+            redis_timeout_ms=env.integer(
+                "ACME_REDIS_TIMEOUT_MS", d["redis_timeout_ms"], minimum=10
+            ),
+            fast_path_queue_size=env.integer(
+                "ACME_FAST_PATH_QUEUE_SIZE", d["fast_path_queue_size"]
+            ),
+            fast_path_pause_ms=env.integer("ACME_FAST_PATH_PAUSE_MS", d["fast_path_pause_ms"]),
+            relay_poll_ms=env.integer("ACME_RELAY_POLL_MS", d["relay_poll_ms"], minimum=10),
+            relay_grace_ms=env.integer("ACME_RELAY_GRACE_MS", d["relay_grace_ms"]),
+            relay_batch=env.integer("ACME_RELAY_BATCH", d["relay_batch"], minimum=1),
+            redrive_after_s=env.integer("ACME_REDRIVE_AFTER_S", d["redrive_after_s"], minimum=1),
+            dedupe_ttl_s=env.integer("ACME_DEDUPE_TTL_S", d["dedupe_ttl_s"], minimum=60),
             idempotency_ttl_s=env.integer(
-                "ACME_IDEMPOTENCY_TTL_S", cls.idempotency_ttl_s, minimum=60
+                "ACME_IDEMPOTENCY_TTL_S", d["idempotency_ttl_s"], minimum=60
             ),
             janitor_interval_s=env.integer(
-                "ACME_JANITOR_INTERVAL_S", cls.janitor_interval_s, minimum=1
+                "ACME_JANITOR_INTERVAL_S", d["janitor_interval_s"], minimum=1
             ),
             consumer_name=env.string("ACME_CONSUMER_NAME", default_consumer_name(env)),
         )

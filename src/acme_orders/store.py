@@ -113,7 +113,7 @@ WITH u AS (
     UPDATE outbox
     SET published_at = coalesce(published_at, now()),
         last_published_at = now(),
-        stream_id = coalesce(stream_id, x.stream_id),
+        stream_id = coalesce(outbox.stream_id, x.stream_id),
         publish_count = publish_count + x.added::int
     FROM unnest($1::uuid[], $2::text[], $3::bool[]) AS x(event_id, stream_id, added)
     WHERE outbox.event_id = x.event_id

@@ -8,9 +8,18 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["EnvReader", "SettingsError", "default_consumer_name", "redact_url"]
+import msgspec
+
+__all__ = [
+    "EnvReader",
+    "SettingsError",
+    "default_consumer_name",
+    "redact_url",
+    "struct_defaults",
+]
 
 
 class SettingsError(ValueError):
@@ -113,3 +122,12 @@ def redact_url(url: str) -> str:
 def default_consumer_name(env: EnvReader) -> str:
     """A name unique per process: the pod name in Kubernetes (HOSTNAME), else the host, plus pid."""
     return f"{env.raw('HOSTNAME') or socket.gethostname()}-{os.getpid()}"
+
+
+def struct_defaults(cls: type[msgspec.Struct]) -> dict[str, Any]:
+    """The declared default of each field of a settings Struct, by field name."""
+    return {
+        field.name: field.default
+        for field in msgspec.structs.fields(cls)
+        if field.default is not msgspec.NODEFAULT
+    }

@@ -1,0 +1,122 @@
+"""The `acme` command: one entry point, a subcommand per process or operator task.
+
+Settings are read here, once, and handed down. A bad setting or an unreachable dependency ends
+the command with one line on stderr naming what is wrong, and a non-zero exit code; never a
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+
+from acme_runtime.env import SettingsError
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_UNAVAILABLE = 4
+
+
+def _cmd_api(_args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from acme_orders.app import api_app
+    from acme_orders.settings import OrdersSettings
+    from acme_runtime.logs import configure_logging
+
+    settings = OrdersSettings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    config = uvicorn.Config(
+        api_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        log_config=None,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=10,
+    )
+    uvicorn.Server(config).run()
+    return EXIT_OK
+
+
+def _cmd_relay(_args: argparse.Namespace) -> int:
+    from acme_orders.app import run_relay
+    from acme_orders.settings import OrdersSettings
+    from acme_runtime.logs import configure_logging
+
+    settings = OrdersSettings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(run_relay(settings))
+    return EXIT_OK
+
+
+def _cmd_migrate(_args: argparse.Namespace) -> int:
+    from acme_cli.migrations import migrate
+    from acme_runtime.env import EnvReader
+
+    url = EnvReader().optional_url("ACME_DATABASE_URL", ("postgresql", "postgres"))
+    if url is None:
+        raise SettingsError("ACME_DATABASE_URL: not set")
+    applied = asyncio.run(migrate(url))
+    print("applied: " + (", ".join(applied) if applied else "nothing, schema is current"))
+    return EXIT_OK
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from acme_cli.up import run_up
+
+    return run_up(data_dir=args.data_dir, notifiers=args.notifiers)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="acme",
+        description="AcME Orders: orders over HTTP with a guaranteed confirmation e-mail.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 bad configuration, 4 service unreachable.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
+        ("api", "serve the HTTP API (and its fast-path publisher)", _cmd_api),
+        ("relay", "run the outbox relay, re-drive and janitor", _cmd_relay),
+        ("migrate", "apply database migrations (safe to run twice and concurrently)", _cmd_migrate),
+    ]
+    for name, help_text, handler in commands:
+        sub.add_parser(name, help=help_text, description=help_text).set_defaults(handler=handler)
+    up = sub.add_parser(
+        "up",
+        help="run the whole system locally (embedded PostgreSQL, Redis, SMTP sink)",
+        description="Starts the whole system. ACME_DATABASE_URL, ACME_REDIS_URL and "
+        "ACME_SMTP_URL, when set, replace the embedded PostgreSQL, Redis and SMTP sink.",
+    )
+    up.add_argument("--data-dir", default=None, help="where data and mail go (default .acme/)")
+    up.add_argument("--notifiers", type=int, default=2, help="notifier replicas (default 2)")
+    up.set_defaults(handler=_cmd_up)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except SettingsError as exc:
+        print(f"acme: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except (OSError, ConnectionError) as exc:
+        print(f"acme: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

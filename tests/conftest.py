@@ -1,0 +1,144 @@
+"""Session-wide real infrastructure for the test suite, and per-test isolation on top of it.
+
+One PostgreSQL and one Redis per test session: embedded (started here, in a temporary folder, on
+free ports) unless ACME_TEST_DATABASE_URL / ACME_TEST_REDIS_URL point at servers to use. Every
+test gets a fresh database cloned from a migrated template and a flushed Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+from redis.asyncio import Redis
+
+from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis
+from acme_cli.migrations import migrate
+from acme_orders.app import init_connection
+from acme_orders.settings import OrdersSettings
+from acme_runtime.ids import uuid7
+
+TEMPLATE_DB = "acme_test_template"
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL server: ACME_TEST_DATABASE_URL, or an embedded one for this session."""
+    external = os.environ.get("ACME_TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", durable=False)
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server: ACME_TEST_REDIS_URL, or an embedded one for this session."""
+    external = os.environ.get("ACME_TEST_REDIS_URL")
+    if external:
+        yield external
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    url = server.start()
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+async def _create_template(admin_url: str) -> None:
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}"')
+        await conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+    finally:
+        await conn.close()
+    await migrate(_with_database(admin_url, TEMPLATE_DB))
+
+
+@pytest.fixture(scope="session")
+def template_ready(pg_admin_url: str) -> str:
+    """The migrated template database every test's database is cloned from."""
+    asyncio.run(_create_template(pg_admin_url))
+    return pg_admin_url
+
+
+@pytest.fixture
+async def database_url(template_ready: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for this test alone."""
+    name = f"t_{uuid7().hex}"
+    admin = await asyncpg.connect(template_ready)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+    finally:
+        await admin.close()
+    yield _with_database(template_ready, name)
+    admin = await asyncpg.connect(template_ready)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def redis_url(redis_server_url: str) -> str:
+    """The session's Redis, flushed for this test."""
+    client = Redis.from_url(redis_server_url)
+    try:
+        await client.flushall()
+        await client.script_flush()
+    finally:
+        await client.aclose()
+    return redis_server_url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    created = await asyncpg.create_pool(database_url, min_size=1, max_size=5, init=init_connection)
+    try:
+        yield created
+    finally:
+        await created.close()
+
+
+@pytest.fixture
+def orders_settings(database_url: str, redis_url: str) -> OrdersSettings:
+    """Order-service settings pointing at this test's database and Redis, with short delays."""
+    return OrdersSettings.from_env(
+        {
+            "ACME_DATABASE_URL": database_url,
+            "ACME_REDIS_URL": redis_url,
+            "ACME_RELAY_POLL_MS": "50",
+            "ACME_RELAY_GRACE_MS": "100",
+            "ACME_FAST_PATH_PAUSE_MS": "200",
+            "ACME_CONSUMER_NAME": "test-orders",
+        }
+    )
+
+
+@pytest.fixture
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[1]
