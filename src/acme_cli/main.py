@@ -77,6 +77,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
     return run_up(data_dir=args.data_dir, notifiers=args.notifiers)
 
 
+def _cmd_smtp_sink(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from acme_cli.smtp_sink import run_sink_forever
+
+    mail_dir = Path(args.mail_dir) if args.mail_dir else None
+    asyncio.run(run_sink_forever(mail_dir, args.host, args.port))
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acme",
@@ -100,13 +110,23 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=None, help="where data and mail go (default .acme/)")
     up.add_argument("--notifiers", type=int, default=2, help="notifier replicas (default 2)")
     up.set_defaults(handler=_cmd_up)
+    sink = sub.add_parser(
+        "smtp-sink",
+        help="a development SMTP server that stores every message as an .eml file",
+        description="Accepts every message and writes it to MAIL_DIR as <time>-<hash>.eml.",
+    )
+    sink.add_argument("--mail-dir", default=None, help="folder for .eml files (none: memory)")
+    sink.add_argument("--host", default="127.0.0.1")
+    sink.add_argument("--port", type=int, default=1025)
+    sink.set_defaults(handler=_cmd_smtp_sink)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        code: int = args.handler(args)
+        handler: Callable[[argparse.Namespace], int] = args.handler
+        code = handler(args)
     except SettingsError as exc:
         print(f"acme: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
