@@ -174,7 +174,7 @@ class _Spawner:
             popen, result = self._requests.get()
             try:
                 result.set_result(popen())
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting caller
                 result.set_exception(exc)
 
     def run(self, popen: Callable[[], subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:

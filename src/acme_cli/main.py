@@ -59,6 +59,17 @@ def _cmd_relay(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_notifier(_args: argparse.Namespace) -> int:
+    from acme_notify.settings import NotifySettings
+    from acme_notify.worker import run_notifier
+    from acme_runtime.logs import configure_logging
+
+    settings = NotifySettings.from_env()
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(run_notifier(settings))
+    return EXIT_OK
+
+
 def _cmd_migrate(_args: argparse.Namespace) -> int:
     from acme_cli.migrations import migrate
     from acme_runtime.env import EnvReader
@@ -96,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
         ("api", "serve the HTTP API (and its fast-path publisher)", _cmd_api),
-        ("relay", "run the outbox relay, re-drive and janitor", _cmd_relay),
+        ("relay", "run the outbox relay, re-drive, receipts consumer and janitor", _cmd_relay),
+        ("notifier", "run one notifier replica (consumer, claimer, reaper)", _cmd_notifier),
         ("migrate", "apply database migrations (safe to run twice and concurrently)", _cmd_migrate),
     ]
     for name, help_text, handler in commands:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
+from acme_notify.ledger import migrations as notify_migrations
 from acme_orders.store import migrations as orders_migrations
 from acme_runtime.migrate import Migration, apply_migrations
 
@@ -11,7 +12,7 @@ __all__ = ["all_migrations", "migrate"]
 
 
 def all_migrations() -> list[Migration]:
-    return [*orders_migrations()]
+    return [*orders_migrations(), *notify_migrations()]
 
 
 async def migrate(database_url: str) -> list[str]:

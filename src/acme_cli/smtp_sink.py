@@ -26,7 +26,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-__all__ = ["MailSink", "ReceivedMessage", "SmtpPolicy", "run_sink_forever"]
+__all__ = ["MailSink", "RcptPolicy", "ReceivedMessage", "SmtpPolicy", "run_sink_forever"]
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +34,9 @@ _log = logging.getLogger(__name__)
 # or a full SMTP reply such as "421 4.3.0 try later" / "550 5.1.1 mailbox unknown" to
 # refuse the message. May be async, e.g. to simulate a slow server.
 SmtpPolicy = Callable[[Envelope], str | Awaitable[str | None] | None]
+
+# Given the recipient address at RCPT time: None to accept, or an SMTP reply to refuse it.
+RcptPolicy = Callable[[str], str | Awaitable[str | None] | None]
 
 _ACCEPTED = "250 OK"
 _STORE_FAILED = "451 4.3.0 local error storing the message"
@@ -85,6 +88,16 @@ class _Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         return await self._sink._on_data(envelope)
 
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        return await self._sink._on_rcpt(envelope, address)
+
 
 class MailSink:
     """An SMTP server on `host:port` (0 = any free port) in the running event loop."""
@@ -96,10 +109,14 @@ class MailSink:
         host: str = "127.0.0.1",
         port: int = 0,
         policy: SmtpPolicy | None = None,
+        rcpt_policy: RcptPolicy | None = None,
     ) -> None:
         self.mail_dir = mail_dir
         self.host = host
         self.policy = policy  # public so a test can switch faults on and off mid-run
+        # Decides at RCPT time, before any message data is sent: stalling here models a slow
+        # server from which nothing has been delivered yet.
+        self.rcpt_policy = rcpt_policy
         self.messages: list[ReceivedMessage] = []
         self._requested_port = port
         self._port: int | None = None
@@ -171,6 +188,15 @@ class MailSink:
                 f"mail sink got {len(self.messages)} of {count} messages in {timeout_s:g} s"
             ) from None
         return list(self.messages)
+
+    async def _on_rcpt(self, envelope: Envelope, address: str) -> str:
+        if self.rcpt_policy is not None:
+            verdict = self.rcpt_policy(address)
+            reply = await verdict if inspect.isawaitable(verdict) else verdict
+            if reply is not None:
+                return str(reply)
+        envelope.rcpt_tos.append(address)
+        return _ACCEPTED
 
     async def _on_data(self, envelope: Envelope) -> str:
         if self.policy is not None:

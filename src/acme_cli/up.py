@@ -43,8 +43,13 @@ class _Child:
 
     def start(self) -> None:
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            self.argv, env=self.env, stdin=subprocess.DEVNULL, stdout=self.log,
-            stderr=subprocess.STDOUT, preexec_fn=child_preexec(), start_new_session=True,
+            self.argv,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=child_preexec(),
+            start_new_session=True,
         )
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
@@ -104,9 +109,12 @@ def run_up(*, data_dir: str | None, notifiers: int) -> int:
         if smtp_url is None:
             sink_port = free_port()
             smtp_url = f"smtp://127.0.0.1:{sink_port}"
-            sink = _Child("smtp-sink", _acme("smtp-sink", "--mail-dir", str(mail_dir),
-                                             "--port", str(sink_port)),
-                          child_env, (logs / "smtp-sink.log").open("ab"))
+            sink = _Child(
+                "smtp-sink",
+                _acme("smtp-sink", "--mail-dir", str(mail_dir), "--port", str(sink_port)),
+                child_env,
+                (logs / "smtp-sink.log").open("ab"),
+            )
             children.append(sink)
             sink.start()
         child_env["ACME_SMTP_URL"] = smtp_url
@@ -114,8 +122,7 @@ def run_up(*, data_dir: str | None, notifiers: int) -> int:
         _say(f"migrations: {', '.join(applied) if applied else 'schema is current'}")
 
         children.append(_Child("api", _acme("api"), child_env, (logs / "api.log").open("ab")))
-        children.append(_Child("relay", _acme("relay"), child_env,
-                               (logs / "relay.log").open("ab")))
+        children.append(_Child("relay", _acme("relay"), child_env, (logs / "relay.log").open("ab")))
         if _notifier_available():
             for index in range(notifiers):
                 notifier_env = {
@@ -123,13 +130,28 @@ def run_up(*, data_dir: str | None, notifiers: int) -> int:
                     "ACME_CONSUMER_NAME": f"notifier-{index + 1}",
                     "ACME_METRICS_PORT": str(metrics_port + 1 + index),
                 }
-                children.append(_Child(f"notifier-{index + 1}", _acme("notifier"), notifier_env,
-                                       (logs / f"notifier-{index + 1}.log").open("ab")))
+                children.append(
+                    _Child(
+                        f"notifier-{index + 1}",
+                        _acme("notifier"),
+                        notifier_env,
+                        (logs / f"notifier-{index + 1}.log").open("ab"),
+                    )
+                )
         for child in children:
             if child.process is None:
                 child.start()
-        _banner(http_host, http_port, database_url, redis_url, smtp_url, mail_dir, logs,
-                children, metrics_port)
+        _banner(
+            http_host,
+            http_port,
+            database_url,
+            redis_url,
+            smtp_url,
+            mail_dir,
+            logs,
+            children,
+            metrics_port,
+        )
         while not stopping:
             _restart_dead(children)
             time.sleep(0.2)
@@ -157,8 +179,10 @@ def _restart_dead(children: list[_Child]) -> None:
             continue
         if child.next_start == 0.0:
             code = child.process.returncode
-            _say(f"{child.name} exited with {code}; restarting in {child.backoff_s:.1f}s "
-                 f"(see its log)")
+            _say(
+                f"{child.name} exited with {code}; restarting in {child.backoff_s:.1f}s "
+                f"(see its log)"
+            )
             child.next_start = now + child.backoff_s
         elif now >= child.next_start:
             child.start()
@@ -170,7 +194,8 @@ def _restart_dead(children: list[_Child]) -> None:
 def _stop_children(children: list[_Child]) -> None:
     # Services first, the SMTP sink last, so in-flight e-mails still have somewhere to go.
     ordered = [c for c in children if c.name != "smtp-sink"] + [
-        c for c in children if c.name == "smtp-sink"]
+        c for c in children if c.name == "smtp-sink"
+    ]
     for group in (ordered[:-1], ordered[-1:]) if ordered else ():
         for child in group:
             child.stop()
@@ -185,8 +210,17 @@ def _stop_children(children: list[_Child]) -> None:
                 child.process.wait()
 
 
-def _banner(host: str, port: int, database_url: str, redis_url: str, smtp_url: str,
-            mail_dir: Path, logs: Path, children: list[_Child], metrics_port: int) -> None:
+def _banner(
+    host: str,
+    port: int,
+    database_url: str,
+    redis_url: str,
+    smtp_url: str,
+    mail_dir: Path,
+    logs: Path,
+    children: list[_Child],
+    metrics_port: int,
+) -> None:
     base = f"http://{host}:{port}"
     names = ", ".join(c.name for c in children)
     _say(f"""

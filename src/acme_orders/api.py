@@ -19,7 +19,6 @@ import msgspec
 import structlog
 from litestar import Litestar, Request, Response, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath
 from litestar.exceptions import HTTPException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import (
@@ -31,6 +30,7 @@ from litestar.openapi.spec import (
     RequestBody,
     Schema,
 )
+from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from acme_orders.domain import FieldError, parse_order
@@ -253,7 +253,7 @@ def build_app(
     async def ready(state: State) -> Response[bytes]:
         try:
             await state.ready_check()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
             return _json_response({"status": "unavailable", "postgres": repr(exc)}, 503)
         return _json_response({"status": "ok", "postgres": "ok"})
 

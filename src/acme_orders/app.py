@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from acme_orders.api import build_app
 from acme_orders.janitor import Janitor
 from acme_orders.publisher import FastPathPublisher
+from acme_orders.receipts import ReceiptsConsumer
 from acme_orders.relay import OutboxRelay, Redriver
 from acme_orders.service import OrderService
 from acme_orders.settings import OrdersSettings
@@ -124,6 +125,13 @@ def relay_actors(settings: OrdersSettings, clients: Clients) -> list[Actor]:
             clients.store,
             interval_s=settings.janitor_interval_s,
             idempotency_ttl_s=settings.idempotency_ttl_s,
+        ),
+        # Blocking reads must end before the client's socket timeout does.
+        ReceiptsConsumer(
+            clients.store,
+            clients.redis,
+            consumer=settings.consumer_name,
+            block_ms=max(10, settings.redis_timeout_ms // 2),
         ),
     ]
 

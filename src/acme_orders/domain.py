@@ -124,7 +124,10 @@ def _email(check: _Checker, value: Any) -> str | None:
     if address is None:
         return None
     try:
-        return validate_email(address, check_deliverability=False).normalized
+        # SMTPUTF8 local parts are refused: many relays cannot deliver them, and an order
+        # accepted here must be deliverable by the notifier.
+        valid = validate_email(address, check_deliverability=False, allow_smtputf8=False)
+        return valid.ascii_email or valid.normalized
     except EmailNotValidError as exc:
         check.fail("customer.email", f"is not a valid e-mail address: {exc}")
         return None

@@ -205,7 +205,7 @@ class OrderStore:
                 order_id,
             )
             timeline = await conn.fetch(
-                "SELECT at, kind, detail FROM order_timeline WHERE order_id = $1 ORDER BY seq",
+                "SELECT at, kind, detail FROM order_timeline WHERE order_id = $1 ORDER BY at, seq",
                 order_id,
             )
             outbox = await conn.fetchrow(

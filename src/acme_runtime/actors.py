@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 import structlog
@@ -71,7 +71,7 @@ class PeriodicActor:
                 busy = await self._tick()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a sweep logs and carries on
                 log.warning("periodic_tick_failed", actor=self.name, error=repr(exc))
             if not busy:
                 await sleep_or_stop(stop, self._interval_s, self._wake)
@@ -117,15 +117,25 @@ class Supervisor:
             asyncio.create_task(self._keep_running(actor), name=actor.name)
             for actor in self._actors
         ]
-        await self.stop.wait()
+        try:
+            await self.stop.wait()
+        except asyncio.CancelledError:
+            # Cancelled from outside: no drain, but no actor may outlive its supervisor.
+            await _cancel_all(tasks)
+            raise
         log.info("shutdown_draining", grace_s=self._grace_s)
         _done, pending = await asyncio.wait(tasks, timeout=self._grace_s)
         for task in pending:
             log.warning("shutdown_cancelling", actor=task.get_name())
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel_all(pending)
+
+
+async def _cancel_all(tasks: Collection[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def install_signal_handlers(stop: asyncio.Event) -> None:

@@ -54,18 +54,26 @@ def _descendants(pid: int) -> set[int]:
 def test_acme_up_serves_orders_and_stops_cleanly(tmp_path: Path) -> None:
     """A fresh `acme up` takes an order, publishes it, and leaves no process behind on SIGTERM."""
     port = free_port()
-    env = {**os.environ, "ACME_HTTP_PORT": str(port), "ACME_METRICS_PORT": str(free_port()),
-           "ACME_LOG_FORMAT": "json"}
+    env = {
+        **os.environ,
+        "ACME_HTTP_PORT": str(port),
+        "ACME_METRICS_PORT": str(free_port()),
+        "ACME_LOG_FORMAT": "json",
+    }
     for name in ("ACME_DATABASE_URL", "ACME_REDIS_URL", "ACME_SMTP_URL"):
         env.pop(name, None)
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
         up = subprocess.Popen(
             [sys.executable, "-m", "acme_cli.main", "up", "--data-dir", str(tmp_path / "data")],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
         )
     base = f"http://127.0.0.1:{port}"
     try:
+
         def ready() -> bool:
             try:
                 return httpx.get(f"{base}/health/ready", timeout=1).status_code == 200
@@ -82,6 +90,7 @@ def test_acme_up_serves_orders_and_stops_cleanly(tmp_path: Path) -> None:
         assert match, banner
         client = redis.Redis.from_url(match.group(1))
         try:
+
             def published() -> bool:
                 entries = client.xrange(EVENTS_STREAM)
                 return any(f[b"order_id"].decode() == order_id for _i, f in entries)

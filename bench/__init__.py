@@ -1,0 +1,1 @@
+"""Load and throughput measurements of AcME Orders (run by hand, never in CI)."""

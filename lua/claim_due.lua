@@ -1,0 +1,40 @@
+-- Claim the pending entries whose retry is due: idle longer than their backoff.
+--
+-- KEYS[1]  the events stream
+-- ARGV[1]  group            ARGV[2] consumer claiming
+-- ARGV[3]  backoff base ms  ARGV[4] backoff cap ms   ARGV[5] jitter fraction (0..1)
+-- ARGV[6]  max deliveries   ARGV[7] how many to claim at most
+-- ARGV[8]  how many pending entries to examine at most
+--
+-- The backoff of an entry delivered n times is min(base * 2^(n-1), cap), stretched by up to
+-- `jitter` using a fraction derived from the entry id, so entries spread out without a random
+-- generator. Entries already delivered `max deliveries` times are left for the reaper.
+-- Returns {claimed, missing}: claimed = {{id, deliveries, {field, value, ...}}, ...};
+-- missing = ids that were pending but whose entry had been trimmed or deleted (acknowledged
+-- here, so they stop haunting the pending list).
+local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
+local base, cap, jitter = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+local max_deliveries, limit, scan = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+
+local pending = redis.call('XPENDING', stream, group, 'IDLE', base, '-', '+', scan)
+local claimed, missing = {}, {}
+for _, p in ipairs(pending) do
+  if #claimed >= limit then break end
+  local id, idle, deliveries = p[1], p[3], p[4]
+  if deliveries < max_deliveries then
+    local ms = string.match(id, '^(%d+)')
+    local fraction = (tonumber(string.sub(ms, -3)) or 0) / 1000
+    local backoff = math.min(base * 2 ^ (deliveries - 1), cap) * (1 + jitter * fraction)
+    if idle >= backoff then
+      local got = redis.call('XCLAIM', stream, group, consumer, math.floor(backoff), id)
+      local entry = got[1]
+      if entry and entry[2] then
+        claimed[#claimed + 1] = {id, deliveries + 1, entry[2]}
+      else
+        redis.call('XACK', stream, group, id)
+        missing[#missing + 1] = id
+      end
+    end
+  end
+end
+return {claimed, missing}

@@ -1,0 +1,95 @@
+"""The claimer and heartbeat actors: retries of failed entries, and no stealing of slow ones.
+
+* `Claimer` takes over pending entries whose backoff has elapsed (claim_due.lua: select and
+  XCLAIM atomically, so two replicas never claim the same entry), whether they failed here,
+  failed elsewhere, or belong to a replica that crashed. Entries trimmed while pending are
+  acknowledged away.
+* `Heartbeat` refreshes the idle time of the entries this replica is sending right now
+  (heartbeat.lua, XCLAIM JUSTID: no delivery counted), so a slow SMTP server never makes an
+  entry look abandoned, and the claimer never sends an e-mail a second time because of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+from redis.exceptions import RedisError
+
+from acme_notify.processor import Processor
+from acme_notify.streams import Streams
+from acme_runtime.actors import PeriodicActor, sleep_or_stop
+
+__all__ = ["Claimer", "Heartbeat"]
+
+log = structlog.get_logger(__name__)
+
+
+class Claimer(PeriodicActor):
+    def __init__(
+        self,
+        streams: Streams,
+        processor: Processor,
+        *,
+        interval_ms: int,
+        base_ms: int,
+        cap_ms: int,
+        jitter: float,
+        max_deliveries: int,
+        capacity: Callable[[int], int],
+    ) -> None:
+        self._streams = streams
+        self._processor = processor
+        self._base_ms = base_ms
+        self._cap_ms = cap_ms
+        self._jitter = jitter
+        self._max_deliveries = max_deliveries
+        self._capacity = capacity
+        super().__init__("claimer", self._claim, interval_ms / 1000)
+
+    async def _claim(self) -> bool:
+        free = self._capacity(self._processor.free_slots)
+        if free <= 0:
+            return False
+        try:
+            result = await self._streams.claim_due(
+                base_ms=self._base_ms,
+                cap_ms=self._cap_ms,
+                jitter=self._jitter,
+                max_deliveries=self._max_deliveries,
+                limit=free,
+            )
+        except (RedisError, OSError) as exc:
+            log.warning("claim_failed", error=repr(exc))
+            return False
+        if result.missing:
+            log.warning("pending_entries_missing", entry_ids=result.missing)
+        for entry in result.claimed:
+            log.info("entry_claimed", entry_id=entry[0], deliveries=entry[2])
+            self._processor.submit(entry)
+        return len(result.claimed) >= free
+
+
+class Heartbeat:
+    name = "heartbeat"
+
+    def __init__(self, streams: Streams, processor: Processor, *, interval_ms: int) -> None:
+        self._streams = streams
+        self._processor = processor
+        self._interval_s = interval_ms / 1000
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # Keeps beating after `stop` while sends drain, so a graceful shutdown never lets
+        # another replica claim (and send again) an e-mail this one is still sending.
+        while not stop.is_set() or self._processor.in_flight:
+            in_flight = list(self._processor.in_flight)
+            if in_flight:
+                try:
+                    await self._streams.heartbeat(in_flight)
+                except (RedisError, OSError) as exc:
+                    log.warning("heartbeat_failed", error=repr(exc))
+            if stop.is_set():
+                await asyncio.sleep(min(self._interval_s, 0.5))
+            else:
+                await sleep_or_stop(stop, self._interval_s)

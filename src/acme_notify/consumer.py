@@ -1,0 +1,60 @@
+"""The consumer actor: reads new entries for this replica (XREADGROUP >) into the processor.
+
+It reads only as many entries as there are free send slots, so nothing read waits in a local
+queue growing stale, and it does not read at all while the SMTP circuit is open: undelivered
+entries then stay in the stream without burning delivery counts. Stopping means: stop reading;
+the supervisor's grace period lets the in-flight sends finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+from redis.exceptions import RedisError
+
+from acme_notify.processor import Processor
+from acme_notify.streams import Streams
+from acme_runtime.actors import sleep_or_stop
+
+__all__ = ["Consumer"]
+
+log = structlog.get_logger(__name__)
+
+
+class Consumer:
+    name = "consumer"
+
+    def __init__(
+        self,
+        streams: Streams,
+        processor: Processor,
+        *,
+        block_ms: int,
+        capacity: Callable[[int], int],
+    ) -> None:
+        self._streams = streams
+        self._processor = processor
+        self._block_ms = block_ms
+        self._capacity = capacity
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._streams.ensure_group()
+        backoff_s = 0.1
+        while not stop.is_set():
+            free = self._capacity(self._processor.free_slots)
+            if free <= 0:
+                await sleep_or_stop(stop, 0.05)
+                continue
+            try:
+                entries = await self._streams.read_new(free, self._block_ms)
+                backoff_s = 0.1
+            except (RedisError, OSError) as exc:
+                log.warning("read_failed", error=repr(exc), retry_in_s=backoff_s)
+                await sleep_or_stop(stop, backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)
+                continue
+            for entry in entries:
+                self._processor.submit(entry)
+        await self._processor.drain()

@@ -1,0 +1,102 @@
+"""The gate in front of SMTP: rate limit, circuit breaker, and the breaker shared by replicas.
+
+`Delivery.send` is the processor's `Sender`. When SMTP is down, the breaker opens after a few
+server-down failures; the replica then stops reading and claiming (`capacity()` is 0), so
+entries wait in the stream without burning delivery counts, and it publishes the open state in
+Redis so every replica backs off together (`BreakerSync`). After the cooldown one probe goes
+through; its success closes the breaker and the backlog drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from acme_notify.errors import TransientError
+from acme_notify.flow import CircuitBreaker, TokenBucket
+from acme_notify.keys import BREAKER_KEY
+from acme_notify.smtp import SmtpPool
+from acme_runtime.actors import PeriodicActor
+
+__all__ = ["BreakerSync", "Delivery"]
+
+log = structlog.get_logger(__name__)
+
+
+class Delivery:
+    def __init__(
+        self,
+        pool: SmtpPool,
+        breaker: CircuitBreaker,
+        redis: Redis,
+        *,
+        consumer: str,
+        rate: TokenBucket | None = None,
+    ) -> None:
+        self.pool = pool
+        self.breaker = breaker
+        self._redis = redis
+        self._consumer = consumer
+        self._rate = rate
+        self.shared_open_published = 0
+
+    def capacity(self, free_slots: int) -> int:
+        """How many entries may be taken now: none while open, one probe while half-open."""
+        state = self.breaker.state
+        if state == "open":
+            return 0
+        if state == "half_open":
+            return min(free_slots, 1)
+        return free_slots
+
+    async def send(self, sender: str, recipients: list[str], data: bytes) -> str:
+        if not self.breaker.allow():
+            raise TransientError("SMTP circuit open: server considered down", server_down=False)
+        if self._rate is not None:
+            await self._rate.acquire()
+        try:
+            reply = await self.pool.send(sender, recipients, data)
+        except TransientError as exc:
+            was_open = self.breaker.state == "open"
+            self.breaker.record_failure(exc.server_down)
+            if not was_open and self.breaker.state == "open":
+                await self._publish_open()
+            raise
+        except Exception:
+            # A permanent answer still proves the server is up.
+            self.breaker.record_success()
+            raise
+        self.breaker.record_success()
+        return reply
+
+    async def _publish_open(self) -> None:
+        cooldown_ms = max(1, int(self.breaker.cooldown_s * 1000))
+        log.warning("smtp_circuit_opened", cooldown_s=self.breaker.cooldown_s)
+        try:
+            await self._redis.set(BREAKER_KEY, self._consumer, px=cooldown_ms)
+            self.shared_open_published += 1
+        except (RedisError, OSError) as exc:
+            log.warning("smtp_circuit_share_failed", error=repr(exc))
+
+    async def sync_shared(self) -> None:
+        """Opens the local breaker while another replica reports SMTP down."""
+        if self.breaker.state != "closed":
+            return
+        ttl_ms = await self._redis.pttl(BREAKER_KEY)
+        if ttl_ms > 0:
+            until = asyncio.get_running_loop().time() + ttl_ms / 1000
+            self.breaker.force_open(until)
+            log.info("smtp_circuit_opened_by_peer", for_s=ttl_ms / 1000)
+
+
+class BreakerSync(PeriodicActor):
+    def __init__(self, delivery: Delivery, interval_s: float = 0.5) -> None:
+        super().__init__("breaker-sync", self._tick, interval_s)
+        self._delivery = delivery
+
+    async def _tick(self) -> bool:
+        await self._delivery.sync_shared()
+        return False

@@ -1,0 +1,109 @@
+"""What the notifier accepts from the events stream: tolerant of additions, strict on needs.
+
+Unknown fields are ignored (producers may add fields within a major version); a missing or
+mistyped required field, an unknown major version or undecodable bytes make the entry a
+`PoisonMessage`, dead-lettered at once with the reason. This is the notifier's own reading of
+the contract in docs/asyncapi.yaml; it shares no code with the producer.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Final
+
+import msgspec
+
+from acme_notify.errors import PoisonMessage
+
+__all__ = [
+    "ACCEPTED_MAJOR_VERSION",
+    "Customer",
+    "Envelope",
+    "Item",
+    "Order",
+    "StreamEntry",
+    "decode_entry",
+]
+
+ACCEPTED_MAJOR_VERSION: Final = 1
+EVENT_TYPE: Final = "order.confirmation_requested"
+
+
+class Customer(msgspec.Struct, frozen=True):
+    name: str
+    email: str
+    locale: str = "pt-BR"
+
+
+class Item(msgspec.Struct, frozen=True):
+    sku: str
+    name: str
+    quantity: int
+    unit_price: Decimal
+    line_total: Decimal
+
+
+class Order(msgspec.Struct, frozen=True):
+    customer: Customer
+    currency: str
+    items: tuple[Item, ...]
+    total: Decimal
+    created_at: datetime
+
+
+class Trace(msgspec.Struct, frozen=True):
+    traceparent: str
+    tracestate: str = ""
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    event_id: str
+    type: str
+    schema_version: int
+    occurred_at: datetime
+    order_id: str
+    payload: Order
+    trace: Trace | None = None
+
+
+class StreamEntry(msgspec.Struct, frozen=True):
+    """One entry read from the stream: its id, its delivery count and the decoded envelope."""
+
+    entry_id: str
+    deliveries: int
+    envelope: Envelope
+
+
+_decoder = msgspec.json.Decoder(Envelope)
+
+
+def _text(fields: dict[bytes, bytes], name: bytes) -> str | None:
+    value = fields.get(name)
+    return None if value is None else value.decode("utf-8", "replace")
+
+
+def decode_entry(entry_id: str, fields: dict[bytes, bytes], deliveries: int = 1) -> StreamEntry:
+    """Decodes a raw stream entry, or raises PoisonMessage saying exactly what is wrong."""
+    version = _text(fields, b"v")
+    if version is None:
+        raise PoisonMessage("missing field 'v' (schema major version)")
+    if version != str(ACCEPTED_MAJOR_VERSION):
+        raise PoisonMessage(
+            f"unsupported schema version {version!r}; this notifier reads "
+            f"version {ACCEPTED_MAJOR_VERSION}"
+        )
+    data = fields.get(b"data")
+    if data is None:
+        raise PoisonMessage("missing field 'data' (the envelope)")
+    try:
+        envelope = _decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise PoisonMessage(f"undecodable envelope: {exc}") from None
+    if envelope.type != EVENT_TYPE:
+        raise PoisonMessage(f"unknown event type {envelope.type!r}")
+    if envelope.schema_version != ACCEPTED_MAJOR_VERSION:
+        raise PoisonMessage(f"envelope schema_version {envelope.schema_version} does not match")
+    if not envelope.payload.items:
+        raise PoisonMessage("order without items")
+    return StreamEntry(entry_id=entry_id, deliveries=deliveries, envelope=envelope)

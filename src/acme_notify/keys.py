@@ -1,0 +1,34 @@
+"""Names of the notifier's Redis keys, and the shared channels it reads and writes.
+
+Every key carries the `{acme}` hash tag (one Redis Cluster slot), so the Lua scripts that touch
+several of them at once stay cluster-safe.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from acme_runtime.channels import (
+    DEAD_STREAM,
+    EVENTS_STREAM,
+    HASH_TAG,
+    NOTIFIER_GROUP,
+    RECEIPTS_STREAM,
+)
+
+__all__ = [
+    "BREAKER_KEY",
+    "DEAD_STREAM",
+    "EVENTS_STREAM",
+    "LAST_ERROR_HASH",
+    "NOTIFIER_GROUP",
+    "REAPER_LOCK",
+    "RECEIPTS_STREAM",
+]
+
+#: entry id -> the last transient error of that pending entry (kept for the dead letter).
+LAST_ERROR_HASH: Final = f"{HASH_TAG}:notify:last-error"
+#: Set (with a TTL) while SMTP is considered down, so that every replica backs off together.
+BREAKER_KEY: Final = f"{HASH_TAG}:notify:smtp-breaker"
+#: Held (SET NX PX) by the replica doing this round of reaping and trimming.
+REAPER_LOCK: Final = f"{HASH_TAG}:notify:reaper-lock"

@@ -1,0 +1,67 @@
+"""The reaper actor: dead-letters entries that used up their deliveries, and trims the stream.
+
+Only one replica needs to reap per round: it takes a short lock (SET NX PX). Concurrent reapers
+would still be safe, because dead_letter.lua re-checks, atomically, that the entry is pending
+and over budget before moving it. Trimming removes only entries that every group acknowledged
+and that are older than the retention; never a pending or undelivered one.
+"""
+
+from __future__ import annotations
+
+import structlog
+from redis.exceptions import RedisError
+
+from acme_notify.keys import REAPER_LOCK
+from acme_notify.streams import Streams
+from acme_runtime.actors import PeriodicActor
+
+__all__ = ["Reaper"]
+
+log = structlog.get_logger(__name__)
+
+
+class Reaper(PeriodicActor):
+    def __init__(
+        self,
+        streams: Streams,
+        *,
+        interval_ms: int,
+        max_deliveries: int,
+        min_idle_ms: int,
+        retention_ms: int,
+    ) -> None:
+        self._streams = streams
+        self._max_deliveries = max_deliveries
+        self._min_idle_ms = min_idle_ms
+        self._retention_ms = retention_ms
+        self._interval_ms = interval_ms
+        self.dead_lettered = 0
+        super().__init__("reaper", self._reap, interval_ms / 1000)
+
+    async def _reap(self) -> bool:
+        redis = self._streams.redis
+        try:
+            if not await redis.set(
+                REAPER_LOCK, self._streams.consumer, nx=True, px=self._interval_ms
+            ):
+                return False
+            exhausted = await self._streams.exhausted(self._max_deliveries, self._min_idle_ms)
+            for entry_id in exhausted:
+                dead_id = await self._streams.dead_letter(
+                    entry_id,
+                    reason_class="max_deliveries",
+                    reason=f"not delivered after {self._max_deliveries} attempts",
+                    min_deliveries=self._max_deliveries,
+                )
+                if dead_id is not None:
+                    self.dead_lettered += 1
+                    log.warning(
+                        "entry_dead_lettered",
+                        entry_id=entry_id,
+                        dead_id=dead_id,
+                        reason_class="max_deliveries",
+                    )
+            await self._streams.trim_acknowledged(self._retention_ms)
+        except (RedisError, OSError) as exc:
+            log.warning("reap_failed", error=repr(exc))
+        return False

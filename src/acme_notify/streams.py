@@ -1,0 +1,176 @@
+"""The notifier's view of Redis: its consumer group and the Lua scripts, behind typed methods.
+
+Every multi-step change of stream state is one Lua script (atomic, race-free between replicas);
+this module is the only place that knows their argument order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from acme_notify.keys import (
+    DEAD_STREAM,
+    EVENTS_STREAM,
+    LAST_ERROR_HASH,
+    NOTIFIER_GROUP,
+    RECEIPTS_STREAM,
+)
+from acme_runtime.lua import load_script
+
+__all__ = ["ClaimResult", "RawEntry", "Streams", "now_ms"]
+
+log = structlog.get_logger(__name__)
+
+RawEntry = tuple[str, dict[bytes, bytes], int]  # entry id, fields, delivery count
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    claimed: list[RawEntry]
+    missing: list[str]
+
+
+class Streams:
+    def __init__(self, redis: Redis, consumer: str, group: str = NOTIFIER_GROUP) -> None:
+        self.redis = redis
+        self.consumer = consumer
+        self.group = group
+
+    async def ensure_group(self) -> None:
+        """Creates the consumer group (and the stream) unless it exists: idempotent."""
+        try:
+            await self.redis.xgroup_create(EVENTS_STREAM, self.group, id="0", mkstream=True)
+            log.info("consumer_group_created", stream=EVENTS_STREAM, group=self.group)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def read_new(self, count: int, block_ms: int) -> list[RawEntry]:
+        """New entries for this consumer (XREADGROUP >); recreates a vanished group."""
+        try:
+            reply: Any = await self.redis.xreadgroup(
+                self.group, self.consumer, {EVENTS_STREAM: ">"}, count=count, block=block_ms
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost the group (restart without persistence, failover): recreate it from
+            # the start of whatever the stream holds; the outbox re-drive refills the rest.
+            log.warning("consumer_group_vanished_recreating", group=self.group)
+            await self.ensure_group()
+            return []
+        entries: list[RawEntry] = []
+        for _stream, items in reply or []:
+            for entry_id, fields in items:
+                if fields is None:  # deleted between XADD and read
+                    continue
+                entries.append((_text(entry_id), fields, 1))
+        return entries
+
+    async def claim_due(
+        self,
+        *,
+        base_ms: int,
+        cap_ms: int,
+        jitter: float,
+        max_deliveries: int,
+        limit: int,
+        scan: int = 200,
+    ) -> ClaimResult:
+        reply = await load_script("claim_due").run(
+            self.redis,
+            [EVENTS_STREAM],
+            [self.group, self.consumer, base_ms, cap_ms, jitter, max_deliveries, limit, scan],
+        )
+        claimed_raw, missing = reply
+        claimed: list[RawEntry] = []
+        for entry_id, deliveries, flat in claimed_raw:
+            fields = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+            claimed.append((_text(entry_id), fields, int(deliveries)))
+        return ClaimResult(claimed, [_text(m) for m in missing])
+
+    async def heartbeat(self, entry_ids: list[str]) -> int:
+        if not entry_ids:
+            return 0
+        refreshed: int = await load_script("heartbeat").run(
+            self.redis, [EVENTS_STREAM], [self.group, self.consumer, *entry_ids]
+        )
+        return refreshed
+
+    async def ack_sent(self, entry_id: str, receipt: dict[str, str]) -> bool:
+        flat = [part for pair in receipt.items() for part in pair]
+        acked = await load_script("ack_sent").run(
+            self.redis,
+            [EVENTS_STREAM, RECEIPTS_STREAM, LAST_ERROR_HASH],
+            [self.group, entry_id, *flat],
+        )
+        return bool(acked)
+
+    async def dead_letter(
+        self,
+        entry_id: str,
+        *,
+        reason_class: str,
+        reason: str,
+        min_deliveries: int = 0,
+        receipt: bool = True,
+    ) -> str | None:
+        dead_id = await load_script("dead_letter").run(
+            self.redis,
+            [EVENTS_STREAM, DEAD_STREAM, RECEIPTS_STREAM, LAST_ERROR_HASH],
+            [
+                self.group,
+                entry_id,
+                reason_class,
+                reason[:1000],
+                min_deliveries,
+                now_ms(),
+                "1" if receipt else "0",
+            ],
+        )
+        return None if not dead_id else _text(dead_id)
+
+    async def record_failure(self, entry_id: str, receipt: dict[str, str]) -> None:
+        """Keeps the last error for the dead letter, and tells the order service of the try."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(LAST_ERROR_HASH, entry_id, receipt.get("detail", ""))
+            pipe.xadd(RECEIPTS_STREAM, receipt)  # type: ignore[arg-type]
+            await pipe.execute()
+
+    async def exhausted(self, max_deliveries: int, min_idle_ms: int, scan: int = 200) -> list[str]:
+        """Pending entries that used up their delivery budget and sat idle `min_idle_ms`."""
+        reply: Any = await self.redis.xpending_range(
+            EVENTS_STREAM, self.group, min="-", max="+", count=scan, idle=min_idle_ms
+        )
+        return [
+            _text(p["message_id"]) for p in reply if int(p["times_delivered"]) >= max_deliveries
+        ]
+
+    async def trim_acknowledged(self, retention_ms: int) -> int:
+        """Trims entries every consumer acknowledged and older than the retention; never a
+        pending or undelivered one."""
+        groups: Any = await self.redis.xinfo_groups(EVENTS_STREAM)
+        floor = f"{now_ms() - retention_ms}-0"
+        candidates = [floor]
+        for group in groups:
+            candidates.append(_text(group["last-delivered-id"]))
+            summary: Any = await self.redis.xpending(EVENTS_STREAM, _text(group["name"]))
+            if summary["pending"]:
+                candidates.append(_text(summary["min"]))
+        lowest = min(candidates, key=lambda sid: tuple(int(x) for x in sid.split("-")))
+        trimmed: int = await self.redis.xtrim(EVENTS_STREAM, minid=lowest, approximate=True)
+        return trimmed

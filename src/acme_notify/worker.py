@@ -1,0 +1,139 @@
+"""Composition root of a notifier replica (`acme notifier`).
+
+Builds the Redis client, the ledger's PostgreSQL pool, the SMTP pool, the renderer and the
+breaker from the settings, wires them into the actors, and runs the actors under one supervisor
+until SIGTERM/SIGINT: then it stops reading, lets in-flight sends finish for `grace_s`, and
+cancels what is left (those entries stay pending and another replica claims them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import asyncpg
+import structlog
+from redis.asyncio import Redis
+
+from acme_notify.claimer import Claimer, Heartbeat
+from acme_notify.consumer import Consumer
+from acme_notify.delivery import BreakerSync, Delivery
+from acme_notify.flow import CircuitBreaker, TokenBucket
+from acme_notify.ledger import SendLedger
+from acme_notify.processor import Processor
+from acme_notify.reaper import Reaper
+from acme_notify.render import Renderer
+from acme_notify.settings import NotifySettings
+from acme_notify.smtp import SmtpConfig, SmtpPool
+from acme_notify.streams import Streams
+from acme_runtime.actors import Actor, PeriodicActor, Supervisor, install_signal_handlers
+
+__all__ = ["Replica", "build_replica", "run_notifier"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Replica:
+    """Everything one notifier replica runs, exposed for tests and metrics."""
+
+    streams: Streams
+    processor: Processor
+    delivery: Delivery
+    ledger: SendLedger
+    actors: list[Actor]
+
+
+def build_replica(settings: NotifySettings, redis: Redis, pool: asyncpg.Pool) -> Replica:
+    streams = Streams(redis, settings.consumer_name)
+    ledger = SendLedger(pool)
+    smtp = SmtpPool(
+        SmtpConfig.from_url(
+            settings.smtp_url, timeout_s=settings.smtp_timeout_s, pool_size=settings.smtp_pool_size
+        )
+    )
+    breaker = CircuitBreaker(
+        settings.breaker_failures,
+        settings.breaker_cooldown_s,
+        max_cooldown_s=settings.breaker_max_cooldown_s,
+    )
+    rate = (
+        TokenBucket(settings.smtp_rate_per_s, burst=max(1, int(settings.smtp_rate_per_s)))
+        if settings.smtp_rate_per_s > 0
+        else None
+    )
+    delivery = Delivery(smtp, breaker, redis, consumer=settings.consumer_name, rate=rate)
+    processor = Processor(
+        streams=streams,
+        ledger=ledger,
+        renderer=Renderer(settings.from_address, settings.message_id_domain),
+        send=delivery.send,
+        concurrency=settings.concurrency,
+        max_deliveries=settings.max_deliveries,
+    )
+
+    async def sweep_ledger() -> bool:
+        deleted = await ledger.delete_older_than(settings.ledger_retention_s)
+        return deleted >= 5_000
+
+    actors: list[Actor] = [
+        Consumer(streams, processor, block_ms=settings.block_ms, capacity=delivery.capacity),
+        Claimer(
+            streams,
+            processor,
+            interval_ms=settings.claim_interval_ms,
+            base_ms=settings.backoff_base_ms,
+            cap_ms=settings.backoff_max_ms,
+            jitter=settings.backoff_jitter,
+            max_deliveries=settings.max_deliveries,
+            capacity=delivery.capacity,
+        ),
+        Heartbeat(streams, processor, interval_ms=settings.heartbeat_interval_ms),
+        Reaper(
+            streams,
+            interval_ms=settings.reaper_interval_ms,
+            max_deliveries=settings.max_deliveries,
+            min_idle_ms=3 * settings.heartbeat_interval_ms,
+            retention_ms=settings.stream_retention_ms,
+        ),
+        BreakerSync(delivery),
+        PeriodicActor("ledger-janitor", sweep_ledger, 300.0),
+    ]
+    return Replica(streams, processor, delivery, ledger, actors)
+
+
+@asynccontextmanager
+async def open_clients(settings: NotifySettings) -> AsyncIterator[tuple[Redis, asyncpg.Pool]]:
+    pool = await asyncpg.create_pool(
+        settings.database_url,
+        min_size=1,
+        max_size=settings.db_pool_max,
+        command_timeout=5,
+        server_settings={"application_name": "acme-notifier"},
+    )
+    redis = Redis.from_url(
+        settings.redis_url,
+        socket_timeout=5 + settings.block_ms / 1000,
+        socket_connect_timeout=2,
+        health_check_interval=30,
+    )
+    try:
+        yield redis, pool
+    finally:
+        await redis.aclose()
+        await pool.close()
+
+
+async def run_notifier(settings: NotifySettings) -> None:
+    async with open_clients(settings) as (redis, pool):
+        replica = build_replica(settings, redis, pool)
+        supervisor = Supervisor(replica.actors, grace_s=settings.grace_s)
+        install_signal_handlers(supervisor.stop)
+        log.info(
+            "notifier_started", consumer=settings.consumer_name, concurrency=settings.concurrency
+        )
+        try:
+            await supervisor.run()
+        finally:
+            await replica.delivery.pool.close()

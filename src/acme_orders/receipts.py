@@ -1,0 +1,185 @@
+"""The receipts consumer: the order service learns what happened to each e-mail.
+
+Reads the notifier's receipts stream in its own consumer group and applies a batch in one
+statement: `sent` and `dead` set the order's notification status and delete the outbox row
+(which ends its re-drive); `attempt_failed` records the try. Each timeline entry carries the
+receipt's stream id, so applying a receipt twice (after a crash, or a claim of another
+replica's pending receipts) changes nothing. A sent order never turns dead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import asyncpg
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from acme_orders.store import OrderStore
+from acme_runtime.actors import sleep_or_stop
+from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM
+
+__all__ = ["ReceiptsConsumer", "apply_receipts"]
+
+log = structlog.get_logger(__name__)
+
+Receipt = tuple[str, dict[bytes, bytes]]
+
+SQL_APPLY_RECEIPTS = """
+WITH r AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::bigint[],
+                         $6::int[], $7::text[], $8::text[], $9::text[])
+        AS r(source_id, kind, event_id, order_id, at_ms, attempts, consumer, reason_class,
+             detail)
+),
+t AS (
+    INSERT INTO order_timeline (order_id, at, kind, detail, source_id)
+    SELECT r.order_id, to_timestamp(r.at_ms / 1000.0), r.kind,
+           jsonb_strip_nulls(jsonb_build_object(
+               'event_id', r.event_id, 'attempt', r.attempts, 'consumer', r.consumer,
+               'reason_class', nullif(r.reason_class, ''), 'detail', nullif(r.detail, ''))),
+           r.source_id
+    FROM r
+    ON CONFLICT (source_id) WHERE source_id IS NOT NULL DO NOTHING
+    RETURNING order_id
+),
+final AS (
+    SELECT DISTINCT ON (order_id) * FROM r
+    ORDER BY order_id, (kind = 'sent') DESC, (kind = 'dead') DESC, attempts DESC
+),
+o AS (
+    UPDATE orders SET
+        notification_status = CASE
+            WHEN orders.notification_status = 'sent' THEN 'sent'
+            WHEN final.kind IN ('sent', 'dead') THEN final.kind
+            ELSE orders.notification_status END,
+        notification_updated_at = to_timestamp(final.at_ms / 1000.0),
+        delivery_attempts = greatest(orders.delivery_attempts, final.attempts),
+        notification_detail = CASE
+            WHEN orders.notification_status = 'sent' THEN orders.notification_detail
+            ELSE nullif(final.detail, '') END
+    FROM final
+    WHERE orders.id = final.order_id
+)
+DELETE FROM outbox USING r
+WHERE outbox.event_id = r.event_id AND r.kind IN ('sent', 'dead')
+"""
+
+
+def _field(fields: dict[bytes, bytes], name: bytes) -> str:
+    return fields.get(name, b"").decode("utf-8", "replace")
+
+
+async def apply_receipts(store: OrderStore, receipts: list[Receipt]) -> int:
+    """Applies receipts in one statement; malformed ones are skipped (logged). Returns applied."""
+    columns: list[list[object]] = [[] for _ in range(9)]
+    for source_id, fields in receipts:
+        try:
+            row = (
+                source_id,
+                _field(fields, b"type"),
+                _field(fields, b"event_id"),
+                _field(fields, b"order_id"),
+                int(_field(fields, b"at_ms")),
+                int(_field(fields, b"attempts") or 0),
+                _field(fields, b"consumer"),
+                _field(fields, b"reason_class"),
+                _field(fields, b"detail"),
+            )
+            if row[1] not in ("sent", "dead", "attempt_failed"):
+                raise ValueError(f"unknown receipt type {row[1]!r}")
+            uuid.UUID(str(row[2]))
+            uuid.UUID(str(row[3]))
+        except ValueError as exc:
+            log.error("malformed_receipt_skipped", receipt_id=source_id, error=str(exc))
+            continue
+        for column, value in zip(columns, row, strict=True):
+            column.append(value)
+    if columns[0]:
+        await store.pool.execute(SQL_APPLY_RECEIPTS, *columns)
+    return len(columns[0])
+
+
+class ReceiptsConsumer:
+    name = "receipts"
+
+    def __init__(
+        self,
+        store: OrderStore,
+        redis: Redis,
+        *,
+        consumer: str,
+        batch: int = 500,
+        block_ms: int = 1_000,
+        claim_idle_ms: int = 30_000,
+    ) -> None:
+        self._store = store
+        self._redis = redis
+        self._consumer = consumer
+        self._batch = batch
+        self._block_ms = block_ms
+        self._claim_idle_ms = claim_idle_ms
+
+    async def _ensure_group(self) -> None:
+        try:
+            await self._redis.xgroup_create(RECEIPTS_STREAM, RECEIPTS_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def _read(self) -> list[Receipt]:
+        # First what a crashed replica left pending for long, then new receipts.
+        autoclaimed: Any = await self._redis.xautoclaim(
+            RECEIPTS_STREAM,
+            RECEIPTS_GROUP,
+            self._consumer,
+            self._claim_idle_ms,
+            start_id="0-0",
+            count=self._batch,
+        )
+        claimed = autoclaimed[1]
+        if claimed:
+            return [(sid.decode(), fields) for sid, fields in claimed if fields]
+        try:
+            reply: Any = await self._redis.xreadgroup(
+                RECEIPTS_GROUP,
+                self._consumer,
+                {RECEIPTS_STREAM: ">"},
+                count=self._batch,
+                block=self._block_ms,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            await self._ensure_group()
+            return []
+        return [
+            (sid.decode(), fields) for _s, items in reply or [] for sid, fields in items if fields
+        ]
+
+    async def consume_once(self) -> int:
+        receipts = await self._read()
+        if not receipts:
+            return 0
+        await apply_receipts(self._store, receipts)
+        ids = [sid for sid, _f in receipts]
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.xack(RECEIPTS_STREAM, RECEIPTS_GROUP, *ids)
+            pipe.xdel(RECEIPTS_STREAM, *ids)
+            await pipe.execute()
+        return len(receipts)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._ensure_group()
+        backoff_s = 0.1
+        while not stop.is_set():
+            try:
+                await self.consume_once()
+                backoff_s = 0.1
+            except (RedisError, asyncpg.PostgresError, OSError) as exc:
+                log.warning("receipts_failed", error=repr(exc), retry_in_s=backoff_s)
+                await sleep_or_stop(stop, backoff_s)
+                backoff_s = min(backoff_s * 2, 5.0)

@@ -1,0 +1,98 @@
+"""Running real replicas and services inside a test's event loop, and waiting on outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from acme_notify.settings import NotifySettings
+from acme_notify.worker import Replica, build_replica, open_clients
+from acme_orders.app import open_clients as open_order_clients
+from acme_orders.app import relay_actors
+from acme_orders.settings import OrdersSettings
+from acme_runtime.actors import Supervisor
+
+
+def notify_env(
+    database_url: str, redis_url: str, smtp_url: str, **overrides: str
+) -> dict[str, str]:
+    """Notifier environment with a fast retry schedule, so retries happen within a test."""
+    return {
+        "ACME_DATABASE_URL": database_url,
+        "ACME_REDIS_URL": redis_url,
+        "ACME_SMTP_URL": smtp_url,
+        "ACME_CONSUMER_NAME": "notifier-test-1",
+        "ACME_NOTIFY_BLOCK_MS": "50",
+        "ACME_CLAIM_INTERVAL_MS": "50",
+        "ACME_HEARTBEAT_INTERVAL_MS": "100",
+        "ACME_REAPER_INTERVAL_MS": "50",
+        "ACME_BACKOFF_BASE_MS": "200",
+        "ACME_BACKOFF_MAX_MS": "800",
+        "ACME_MAX_DELIVERIES": "4",
+        "ACME_SMTP_TIMEOUT_S": "2",
+        "ACME_BREAKER_COOLDOWN_S": "0.3",
+        "ACME_BREAKER_MAX_COOLDOWN_S": "1",
+        "ACME_NOTIFY_GRACE_S": "5",
+        **overrides,
+    }
+
+
+def notify_settings(
+    database_url: str, redis_url: str, smtp_url: str, **overrides: str
+) -> NotifySettings:
+    return NotifySettings.from_env(notify_env(database_url, redis_url, smtp_url, **overrides))
+
+
+@asynccontextmanager
+async def running_replica(settings: NotifySettings) -> AsyncIterator[Replica]:
+    """A notifier replica running its actors until the block exits (then drained)."""
+    async with open_clients(settings) as (redis, pool):
+        replica = build_replica(settings, redis, pool)
+        supervisor = Supervisor(replica.actors, grace_s=settings.grace_s)
+        runner = asyncio.create_task(supervisor.run())
+        try:
+            yield replica
+        finally:
+            supervisor.stop.set()
+            await runner
+            await replica.delivery.pool.close()
+
+
+def start_notifier_process(settings_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`acme notifier` as a real OS process, for tests that kill it with SIGKILL."""
+    env = {**os.environ, **settings_env, "ACME_LOG_FORMAT": "json"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "acme_cli.main", "notifier"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+@asynccontextmanager
+async def running_order_workers(settings: OrdersSettings) -> AsyncIterator[None]:
+    """The order service's background actors (relay, re-drive, receipts, janitor)."""
+    async with open_order_clients(settings) as clients:
+        supervisor = Supervisor(relay_actors(settings, clients), grace_s=5)
+        runner = asyncio.create_task(supervisor.run())
+        try:
+            yield
+        finally:
+            supervisor.stop.set()
+            await runner
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout_s: float = 10, what: str = "condition"
+) -> None:
+    """Polls `check` until it is true; fails the test after `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        await asyncio.sleep(0.02)

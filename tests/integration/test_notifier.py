@@ -1,0 +1,251 @@
+"""The notifier on real Redis, PostgreSQL and an aiosmtpd server: every e-mail, once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+from litestar.testing import AsyncTestClient
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from acme_cli.smtp_sink import MailSink
+from acme_notify.render import order_reference
+from acme_orders.app import api_app
+from acme_orders.settings import OrdersSettings
+from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM
+from tests.harness import (
+    eventually,
+    notify_env,
+    notify_settings,
+    running_order_workers,
+    running_replica,
+    start_notifier_process,
+)
+from tests.integration.test_api import ORDER
+
+pytestmark = pytest.mark.slow
+
+ORDER_EN: dict[str, Any] = {
+    **ORDER,
+    "customer": {"name": "John Smith", "email": "john@example.com", "locale": "en-US"},
+    "currency": "USD",
+}
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[MailSink]:
+    server = MailSink(None)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def api(orders_settings: OrdersSettings) -> AsyncIterator[AsyncTestClient[Any]]:
+    async with (
+        AsyncTestClient(app=api_app(orders_settings)) as client,
+        running_order_workers(orders_settings),
+    ):
+        yield client
+
+
+async def order_status(api: AsyncTestClient[Any], order_id: str) -> dict[str, Any]:
+    response = await api.get(f"/orders/{order_id}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_happy_path_delivers_both_locales_with_correct_headers(
+    api: AsyncTestClient[Any], sink: MailSink, database_url: str, redis_url: str
+) -> None:
+    """POST /orders -> one multipart e-mail per order, in the customer's language; status sent."""
+    settings = notify_settings(database_url, redis_url, sink.url)
+    async with running_replica(settings):
+        pt = (await api.post("/orders", json=ORDER)).json()
+        en = (await api.post("/orders", json=ORDER_EN)).json()
+        messages = await sink.wait_for(2, timeout_s=10)
+        by_order = {m.order_id: m for m in messages}
+        assert set(by_order) == {pt["id"], en["id"]}
+
+        pt_mail = by_order[pt["id"]].parsed()
+        assert pt_mail["To"].addresses[0].addr_spec == "ana@example.com"
+        assert "Ana Souza" in str(pt_mail["To"])
+        assert order_reference(pt["id"]) in pt_mail["Subject"]
+        assert pt_mail["Message-ID"] and pt_mail["Date"]
+        assert pt_mail.get_content_type() == "multipart/alternative"
+        parts = {p.get_content_type(): p.get_content() for p in pt_mail.iter_parts()}
+        assert set(parts) == {"text/plain", "text/html"}
+        assert "R$" in parts["text/plain"] and "Caneca" in parts["text/html"]
+        en_mail = by_order[en["id"]].parsed()
+        en_text = next(
+            p.get_content() for p in en_mail.iter_parts() if p.get_content_type() == "text/plain"
+        )
+        assert "John Smith" in en_text and "$" in en_text
+
+        async def both_sent() -> bool:
+            statuses = [
+                (await order_status(api, o["id"]))["notification"]["status"] for o in (pt, en)
+            ]
+            return statuses == ["sent", "sent"]
+
+        await eventually(both_sent, what="sent receipts applied")
+        order = await order_status(api, pt["id"])
+        assert order["notification"]["attempts"] == 1
+        assert [e["kind"] for e in order["timeline"]][-1] == "sent"
+
+
+async def test_replica_killed_mid_batch_loses_nothing_and_sends_once(
+    api: AsyncTestClient[Any], sink: MailSink, database_url: str, redis_url: str, redis: Redis
+) -> None:
+    """A replica SIGKILLed mid-send loses nothing: another claims its entries, each sent once."""
+
+    async def slow(_address: str) -> None:
+        await asyncio.sleep(3)
+
+    sink.rcpt_policy = slow  # stalls before any message data is sent
+    order_ids = [(await api.post("/orders", json=ORDER)).json()["id"] for _ in range(10)]
+    doomed = start_notifier_process(
+        notify_env(
+            database_url,
+            redis_url,
+            sink.url,
+            ACME_CONSUMER_NAME="doomed",
+            ACME_NOTIFY_CONCURRENCY="10",
+            ACME_SMTP_POOL_SIZE="10",
+            ACME_SMTP_TIMEOUT_S="10",
+            ACME_METRICS_PORT="0",
+        )
+    )
+    try:
+
+        async def all_in_flight() -> bool:
+            try:
+                summary: Any = await redis.xpending(EVENTS_STREAM, "notifier")
+            except ResponseError:  # the group is not created yet
+                return False
+            return int(summary["pending"]) == 10
+
+        await eventually(all_in_flight, timeout_s=20, what="the doomed replica to hold all ten")
+    finally:
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(timeout=10)
+    await asyncio.sleep(3.5)  # the stalled RCPTs finish server-side, with no DATA to follow
+    assert len(sink.messages) == 0, "the kill came before any message data was sent"
+    sink.rcpt_policy = None
+    survivor = notify_settings(database_url, redis_url, sink.url, ACME_CONSUMER_NAME="survivor")
+    async with running_replica(survivor):
+        await sink.wait_for(10, timeout_s=15)
+        await asyncio.sleep(0.5)  # would any duplicate still arrive?
+    assert sorted(m.order_id for m in sink.messages) == sorted(order_ids)
+
+
+async def test_smtp_421_then_recovery_is_retried_with_backoff(
+    api: AsyncTestClient[Any], sink: MailSink, database_url: str, redis_url: str
+) -> None:
+    """A server answering 421 for a while gets the e-mail once it recovers, on a later attempt."""
+    attempts: list[float] = []
+
+    def busy_for_a_while(_envelope: SmtpEnvelope) -> str | None:
+        attempts.append(time.monotonic())
+        return "421 4.3.2 try again later" if len(attempts) <= 2 else None
+
+    sink.policy = busy_for_a_while
+    settings = notify_settings(database_url, redis_url, sink.url, ACME_BREAKER_FAILURES="10")
+    async with running_replica(settings):
+        order_id = (await api.post("/orders", json=ORDER)).json()["id"]
+        [message] = await sink.wait_for(1, timeout_s=15)
+        assert message.order_id == order_id
+
+        async def sent() -> bool:
+            return (await order_status(api, order_id))["notification"]["status"] == "sent"
+
+        await eventually(sent, what="the sent receipt")
+    order = await order_status(api, order_id)
+    assert order["notification"]["attempts"] == 3
+    kinds = [e["kind"] for e in order["timeline"]]
+    assert kinds.count("attempt_failed") == 2
+    gaps = [b - a for a, b in itertools.pairwise(attempts)]
+    assert gaps[0] >= 0.2 and gaps[1] >= 0.4, f"backoff doubles from 200 ms: {gaps}"
+
+
+async def test_smtp_550_is_dead_lettered_at_once(
+    api: AsyncTestClient[Any], sink: MailSink, database_url: str, redis_url: str, redis: Redis
+) -> None:
+    """A permanent rejection goes to the dead stream with its reason; the order shows dead."""
+    sink.policy = lambda _e: "550 5.1.1 mailbox unknown"
+    settings = notify_settings(database_url, redis_url, sink.url)
+    async with running_replica(settings):
+        order_id = (await api.post("/orders", json=ORDER)).json()["id"]
+
+        async def dead() -> bool:
+            return (await order_status(api, order_id))["notification"]["status"] == "dead"
+
+        await eventually(dead, what="the dead receipt")
+    [(_dead_id, fields)] = await redis.xrange(DEAD_STREAM)
+    assert fields[b"order_id"].decode() == order_id
+    assert fields[b"reason_class"] == b"invalid_recipient"
+    assert b"550" in fields[b"reason"] and fields[b"deliveries"] == b"1"
+    order = await order_status(api, order_id)
+    assert "550" in order["notification"]["detail"]
+    assert len(sink.messages) == 0
+
+
+async def test_poison_entry_is_dead_lettered_and_the_flow_continues(
+    api: AsyncTestClient[Any], sink: MailSink, database_url: str, redis_url: str, redis: Redis
+) -> None:
+    """Garbage on the stream is dead-lettered with the reason; the next order is still sent."""
+    settings = notify_settings(database_url, redis_url, sink.url)
+    async with running_replica(settings):
+        await redis.xgroup_create(EVENTS_STREAM, "notifier", id="0", mkstream=True)
+        await redis.xadd(EVENTS_STREAM, {"v": "1", "data": b"{not json"})
+        await redis.xadd(EVENTS_STREAM, {"v": "99", "data": b"{}"})
+        order_id = (await api.post("/orders", json=ORDER)).json()["id"]
+        [message] = await sink.wait_for(1, timeout_s=10)
+        assert message.order_id == order_id
+
+        async def two_dead() -> bool:
+            return int(await redis.xlen(DEAD_STREAM)) == 2
+
+        await eventually(two_dead, what="two poison entries in the dead stream")
+    dead = await redis.xrange(DEAD_STREAM)
+    reasons = sorted(fields[b"reason"].decode() for _id, fields in dead)
+    assert "undecodable envelope" in reasons[1] or "undecodable envelope" in reasons[0]
+    assert any("unsupported schema version '99'" in r for r in reasons)
+    assert {fields[b"reason_class"] for _id, fields in dead} == {b"poison"}
+
+
+async def test_redelivered_event_already_sent_is_not_sent_again(
+    api: AsyncTestClient[Any],
+    sink: MailSink,
+    database_url: str,
+    redis_url: str,
+    redis: Redis,
+    pool: asyncpg.Pool,
+) -> None:
+    """The same event arriving again (a re-drive after Redis lost data) sends no second e-mail."""
+    settings = notify_settings(database_url, redis_url, sink.url)
+    async with running_replica(settings):
+        await api.post("/orders", json=ORDER)
+        await sink.wait_for(1, timeout_s=10)
+        [(_id, fields)] = await redis.xrange(EVENTS_STREAM)
+        again = await redis.xadd(EVENTS_STREAM, fields)  # the very same event, a second time
+
+        async def all_acked() -> bool:
+            summary: Any = await redis.xpending(EVENTS_STREAM, "notifier")
+            info: Any = await redis.xinfo_groups(EVENTS_STREAM)
+            return int(summary["pending"]) == 0 and info[0]["last-delivered-id"] == again
+
+        await eventually(all_acked, what="the duplicate to be acknowledged")
+        await asyncio.sleep(0.3)
+    assert len(sink.messages) == 1
+    assert await pool.fetchval("SELECT count(*) FROM notify.sent_ledger") == 1
