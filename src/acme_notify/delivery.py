@@ -54,7 +54,7 @@ class Delivery:
 
     async def send(self, sender: str, recipients: list[str], data: bytes) -> str:
         if not self.breaker.allow():
-            raise TransientError("SMTP circuit open: server considered down", server_down=False)
+            raise TransientError("SMTP circuit open: server considered down", server_down=True)
         if self._rate is not None:
             await self._rate.acquire()
         try:

@@ -100,7 +100,9 @@ class Processor:
         )
         already = await self._ledger.already_sent(envelope.event_id)
         if already is not None:
-            await self._streams.ack_sent(entry_id, self._receipt(entry, "sent", already))
+            await self._streams.ack_sent(
+                entry_id, self._receipt(entry, "sent", already, reason_class="duplicate")
+            )
             bound.info("duplicate_suppressed", message_id=already)
             self.on_outcome("duplicate", "")
             return
@@ -108,10 +110,11 @@ class Processor:
             message = self._renderer.render(envelope)
             reply = await self._send(message.sender, [message.recipient], message.data)
         except TransientError as exc:
-            bound.warning("send_failed_transient", reason=exc.reason)
+            bound.warning("send_failed_transient", reason=exc.reason, server_down=exc.server_down)
             await self._streams.record_failure(
                 entry_id,
                 self._receipt(entry, "attempt_failed", exc.reason, reason_class="smtp_transient"),
+                refund=exc.server_down,
             )
             self.on_outcome("transient", "smtp_transient")
             return

@@ -306,6 +306,12 @@ class SmtpPool:
         self._opened += 1
         try:
             await client.connect()
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # Python 3.11's asyncio.wait_for (used by aiosmtplib's connect) can swallow a
+                # cancellation that lands as the connection completes (CPython gh-86296). Left
+                # alone, a "cancelled" send would go on to deliver: honour the cancel here.
+                raise asyncio.CancelledError
         except BaseException:
             self._discard(client)
             raise

@@ -144,12 +144,23 @@ class Streams:
         )
         return None if not dead_id else _text(dead_id)
 
-    async def record_failure(self, entry_id: str, receipt: dict[str, str]) -> None:
-        """Keeps the last error for the dead letter, and tells the order service of the try."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(LAST_ERROR_HASH, entry_id, receipt.get("detail", ""))
-            pipe.xadd(RECEIPTS_STREAM, receipt)  # type: ignore[arg-type]
-            await pipe.execute()
+    async def record_failure(self, entry_id: str, receipt: dict[str, str], *, refund: bool) -> int:
+        """Keeps the last error, tells the order service of the try and, when the server was
+        down (`refund`), gives the delivery back. Returns the entry's delivery count."""
+        flat = [part for pair in receipt.items() for part in pair]
+        deliveries: int = await load_script("attempt_failed").run(
+            self.redis,
+            [EVENTS_STREAM, RECEIPTS_STREAM, LAST_ERROR_HASH],
+            [
+                self.group,
+                self.consumer,
+                entry_id,
+                receipt.get("detail", ""),
+                "1" if refund else "0",
+                *flat,
+            ],
+        )
+        return deliveries
 
     async def exhausted(self, max_deliveries: int, min_idle_ms: int, scan: int = 200) -> list[str]:
         """Pending entries that used up their delivery budget and sat idle `min_idle_ms`."""

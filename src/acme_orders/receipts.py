@@ -39,16 +39,24 @@ t AS (
     INSERT INTO order_timeline (order_id, at, kind, detail, source_id)
     SELECT r.order_id, to_timestamp(r.at_ms / 1000.0), r.kind,
            jsonb_strip_nulls(jsonb_build_object(
-               'event_id', r.event_id, 'attempt', r.attempts, 'consumer', r.consumer,
+               'event_id', r.event_id, 'consumer', r.consumer,
                'reason_class', nullif(r.reason_class, ''), 'detail', nullif(r.detail, ''))),
            r.source_id
     FROM r
     ON CONFLICT (source_id) WHERE source_id IS NOT NULL DO NOTHING
-    RETURNING order_id
+    RETURNING order_id, kind, detail->>'reason_class' AS reason_class
+),
+-- Real SMTP tries among the receipts applied now (a duplicate suppressed by the ledger and a
+-- dead letter for an exhausted budget are not tries), so re-applied receipts count nothing.
+tries AS (
+    SELECT order_id, count(*) AS n FROM t
+    WHERE (kind IN ('attempt_failed', 'sent') AND reason_class IS DISTINCT FROM 'duplicate')
+       OR (kind = 'dead' AND reason_class IS DISTINCT FROM 'max_deliveries')
+    GROUP BY order_id
 ),
 final AS (
     SELECT DISTINCT ON (order_id) * FROM r
-    ORDER BY order_id, (kind = 'sent') DESC, (kind = 'dead') DESC, attempts DESC
+    ORDER BY order_id, (kind = 'sent') DESC, (kind = 'dead') DESC, at_ms DESC
 ),
 o AS (
     UPDATE orders SET
@@ -57,11 +65,11 @@ o AS (
             WHEN final.kind IN ('sent', 'dead') THEN final.kind
             ELSE orders.notification_status END,
         notification_updated_at = to_timestamp(final.at_ms / 1000.0),
-        delivery_attempts = greatest(orders.delivery_attempts, final.attempts),
+        delivery_attempts = orders.delivery_attempts + coalesce(tries.n, 0),
         notification_detail = CASE
             WHEN orders.notification_status = 'sent' THEN orders.notification_detail
             ELSE nullif(final.detail, '') END
-    FROM final
+    FROM final LEFT JOIN tries USING (order_id)
     WHERE orders.id = final.order_id
 )
 DELETE FROM outbox USING r

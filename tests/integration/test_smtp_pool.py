@@ -262,3 +262,29 @@ async def test_hang_up_after_mail_answered_is_a_failure(
     assert caught.value.reason.startswith("connection lost")
     assert server.delivered == [message(1)]
     assert (server.connections, pool.size) == (1, 0)
+
+
+@pytest.mark.parametrize("cancel_after_s", [0.0, 0.0005, 0.001, 0.002, 0.005, 0.05])
+async def test_a_cancelled_send_is_never_delivered_behind_the_callers_back(
+    sink: MailSink, make_pool: MakePool, cancel_after_s: float
+) -> None:
+    """Cancelled at any moment, a send either raises CancelledError and delivers nothing, or
+    (when Python 3.11's wait_for swallows the cancel) reports its 250: never both."""
+
+    async def stall(_address: str) -> None:
+        await asyncio.sleep(0.3)
+
+    sink.rcpt_policy = stall
+    pool = make_pool(sink.url, pool_size=10)
+    sends = [
+        asyncio.create_task(pool.send("a@acme.example", ["b@example.com"], message(i)))
+        for i in range(10)
+    ]
+    await asyncio.sleep(cancel_after_s)
+    for send in sends:
+        send.cancel()
+    outcomes = await asyncio.gather(*sends, return_exceptions=True)
+    delivered = [o for o in outcomes if isinstance(o, str)]
+    assert all(isinstance(o, asyncio.CancelledError) or o.startswith("250") for o in outcomes)
+    await asyncio.sleep(0.5)  # stalled RCPTs end; a cancelled send sends no message data
+    assert len(sink.messages) == len(delivered)

@@ -1,0 +1,523 @@
+"""A stateful model of delivery: every event ends sent once or dead, whatever happens on the way.
+
+A Hypothesis `RuleBasedStateMachine` drives the notifier's building blocks (Streams, Processor,
+SendLedger, Renderer, Delivery over an SmtpPool and a CircuitBreaker) for three replicas sharing
+one real Redis, one real PostgreSQL and one real SMTP sink, step by step instead of as running
+actors, so each run is deterministic and fast. Rules publish events (and re-driven duplicates
+and poison), deliver, crash after reading, claim due retries, reap exhausted entries and break
+or heal SMTP. At the end SMTP comes back, everything is drained, and every event must have
+ended exactly once: one e-mail and one ledger row, or a dead letter.
+
+The machine is synchronous: it owns one event loop (created in `__init__`, closed in
+`teardown`), runs each async step with `run_until_complete`, and creates its clients inside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import uuid
+from collections import Counter
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.parser import BytesHeaderParser
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+from aiosmtpd.smtp import Envelope as SmtpEnvelope
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
+from redis.asyncio import Redis
+
+from acme_cli.smtp_sink import MailSink
+from acme_notify.delivery import Delivery
+from acme_notify.flow import CircuitBreaker
+from acme_notify.ledger import SendLedger
+from acme_notify.processor import Processor
+from acme_notify.render import Renderer
+from acme_notify.smtp import SmtpConfig, SmtpPool
+from acme_notify.streams import Streams
+from acme_orders.domain import OrderDraft, parse_order
+from acme_orders.events import build_envelope, encode_envelope
+from acme_orders.publisher import publish_batch
+from acme_orders.store import OutboxEvent
+from acme_runtime.channels import (
+    DEAD_STREAM,
+    EVENTS_STREAM,
+    NOTIFIER_GROUP,
+    RECEIPTS_STREAM,
+    published_key,
+)
+from acme_runtime.ids import uuid7
+from tests.conftest import TEMPLATE_DB
+from tests.integration.test_api import ORDER
+
+pytestmark = pytest.mark.slow
+
+T = TypeVar("T")
+
+REPLICAS = ("notifier-a", "notifier-b", "notifier-c")
+MAX_DELIVERIES = 3
+BACKOFF_BASE_MS = 1
+BACKOFF_CAP_MS = 4
+CONCURRENCY = 4
+BREAKER_FAILURES = 3
+BREAKER_COOLDOWN_S = 0.02
+DEDUPE_TTL_S = 600
+DRAIN_ROUNDS = 200
+
+ORDERS: tuple[dict[str, Any], ...] = (
+    ORDER,
+    {
+        **ORDER,
+        "customer": {"name": "John Smith", "email": "john@example.com", "locale": "en-US"},
+        "currency": "USD",
+    },
+)
+
+# Malformed stream entries, each one way of being unusable.
+POISON_KINDS: dict[str, dict[str, bytes | str]] = {
+    "not_json": {"v": "1", "data": b"{not json"},
+    "future_version": {"v": "99", "data": b"{}"},
+    "no_version": {"data": b"{}"},
+    "no_data": {"v": "1"},
+    "not_utf8": {"v": "1", "data": b"\xff\xfe\x00"},
+}
+
+DOWN_REPLY = "421 4.3.0 down"
+REJECT_REPLY = "550 5.1.1 mailbox unknown"
+GREYLIST_REPLY = "450 4.2.0 greylisted, try later"
+
+
+def _draft(order: dict[str, Any]) -> OrderDraft:
+    parsed = parse_order(order)
+    assert isinstance(parsed, OrderDraft)
+    return parsed
+
+
+def _new_event(order: dict[str, Any]) -> OutboxEvent:
+    event_id, order_id, now = uuid7(), uuid7(), datetime.now(UTC)
+    envelope = build_envelope(
+        event_id=str(event_id),
+        order_id=str(order_id),
+        draft=_draft(order),
+        created_at=now,
+        traceparent=None,
+    )
+    return OutboxEvent(event_id, order_id, encode_envelope(envelope))
+
+
+def _sid(entry_id: bytes | str) -> tuple[int, int]:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@dataclass
+class ReplicaUnderTest:
+    """One notifier replica's building blocks, without its actors."""
+
+    streams: Streams
+    delivery: Delivery
+    processor: Processor
+
+    def capacity(self) -> int:
+        """What the consumer and the claimer would take now (0 while the breaker is open)."""
+        return self.delivery.capacity(self.processor.free_slots)
+
+
+@dataclass(frozen=True)
+class Urls:
+    admin: str
+    redis: str
+
+
+class DeliveryMachine(RuleBasedStateMachine):
+    """Replicas delivering, crashing, retrying and dead-lettering over real Redis, PG and SMTP."""
+
+    events = Bundle("events")
+
+    def __init__(self, urls: Urls) -> None:
+        super().__init__()
+        self.urls = urls
+        self.loop = asyncio.new_event_loop()
+        self.db_name = f"t_{uuid7().hex}"
+        # The model: how many stream entries each event has, and the poison entries.
+        self.copies: Counter[str] = Counter()
+        self.poison: dict[str, str] = {}
+        self.relay_down = False
+        self.reject_next = False
+        self.greylist_next = False
+        self.outcomes: Counter[str] = Counter()
+        try:
+            self._run(self._setup())
+        except BaseException:
+            self._run(self._close_clients())
+            self.loop.close()
+            raise
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coro)
+
+    async def _setup(self) -> None:
+        self.redis: Redis | None = None
+        self.pool: asyncpg.Pool | None = None
+        self.sink: MailSink | None = None
+        self.replicas: list[ReplicaUnderTest] = []
+        admin = await asyncpg.connect(self.urls.admin)
+        try:
+            await admin.execute(f'CREATE DATABASE "{self.db_name}" TEMPLATE "{TEMPLATE_DB}"')
+        finally:
+            await admin.close()
+        self.redis = Redis.from_url(self.urls.redis)
+        await self.redis.flushall()
+        self.pool = await asyncpg.create_pool(
+            _with_database(self.urls.admin, self.db_name), min_size=1, max_size=3
+        )
+        self.sink = MailSink(None, policy=self._data_policy, rcpt_policy=self._rcpt_policy)
+        await self.sink.start()
+        ledger = SendLedger(self.pool)
+        renderer = Renderer("AcME Store <pedidos@acme.example>", "acme.example")
+        for name in REPLICAS:
+            streams = Streams(self.redis, name)
+            smtp = SmtpPool(SmtpConfig.from_url(self.sink.url, timeout_s=5, pool_size=2))
+            breaker = CircuitBreaker(
+                BREAKER_FAILURES, BREAKER_COOLDOWN_S, max_cooldown_s=4 * BREAKER_COOLDOWN_S
+            )
+            delivery = Delivery(smtp, breaker, self.redis, consumer=name)
+            processor = Processor(
+                streams=streams,
+                ledger=ledger,
+                renderer=renderer,
+                send=delivery.send,
+                concurrency=CONCURRENCY,
+                max_deliveries=MAX_DELIVERIES,
+            )
+            processor.on_outcome = self._count_outcome
+            self.replicas.append(ReplicaUnderTest(streams, delivery, processor))
+        await self.replicas[0].streams.ensure_group()
+
+    async def _close_clients(self) -> None:
+        for replica in getattr(self, "replicas", []):
+            await replica.delivery.pool.close()
+        sink = getattr(self, "sink", None)
+        if sink is not None:
+            await sink.stop()
+        pool = getattr(self, "pool", None)
+        if pool is not None:
+            await pool.close()
+        redis = getattr(self, "redis", None)
+        if redis is not None:
+            await redis.aclose()
+        admin = await asyncpg.connect(self.urls.admin)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    def _count_outcome(self, outcome: str, reason_class: str) -> None:
+        self.outcomes[f"{outcome} {reason_class}".strip()] += 1
+
+    def _data_policy(self, _envelope: SmtpEnvelope) -> str | None:
+        if self.relay_down:
+            return DOWN_REPLY
+        if self.reject_next:
+            self.reject_next = False
+            return REJECT_REPLY
+        return None
+
+    def _rcpt_policy(self, _address: str) -> str | None:
+        if self.greylist_next:
+            self.greylist_next = False
+            return GREYLIST_REPLY
+        return None
+
+    @property
+    def _redis(self) -> Redis:
+        assert self.redis is not None
+        return self.redis
+
+    @property
+    def _pool(self) -> asyncpg.Pool:
+        assert self.pool is not None
+        return self.pool
+
+    @property
+    def _sink(self) -> MailSink:
+        assert self.sink is not None
+        return self.sink
+
+    async def _deliver(self, replica: ReplicaUnderTest, count: int) -> int:
+        """The consumer's step: read as many new entries as it may take, handle each."""
+        take = min(count, replica.capacity())
+        if take <= 0:
+            return 0
+        entries = await replica.streams.read_new(take, block_ms=1)
+        for entry in entries:
+            await replica.processor.handle(entry)
+        return len(entries)
+
+    async def _claim(self, replica: ReplicaUnderTest) -> int:
+        """The claimer's step: take the due retries it may take, handle each."""
+        take = replica.capacity()
+        if take <= 0:
+            return 0
+        result = await replica.streams.claim_due(
+            base_ms=BACKOFF_BASE_MS,
+            cap_ms=BACKOFF_CAP_MS,
+            jitter=0.0,
+            max_deliveries=MAX_DELIVERIES,
+            limit=take,
+        )
+        assert result.missing == [], f"pending entries vanished from the stream: {result.missing}"
+        for entry in result.claimed:
+            assert 2 <= entry[2] <= MAX_DELIVERIES, f"claimed with {entry[2]} deliveries"
+            await replica.processor.handle(entry)
+        return len(result.claimed)
+
+    async def _reap(self) -> int:
+        """The reaper's step: dead-letter what used up its deliveries, trim acknowledged."""
+        streams = self.replicas[0].streams
+        reaped = 0
+        for entry_id in await streams.exhausted(MAX_DELIVERIES, min_idle_ms=0):
+            dead_id = await streams.dead_letter(
+                entry_id,
+                reason_class="max_deliveries",
+                reason=f"not delivered after {MAX_DELIVERIES} attempts",
+                min_deliveries=MAX_DELIVERIES,
+            )
+            assert dead_id is not None, f"exhausted entry {entry_id} was not dead-lettered"
+            reaped += 1
+        await streams.trim_acknowledged(retention_ms=0)
+        return reaped
+
+    async def _pending(self) -> int:
+        summary: Any = await self._redis.xpending(EVENTS_STREAM, NOTIFIER_GROUP)
+        return int(summary["pending"])
+
+    async def _unread(self) -> bool:
+        last: Any = await self._redis.xrevrange(EVENTS_STREAM, count=1)
+        if not last:
+            return False
+        groups: Any = await self._redis.xinfo_groups(EVENTS_STREAM)
+        [group] = [g for g in groups if g["name"] in (NOTIFIER_GROUP, NOTIFIER_GROUP.encode())]
+        return _sid(group["last-delivered-id"]) < _sid(last[0][0])
+
+    def _emails_by_event(self) -> Counter[str]:
+        parser = BytesHeaderParser()
+        return Counter(
+            str(parser.parsebytes(m.data)["X-Acme-Event-Id"]).strip() for m in self._sink.messages
+        )
+
+    async def _ledger(self) -> dict[str, str]:
+        rows = await self._pool.fetch("SELECT event_id, message_id FROM notify.sent_ledger")
+        return {str(r["event_id"]): r["message_id"] for r in rows}
+
+    # -- rules ------------------------------------------------------------------------------
+
+    @rule(target=events, order=st.sampled_from(ORDERS))
+    def publish(self, order: dict[str, Any]) -> OutboxEvent:
+        """A new event reaches the stream through the order service's publish-once path."""
+        event = _new_event(order)
+        [(_, _, added)] = self._run(publish_batch(self._redis, [event], dedupe_ttl_s=DEDUPE_TTL_S))
+        assert added, "a new event was not added to the stream"
+        self.copies[str(event.event_id)] += 1
+        return event
+
+    @rule(event=events, key_lost=st.booleans())
+    def publish_duplicate(self, event: OutboxEvent, key_lost: bool) -> None:
+        """A re-drive adds the event again only when Redis lost its publish-once key."""
+        if key_lost:  # Redis lost data: the dedupe key is gone, the re-drive adds a copy
+            self._run(self._redis.delete(published_key(str(event.event_id))))
+        before = self._run(self._redis.xlen(EVENTS_STREAM))
+        [(_, _, added)] = self._run(publish_batch(self._redis, [event], dedupe_ttl_s=DEDUPE_TTL_S))
+        after = self._run(self._redis.xlen(EVENTS_STREAM))
+        assert added == key_lost, "publish-once added a copy while its key still existed"
+        assert after - before == (1 if key_lost else 0)
+        if added:
+            self.copies[str(event.event_id)] += 1
+
+    @rule(kind=st.sampled_from(sorted(POISON_KINDS)))
+    def publish_poison(self, kind: str) -> None:
+        """A malformed entry lands on the stream."""
+        tag = uuid.uuid4().hex
+        fields = {**POISON_KINDS[kind], "poison_tag": tag}
+        self._run(self._redis.xadd(EVENTS_STREAM, fields))  # type: ignore[arg-type]
+        self.poison[tag] = kind
+
+    @rule(replica=st.integers(0, len(REPLICAS) - 1), count=st.integers(1, CONCURRENCY))
+    def deliver(self, replica: int, count: int) -> None:
+        """A replica reads new entries and handles each to its outcome."""
+        self._run(self._deliver(self.replicas[replica], count))
+
+    @rule(replica=st.integers(0, len(REPLICAS) - 1), count=st.integers(1, CONCURRENCY))
+    def crash(self, replica: int, count: int) -> None:
+        """A replica reads new entries and dies before handling them."""
+        r = self.replicas[replica]
+
+        async def read_and_drop() -> None:
+            take = min(count, r.capacity())
+            if take > 0:
+                await r.streams.read_new(take, block_ms=1)
+
+        self._run(read_and_drop())
+
+    @rule(replica=st.integers(0, len(REPLICAS) - 1), wait=st.booleans())
+    def claim(self, replica: int, wait: bool) -> None:
+        """A replica claims the due retries (optionally after a backoff) and handles them."""
+
+        async def step() -> None:
+            if wait:
+                await asyncio.sleep((BACKOFF_CAP_MS + 2) / 1000)
+            await self._claim(self.replicas[replica])
+
+        self._run(step())
+
+    @rule()
+    def reap(self) -> None:
+        """The reaper dead-letters entries that used up their deliveries."""
+        self._run(self._reap())
+
+    @rule(replica=st.integers(0, len(REPLICAS) - 1))
+    def sync_breaker(self, replica: int) -> None:
+        """A replica adopts the open breaker another replica published."""
+        self._run(self.replicas[replica].delivery.sync_shared())
+
+    @rule()
+    def smtp_down(self) -> None:
+        """The relay answers every message with 421 (server down)."""
+        self.relay_down = True
+
+    @rule()
+    def smtp_up(self) -> None:
+        """The relay accepts messages again."""
+        self.relay_down = False
+
+    @rule()
+    def smtp_reject_next(self) -> None:
+        """The relay permanently rejects the next message (550 5.1.1)."""
+        self.reject_next = True
+
+    @rule()
+    def smtp_greylist_next(self) -> None:
+        """The relay refuses the next recipient for now (450 at RCPT)."""
+        self.greylist_next = True
+
+    # -- invariants -------------------------------------------------------------------------
+
+    @invariant()
+    def at_most_one_email_per_event_and_it_is_in_the_ledger(self) -> None:
+        """No event is ever e-mailed twice, and every e-mail has its ledger row."""
+        emails = self._emails_by_event()
+        twice = {event_id: n for event_id, n in emails.items() if n > 1}
+        assert not twice, f"events e-mailed more than once: {twice}"
+        assert set(emails) <= set(self.copies), "an e-mail for an event never published"
+        ledger = self._run(self._ledger())
+        assert set(ledger) == set(emails), "ledger and sent e-mails disagree"
+
+    # -- the end: drain, then account for every event -----------------------------------------
+
+    async def _drain(self) -> None:
+        """SMTP up; claim, deliver and reap until nothing is pending and nothing is unread."""
+        self.relay_down = self.reject_next = self.greylist_next = False
+        for _round in range(DRAIN_ROUNDS):
+            if await self._pending() == 0 and not await self._unread():
+                return
+            await asyncio.sleep((BACKOFF_CAP_MS + 2) / 1000)
+            for replica in self.replicas:
+                await self._claim(replica)
+                await self._deliver(replica, CONCURRENCY)
+            await self._reap()
+        pending, unread = await self._pending(), await self._unread()
+        raise AssertionError(f"not drained after {DRAIN_ROUNDS} rounds: {pending=} {unread=}")
+
+    async def _final_check(self) -> None:
+        await self._drain()
+        assert await self._pending() == 0, "the events group still has pending entries"
+
+        emails = self._emails_by_event()
+        message_ids = {
+            str(BytesHeaderParser().parsebytes(m.data)["X-Acme-Event-Id"]).strip(): m.message_id
+            for m in self._sink.messages
+        }
+        ledger = await self._ledger()
+        dead: Counter[str] = Counter()
+        dead_poison: dict[str, list[bytes]] = {}
+        for _id, fields in await self._redis.xrange(DEAD_STREAM):
+            if b"poison_tag" in fields:
+                dead_poison.setdefault(fields[b"poison_tag"].decode(), []).append(
+                    fields[b"reason_class"]
+                )
+            else:
+                assert b"event_id" in fields, f"a dead entry of no known kind: {fields}"
+                dead[fields[b"event_id"].decode()] += 1
+        sent_receipts: Counter[str] = Counter(
+            fields[b"event_id"].decode()
+            for _id, fields in await self._redis.xrange(RECEIPTS_STREAM)
+            if fields[b"type"] == b"sent"
+        )
+
+        assert set(dead) <= set(self.copies), "a dead letter for an event never published"
+        for event_id, copies in self.copies.items():
+            sent, died = emails[event_id], dead[event_id]
+            assert sent <= 1, f"{event_id}: e-mailed {sent} times"
+            assert sent + died >= 1, f"{event_id}: lost (neither sent nor dead)"
+            if copies == 1:
+                assert sent + died == 1, f"{event_id}: both sent and dead-lettered"
+            # Every stream entry of the event ended exactly once: acknowledged or dead.
+            assert sent_receipts[event_id] + died == copies, (
+                f"{event_id}: {copies} entries but {sent_receipts[event_id]} sent receipts"
+                f" and {died} dead letters"
+            )
+            if sent_receipts[event_id]:
+                assert sent == 1, f"{event_id}: acknowledged as sent without an e-mail"
+            if sent:
+                assert ledger.get(event_id) == message_ids[event_id], f"{event_id}: ledger row"
+            else:
+                assert event_id not in ledger, f"{event_id}: ledger row without an e-mail"
+        assert dead_poison == {tag: [b"poison"] for tag in self.poison}, "poison not dead once"
+        for outcome in sorted(
+            self.outcomes
+        ):  # what this run exercised, for --hypothesis-show-statistics
+            event(f"outcome: {outcome}")
+        if any(n > 1 for n in self.copies.values()):
+            event("an event had several stream entries")
+
+    def teardown(self) -> None:
+        try:
+            self._run(self._final_check())
+        finally:
+            try:
+                self._run(self._close_clients())
+                self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            finally:
+                self.loop.close()
+
+
+def test_every_event_ends_sent_once_or_dead(template_ready: str, redis_server_url: str) -> None:
+    """Under any interleaving of faults, each event ends once: e-mailed and in the ledger, or dead."""
+    run_state_machine_as_test(
+        functools.partial(DeliveryMachine, Urls(template_ready, redis_server_url)),  # type: ignore[arg-type]
+        settings=settings(
+            max_examples=15,
+            stateful_step_count=25,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+        ),
+    )
