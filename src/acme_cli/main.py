@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -29,9 +30,11 @@ def _cmd_api(_args: argparse.Namespace) -> int:
     from acme_orders.app import api_app
     from acme_orders.settings import OrdersSettings
     from acme_runtime.logs import configure_logging
+    from acme_runtime.tracing import configure_tracing
 
     settings = OrdersSettings.from_env()
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing("acme-api", os.environ)
     config = uvicorn.Config(
         api_app(settings),
         host=settings.http_host,
@@ -52,9 +55,11 @@ def _cmd_relay(_args: argparse.Namespace) -> int:
     from acme_orders.app import run_relay
     from acme_orders.settings import OrdersSettings
     from acme_runtime.logs import configure_logging
+    from acme_runtime.tracing import configure_tracing
 
     settings = OrdersSettings.from_env()
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing("acme-relay", os.environ)
     asyncio.run(run_relay(settings))
     return EXIT_OK
 
@@ -63,9 +68,11 @@ def _cmd_notifier(_args: argparse.Namespace) -> int:
     from acme_notify.settings import NotifySettings
     from acme_notify.worker import run_notifier
     from acme_runtime.logs import configure_logging
+    from acme_runtime.tracing import configure_tracing
 
     settings = NotifySettings.from_env()
     configure_logging(settings.log_level, settings.log_format)
+    configure_tracing("acme-notifier", os.environ)
     asyncio.run(run_notifier(settings))
     return EXIT_OK
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 
 import structlog
+from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -55,6 +56,9 @@ class Delivery:
     async def send(self, sender: str, recipients: list[str], data: bytes) -> str:
         if not self.breaker.allow():
             raise TransientError("SMTP circuit open: server considered down", server_down=True)
+        trace.get_current_span().set_attributes(
+            {"server.address": self.pool.config.host, "server.port": self.pool.config.port}
+        )
         if self._rate is not None:
             await self._rate.acquire()
         try:

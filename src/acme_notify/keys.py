@@ -17,6 +17,7 @@ from acme_runtime.channels import (
 )
 
 __all__ = [
+    "AUDIT_STREAM",
     "BREAKER_KEY",
     "DEAD_STREAM",
     "EVENTS_STREAM",
@@ -32,3 +33,6 @@ LAST_ERROR_HASH: Final = f"{HASH_TAG}:notify:last-error"
 BREAKER_KEY: Final = f"{HASH_TAG}:notify:smtp-breaker"
 #: Held (SET NX PX) by the replica doing this round of reaping and trimming.
 REAPER_LOCK: Final = f"{HASH_TAG}:notify:reaper-lock"
+#: Operator actions on the dead stream (replay, purge): who, when, why, which entry. Written
+#: by the admin scripts in the same atomic step as the action itself.
+AUDIT_STREAM: Final = f"{HASH_TAG}:audit"

@@ -15,20 +15,29 @@ one stream operation:
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Final
 
 import structlog
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from acme_notify.envelope import StreamEntry, decode_entry
 from acme_notify.errors import PermanentError, PoisonMessage, TransientError
+from acme_notify.keys import EVENTS_STREAM
 from acme_notify.ledger import SendLedger
 from acme_notify.render import RenderedMessage, Renderer
 from acme_notify.streams import RawEntry, Streams, now_ms
+from acme_notify.telemetry import NotifyMetrics
 from acme_runtime.logs import mask_email
+from acme_runtime.tracing import context_from_traceparent, current_traceparent, tracer
 
 __all__ = ["Processor", "Sender"]
 
 log = structlog.get_logger(__name__)
+
+_SMTP_ATTRIBUTES: Final = {"network.protocol.name": "smtp"}
 
 #: Sends pre-built message bytes; returns the server's reply or raises Transient/PermanentError.
 Sender = Callable[[str, list[str], bytes], Awaitable[str]]
@@ -44,16 +53,17 @@ class Processor:
         send: Sender,
         concurrency: int,
         max_deliveries: int,
+        metrics: NotifyMetrics | None = None,
     ) -> None:
         self._streams = streams
         self._ledger = ledger
         self._renderer = renderer
         self._send = send
         self._max_deliveries = max_deliveries
+        self._metrics = metrics or NotifyMetrics()
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.in_flight: dict[str, asyncio.Task[None]] = {}
-        self.on_outcome: Callable[[str, str], None] = lambda outcome, reason_class: None
 
     @property
     def free_slots(self) -> int:
@@ -66,7 +76,12 @@ class Processor:
             return
         task = asyncio.create_task(self._guarded(entry), name=f"entry-{entry_id}")
         self.in_flight[entry_id] = task
-        task.add_done_callback(lambda _t: self.in_flight.pop(entry_id, None))
+        self._metrics.in_flight.set(len(self.in_flight))
+        task.add_done_callback(lambda _t: self._done(entry_id))
+
+    def _done(self, entry_id: str) -> None:
+        self.in_flight.pop(entry_id, None)
+        self._metrics.in_flight.set(len(self.in_flight))
 
     async def drain(self) -> None:
         """Waits for every in-flight entry (the first phase of a graceful shutdown)."""
@@ -80,61 +95,106 @@ class Processor:
             except Exception as exc:  # noqa: BLE001 - one bad entry must not kill the loop
                 # Redis or Postgres failed mid-way: the entry stays pending and is retried.
                 log.warning("entry_handling_failed", entry_id=raw[0], error=repr(exc))
-                self.on_outcome("error", type(exc).__name__)
+                self._metrics.send_failures.labels("error").inc()
 
     async def handle(self, raw: RawEntry) -> None:
+        """Handles one entry inside a consumer span that continues the order's trace."""
         entry_id, fields, deliveries = raw
+        self._metrics.delivery_attempts.inc()
         try:
             entry = decode_entry(entry_id, fields, deliveries)
         except PoisonMessage as exc:
-            log.error("poison_entry_dead_lettered", entry_id=entry_id, reason=exc.reason)
-            await self._streams.dead_letter(entry_id, reason_class="poison", reason=exc.reason)
-            self.on_outcome("dead", "poison")
+            with tracer().start_as_current_span(
+                f"process {EVENTS_STREAM}",
+                kind=SpanKind.CONSUMER,
+                attributes=self._span_attributes(entry_id, deliveries),
+            ) as span:
+                span.set_status(Status(StatusCode.ERROR, exc.reason))
+                log.error("poison_entry_dead_lettered", entry_id=entry_id, reason=exc.reason)
+                await self._streams.dead_letter(entry_id, reason_class="poison", reason=exc.reason)
+            self._metrics.dead_lettered.labels("poison").inc()
+            self._metrics.send_failures.labels("poison").inc()
             return
         envelope = entry.envelope
-        bound = log.bind(
-            entry_id=entry_id,
-            event_id=envelope.event_id,
-            order_id=envelope.order_id,
-            deliveries=deliveries,
+        trace_context = envelope.trace
+        parent = context_from_traceparent(
+            trace_context.traceparent if trace_context else None,
+            trace_context.tracestate if trace_context else "",
         )
+        attributes = {
+            **self._span_attributes(entry_id, deliveries),
+            "acme.order_id": envelope.order_id,
+            "acme.event_id": envelope.event_id,
+        }
+        with (
+            tracer().start_as_current_span(
+                f"process {EVENTS_STREAM}",
+                context=parent,
+                kind=SpanKind.CONSUMER,
+                attributes=attributes,
+            ),
+            structlog.contextvars.bound_contextvars(
+                entry_id=entry_id,
+                event_id=envelope.event_id,
+                order_id=envelope.order_id,
+                deliveries=deliveries,
+            ),
+        ):
+            await self._deliver(entry)
+
+    async def _deliver(self, entry: StreamEntry) -> None:
+        envelope = entry.envelope
         already = await self._ledger.already_sent(envelope.event_id)
         if already is not None:
             await self._streams.ack_sent(
-                entry_id, self._receipt(entry, "sent", already, reason_class="duplicate")
+                entry.entry_id, self._receipt(entry, "sent", already, reason_class="duplicate")
             )
-            bound.info("duplicate_suppressed", message_id=already)
-            self.on_outcome("duplicate", "")
+            log.info("duplicate_suppressed", message_id=already)
+            self._metrics.duplicates_suppressed.inc()
             return
         try:
             message = self._renderer.render(envelope)
-            reply = await self._send(message.sender, [message.recipient], message.data)
+            reply = await self._smtp_send(message)
         except TransientError as exc:
-            bound.warning("send_failed_transient", reason=exc.reason, server_down=exc.server_down)
+            log.warning("send_failed_transient", reason=exc.reason, server_down=exc.server_down)
             await self._streams.record_failure(
-                entry_id,
+                entry.entry_id,
                 self._receipt(entry, "attempt_failed", exc.reason, reason_class="smtp_transient"),
                 refund=exc.server_down,
             )
-            self.on_outcome("transient", "smtp_transient")
+            self._metrics.send_failures.labels("smtp_transient").inc()
             return
         except PermanentError as exc:
-            bound.warning(
+            log.warning(
                 "send_failed_permanent",
                 reason=exc.reason,
                 to=mask_email(envelope.payload.customer.email),
             )
             await self._streams.dead_letter(
-                entry_id, reason_class=exc.reason_class, reason=exc.reason
+                entry.entry_id, reason_class=exc.reason_class, reason=exc.reason
             )
-            self.on_outcome("dead", exc.reason_class)
+            self._metrics.send_failures.labels(exc.reason_class).inc()
+            self._metrics.dead_lettered.labels(exc.reason_class).inc()
             return
         await self._sent(entry, message, reply)
-        bound.info("email_sent", message_id=message.message_id)
-        self.on_outcome("sent", "")
+        log.info("email_sent", message_id=message.message_id)
+
+    async def _smtp_send(self, message: RenderedMessage) -> str:
+        started = time.perf_counter()
+        with tracer().start_as_current_span(
+            "smtp send", kind=SpanKind.CLIENT, attributes=_SMTP_ATTRIBUTES
+        ) as span:
+            try:
+                return await self._send(message.sender, [message.recipient], message.data)
+            except (TransientError, PermanentError) as exc:
+                span.set_status(Status(StatusCode.ERROR, exc.reason))
+                raise
+            finally:
+                self._metrics.send_duration.observe(time.perf_counter() - started)
 
     async def _sent(self, entry: StreamEntry, message: RenderedMessage, reply: str) -> None:
         envelope = entry.envelope
+        # The ledger first, at once: the only duplicate window is a crash before this commits.
         await self._ledger.record_sent(
             event_id=envelope.event_id,
             order_id=envelope.order_id,
@@ -146,6 +206,20 @@ class Processor:
         await self._streams.ack_sent(
             entry.entry_id, self._receipt(entry, "sent", message.message_id)
         )
+        self._metrics.emails_sent.inc()
+        latency_s = (datetime.now(UTC) - envelope.payload.created_at).total_seconds()
+        self._metrics.e2e_latency.observe(max(0.0, latency_s))
+
+    def _span_attributes(self, entry_id: str, deliveries: int) -> dict[str, str | int]:
+        return {
+            "messaging.system": "redis",
+            "messaging.destination.name": EVENTS_STREAM,
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": self._streams.group,
+            "messaging.message.id": entry_id,
+            "messaging.client.id": self._streams.consumer,
+            "acme.delivery_count": deliveries,
+        }
 
     def _receipt(
         self, entry: StreamEntry, kind: str, detail: str, reason_class: str = ""
@@ -159,4 +233,6 @@ class Processor:
             "consumer": self._streams.consumer,
             "reason_class": reason_class,
             "detail": detail[:1000],
+            # The receipt continues this trace on the order service's side.
+            "traceparent": current_traceparent()[0] or "",
         }

@@ -55,6 +55,8 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped by Prometheus from outside the pod
     metrics_port: int = 9100
     grace_s: float = 15.0
+    #: How often the stream gauges (lag, pending, oldest ages) are measured.
+    probe_interval_s: float = 5.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> NotifySettings:
@@ -118,4 +120,7 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
             metrics_host=env.string("ACME_METRICS_HOST", d["metrics_host"]),
             metrics_port=env.integer("ACME_METRICS_PORT", d["metrics_port"], maximum=65535),
             grace_s=env.number("ACME_NOTIFY_GRACE_S", d["grace_s"]),
+            probe_interval_s=env.number(
+                "ACME_PROBE_INTERVAL_S", d["probe_interval_s"], minimum=0.1
+            ),
         )

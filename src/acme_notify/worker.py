@@ -21,13 +21,16 @@ from acme_notify.consumer import Consumer
 from acme_notify.delivery import BreakerSync, Delivery
 from acme_notify.flow import CircuitBreaker, TokenBucket
 from acme_notify.ledger import SendLedger
+from acme_notify.probe import StreamProbe
 from acme_notify.processor import Processor
 from acme_notify.reaper import Reaper
 from acme_notify.render import Renderer
 from acme_notify.settings import NotifySettings
 from acme_notify.smtp import SmtpConfig, SmtpPool
 from acme_notify.streams import Streams
+from acme_notify.telemetry import CIRCUIT_STATES, NotifyMetrics
 from acme_runtime.actors import Actor, PeriodicActor, Supervisor, install_signal_handlers
+from acme_runtime.metrics_http import serve_metrics
 
 __all__ = ["Replica", "build_replica", "run_notifier"]
 
@@ -43,9 +46,16 @@ class Replica:
     delivery: Delivery
     ledger: SendLedger
     actors: list[Actor]
+    metrics: NotifyMetrics
 
 
-def build_replica(settings: NotifySettings, redis: Redis, pool: asyncpg.Pool) -> Replica:
+def build_replica(
+    settings: NotifySettings,
+    redis: Redis,
+    pool: asyncpg.Pool,
+    metrics: NotifyMetrics | None = None,
+) -> Replica:
+    metrics = metrics or NotifyMetrics()
     streams = Streams(redis, settings.consumer_name)
     ledger = SendLedger(pool)
     smtp = SmtpPool(
@@ -71,7 +81,12 @@ def build_replica(settings: NotifySettings, redis: Redis, pool: asyncpg.Pool) ->
         send=delivery.send,
         concurrency=settings.concurrency,
         max_deliveries=settings.max_deliveries,
+        metrics=metrics,
     )
+    # Read at scrape time: always current, no bookkeeping in the hot path.
+    metrics.circuit_state.set_function(lambda: CIRCUIT_STATES[breaker.state])
+    metrics.smtp_in_use.set_function(lambda: smtp.in_use)
+    metrics.smtp_open.set_function(lambda: smtp.size)
 
     async def sweep_ledger() -> bool:
         deleted = await ledger.delete_older_than(settings.ledger_retention_s)
@@ -98,9 +113,10 @@ def build_replica(settings: NotifySettings, redis: Redis, pool: asyncpg.Pool) ->
             retention_ms=settings.stream_retention_ms,
         ),
         BreakerSync(delivery),
+        StreamProbe(redis, metrics, interval_s=settings.probe_interval_s),
         PeriodicActor("ledger-janitor", sweep_ledger, 300.0),
     ]
-    return Replica(streams, processor, delivery, ledger, actors)
+    return Replica(streams, processor, delivery, ledger, actors, metrics)
 
 
 @asynccontextmanager
@@ -126,12 +142,17 @@ async def open_clients(settings: NotifySettings) -> AsyncIterator[tuple[Redis, a
 
 
 async def run_notifier(settings: NotifySettings) -> None:
+    metrics = NotifyMetrics()
+    port = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
     async with open_clients(settings) as (redis, pool):
-        replica = build_replica(settings, redis, pool)
+        replica = build_replica(settings, redis, pool, metrics)
         supervisor = Supervisor(replica.actors, grace_s=settings.grace_s)
         install_signal_handlers(supervisor.stop)
         log.info(
-            "notifier_started", consumer=settings.consumer_name, concurrency=settings.concurrency
+            "notifier_started",
+            consumer=settings.consumer_name,
+            concurrency=settings.concurrency,
+            metrics_port=port,
         )
         try:
             await supervisor.run()

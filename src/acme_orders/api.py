@@ -32,9 +32,12 @@ from litestar.openapi.spec import (
 )
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from acme_orders.domain import FieldError, parse_order
+from acme_orders.http_telemetry import http_telemetry
 from acme_orders.service import IdempotencyConflict, OrderService
+from acme_orders.telemetry import OrdersMetrics
 
 __all__ = ["build_app"]
 
@@ -178,6 +181,7 @@ def build_app(
     *,
     lifespan: Callable[[Litestar], AbstractAsyncContextManager[None]],
     max_body_bytes: int,
+    metrics: OrdersMetrics,
     extra_handlers: Sequence[Any] = (),
 ) -> Litestar:
     """The Litestar application.
@@ -227,7 +231,14 @@ def build_app(
         headers = {"Location": f"/orders/{placed.order['id']}"}
         if placed.replayed:
             headers["Idempotent-Replayed"] = "true"
+            metrics.idempotent_replays.inc()
+        else:
+            metrics.orders_created.inc()
         return _json_response(placed.order, 201, headers)
+
+    @get("/metrics", summary="Prometheus metrics of this API process.", include_in_schema=False)
+    async def prometheus_metrics() -> Response[bytes]:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @get("/orders/{order_id:str}", summary="An order, its notification status and timeline.")
     async def read_order(order_id: FromPath[str], state: State) -> Response[bytes]:
@@ -258,7 +269,8 @@ def build_app(
         return _json_response({"status": "ok", "postgres": "ok"})
 
     return Litestar(
-        route_handlers=[create_order, read_order, live, ready, *extra_handlers],
+        route_handlers=[create_order, read_order, live, ready, prometheus_metrics, *extra_handlers],
+        middleware=[http_telemetry(metrics)],
         exception_handlers={Exception: _on_exception},
         request_max_body_size=max_body_bytes,
         openapi_config=OpenAPIConfig(title="AcME Orders", version="1.0.0", components=Components()),

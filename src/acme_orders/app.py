@@ -18,6 +18,7 @@ from litestar import Litestar
 from redis.asyncio import Redis
 
 from acme_orders.api import build_app
+from acme_orders.backlog import OutboxProbe
 from acme_orders.janitor import Janitor
 from acme_orders.publisher import FastPathPublisher
 from acme_orders.receipts import ReceiptsConsumer
@@ -25,7 +26,9 @@ from acme_orders.relay import OutboxRelay, Redriver
 from acme_orders.service import OrderService
 from acme_orders.settings import OrdersSettings
 from acme_orders.store import OrderStore
+from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.actors import Actor, Supervisor, install_signal_handlers
+from acme_runtime.metrics_http import serve_metrics
 
 __all__ = ["Clients", "api_app", "open_clients", "relay_actors", "run_relay"]
 
@@ -76,8 +79,9 @@ async def open_clients(settings: OrdersSettings) -> AsyncIterator[Clients]:
         await pool.close()
 
 
-def api_app(settings: OrdersSettings) -> Litestar:
+def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> Litestar:
     """The API process's application: clients and the fast path live as long as the app."""
+    metrics = metrics or OrdersMetrics()
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -88,6 +92,7 @@ def api_app(settings: OrdersSettings) -> Litestar:
                 queue_size=settings.fast_path_queue_size,
                 pause_ms=settings.fast_path_pause_ms,
                 dedupe_ttl_s=settings.dedupe_ttl_s,
+                metrics=metrics,
             )
             app.state.service = OrderService(clients.store, publisher)
             app.state.ready_check = lambda: clients.pool.fetchval("SELECT 1", timeout=1)
@@ -99,11 +104,14 @@ def api_app(settings: OrdersSettings) -> Litestar:
                 supervisor.stop.set()
                 await runner
 
-    return build_app(lifespan=lifespan, max_body_bytes=settings.max_body_bytes)
+    return build_app(lifespan=lifespan, max_body_bytes=settings.max_body_bytes, metrics=metrics)
 
 
-def relay_actors(settings: OrdersSettings, clients: Clients) -> list[Actor]:
+def relay_actors(
+    settings: OrdersSettings, clients: Clients, metrics: OrdersMetrics | None = None
+) -> list[Actor]:
     """The actors of an `acme relay` process."""
+    metrics = metrics or OrdersMetrics()
     return [
         OutboxRelay(
             clients.store,
@@ -113,6 +121,7 @@ def relay_actors(settings: OrdersSettings, clients: Clients) -> list[Actor]:
             grace_ms=settings.relay_grace_ms,
             batch=settings.relay_batch,
             dedupe_ttl_s=settings.dedupe_ttl_s,
+            published=metrics.events_published.labels("relay"),
         ),
         Redriver(
             clients.store,
@@ -120,6 +129,7 @@ def relay_actors(settings: OrdersSettings, clients: Clients) -> list[Actor]:
             older_than_s=settings.redrive_after_s,
             batch=settings.relay_batch,
             dedupe_ttl_s=settings.dedupe_ttl_s,
+            published=metrics.events_published.labels("redrive"),
         ),
         Janitor(
             clients.store,
@@ -132,14 +142,18 @@ def relay_actors(settings: OrdersSettings, clients: Clients) -> list[Actor]:
             clients.redis,
             consumer=settings.consumer_name,
             block_ms=max(10, settings.redis_timeout_ms // 2),
+            applied=metrics.receipts_applied,
         ),
+        OutboxProbe(clients.store, metrics, interval_s=settings.outbox_probe_interval_s),
     ]
 
 
 async def run_relay(settings: OrdersSettings) -> None:
     """`acme relay`: runs until SIGTERM/SIGINT, then drains."""
+    metrics = OrdersMetrics()
+    port = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
     async with open_clients(settings) as clients:
-        supervisor = Supervisor(relay_actors(settings, clients), grace_s=10)
+        supervisor = Supervisor(relay_actors(settings, clients, metrics), grace_s=10)
         install_signal_handlers(supervisor.stop)
-        log.info("relay_started")
+        log.info("relay_started", metrics_port=port)
         await supervisor.run()

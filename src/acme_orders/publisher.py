@@ -14,16 +14,20 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Sequence
+from typing import Final
 
 import asyncpg
 import structlog
+from opentelemetry.trace import SpanKind, Status, StatusCode
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
 from acme_orders.events import stream_fields
 from acme_orders.store import OrderStore, OutboxEvent
+from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.channels import EVENTS_STREAM, published_key
 from acme_runtime.lua import load_script
+from acme_runtime.tracing import context_from_traceparent, tracer
 
 __all__ = ["RELAY_WAKE_CHANNEL", "FastPathPublisher", "publish_batch"]
 
@@ -31,16 +35,56 @@ log = structlog.get_logger(__name__)
 
 PublishResult = tuple[uuid.UUID, str, bool]
 
+_PUBLISH_ATTRIBUTES: Final = {
+    "messaging.system": "redis",
+    "messaging.destination.name": EVENTS_STREAM,
+    "messaging.operation.type": "send",
+    "messaging.operation.name": "XADD",
+}
+
 #: LISTEN/NOTIFY channel that wakes the relay early when the fast path gave events up.
 RELAY_WAKE_CHANNEL = "acme_outbox"
 
 
 async def publish_batch(
-    redis: Redis, events: Sequence[OutboxEvent], dedupe_ttl_s: int
+    redis: Redis, events: Sequence[OutboxEvent], dedupe_ttl_s: int, *, via: str = "relay"
 ) -> list[PublishResult]:
-    """Publishes each event at most once; returns (event_id, stream_id, added_now) per event."""
+    """Publishes each event at most once; returns (event_id, stream_id, added_now) per event.
+
+    Each event gets a producer span in its own order's trace (a batch mixes orders)."""
     if not events:
         return []
+    spans = [
+        tracer().start_span(
+            f"send {EVENTS_STREAM}",
+            context=context_from_traceparent(event.traceparent),
+            kind=SpanKind.PRODUCER,
+            attributes={
+                **_PUBLISH_ATTRIBUTES,
+                "acme.publish.path": via,
+                "acme.event_id": str(event.event_id),
+            },
+        )
+        for event in events
+    ]
+    try:
+        results = await _publish(redis, events, dedupe_ttl_s)
+    except BaseException as exc:
+        for span in spans:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, repr(exc)))
+            span.end()
+        raise
+    for span, (_event_id, stream_id, added) in zip(spans, results, strict=True):
+        span.set_attribute("messaging.message.id", stream_id)
+        span.set_attribute("acme.publish.added", added)
+        span.end()
+    return results
+
+
+async def _publish(
+    redis: Redis, events: Sequence[OutboxEvent], dedupe_ttl_s: int
+) -> list[PublishResult]:
     script = load_script("publish_once")
     ttl_ms = dedupe_ttl_s * 1000
 
@@ -80,27 +124,28 @@ class FastPathPublisher:
         queue_size: int,
         pause_ms: int,
         dedupe_ttl_s: int,
+        metrics: OrdersMetrics,
         batch_max: int = 256,
     ) -> None:
         self._store = store
+        self._published = metrics.events_published.labels("fast_path")
+        self._left_to_relay = metrics.events_left_to_relay
         self._redis = redis
         self._queue: asyncio.Queue[OutboxEvent] = asyncio.Queue(maxsize=queue_size)
         self._pause_s = pause_ms / 1000
         self._dedupe_ttl_s = dedupe_ttl_s
         self._batch_max = batch_max
         self._paused_until = 0.0
-        self.published = 0
-        self.left_to_relay = 0
 
     def submit(self, event: OutboxEvent) -> None:
         """Never blocks the request: a full queue or a paused publisher leaves it to the relay."""
         if asyncio.get_running_loop().time() < self._paused_until:
-            self.left_to_relay += 1
+            self._left_to_relay.inc()
             return
         try:
             self._queue.put_nowait(event)
         except asyncio.QueueFull:
-            self.left_to_relay += 1
+            self._left_to_relay.inc()
 
     async def _next_batch(self, stop: asyncio.Event) -> list[OutboxEvent]:
         getter = asyncio.ensure_future(self._queue.get())
@@ -123,14 +168,14 @@ class FastPathPublisher:
 
     async def publish_now(self, batch: list[OutboxEvent]) -> None:
         try:
-            results = await publish_batch(self._redis, batch, self._dedupe_ttl_s)
+            results = await publish_batch(self._redis, batch, self._dedupe_ttl_s, via="fast-path")
         except (RedisError, OSError) as exc:
             self._paused_until = asyncio.get_running_loop().time() + self._pause_s
-            self.left_to_relay += len(batch)
+            self._left_to_relay.inc(len(batch))
             log.warning("fast_path_publish_failed", events=len(batch), error=repr(exc))
             await self._wake_relay()
             return
-        self.published += len(results)
+        self._published.inc(sum(1 for result in results if result[2]))
         try:
             await self._store.mark_published(self._store.pool, results, via="fast-path")
         except (asyncpg.PostgresError, OSError) as exc:

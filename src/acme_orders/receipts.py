@@ -15,12 +15,15 @@ from typing import Any
 
 import asyncpg
 import structlog
+from opentelemetry.trace import Span, SpanKind
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from acme_orders.store import OrderStore
 from acme_runtime.actors import sleep_or_stop
 from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM
+from acme_runtime.tracing import context_from_traceparent, tracer
 
 __all__ = ["ReceiptsConsumer", "apply_receipts"]
 
@@ -77,6 +80,22 @@ WHERE outbox.event_id = r.event_id AND r.kind IN ('sent', 'dead')
 """
 
 
+def _receipt_span(fields: dict[bytes, bytes]) -> Span:
+    """A consumer span in the order's own trace, when the receipt carries its context."""
+    return tracer().start_span(
+        f"process {RECEIPTS_STREAM}",
+        context=context_from_traceparent(_field(fields, b"traceparent")),
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "redis",
+            "messaging.destination.name": RECEIPTS_STREAM,
+            "messaging.operation.type": "process",
+            "messaging.consumer.group.name": RECEIPTS_GROUP,
+            "acme.receipt.type": _field(fields, b"type"),
+        },
+    )
+
+
 def _field(fields: dict[bytes, bytes], name: bytes) -> str:
     return fields.get(name, b"").decode("utf-8", "replace")
 
@@ -123,7 +142,9 @@ class ReceiptsConsumer:
         batch: int = 500,
         block_ms: int = 1_000,
         claim_idle_ms: int = 30_000,
+        applied: Counter | None = None,
     ) -> None:
+        self._applied = applied
         self._store = store
         self._redis = redis
         self._consumer = consumer
@@ -172,7 +193,15 @@ class ReceiptsConsumer:
         receipts = await self._read()
         if not receipts:
             return 0
-        await apply_receipts(self._store, receipts)
+        spans = [_receipt_span(fields) for _sid, fields in receipts]
+        try:
+            await apply_receipts(self._store, receipts)
+        finally:
+            for span in spans:
+                span.end()
+        if self._applied is not None:
+            for _sid, fields in receipts:
+                self._applied.labels(_field(fields, b"type") or "unknown").inc()
         ids = [sid for sid, _f in receipts]
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xack(RECEIPTS_STREAM, RECEIPTS_GROUP, *ids)

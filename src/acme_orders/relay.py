@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import structlog
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -32,30 +33,47 @@ log = structlog.get_logger(__name__)
 
 
 async def relay_once(
-    store: OrderStore, redis: Redis, *, grace_ms: int, batch: int, dedupe_ttl_s: int
+    store: OrderStore,
+    redis: Redis,
+    *,
+    grace_ms: int,
+    batch: int,
+    dedupe_ttl_s: int,
+    published: Counter | None = None,
 ) -> int:
     """Publishes one batch of unpublished events; returns how many it found."""
     async with store.pool.acquire() as conn, conn.transaction():
         events = await store.lock_unpublished(conn, grace_ms, batch)
         if not events:
             return 0
-        results = await publish_batch(redis, events, dedupe_ttl_s)
+        results = await publish_batch(redis, events, dedupe_ttl_s, via="relay")
         await store.mark_published(conn, results, via="relay")
-    log.info("relay_published", events=len(events), added=sum(r[2] for r in results))
+    added = sum(r[2] for r in results)
+    if published is not None:
+        published.inc(added)
+    log.info("relay_published", events=len(events), added=added)
     return len(events)
 
 
 async def redrive_once(
-    store: OrderStore, redis: Redis, *, older_than_s: int, batch: int, dedupe_ttl_s: int
+    store: OrderStore,
+    redis: Redis,
+    *,
+    older_than_s: int,
+    batch: int,
+    dedupe_ttl_s: int,
+    published: Counter | None = None,
 ) -> int:
     """Publishes again one batch of unconfirmed events; returns how many it looked at."""
     async with store.pool.acquire() as conn, conn.transaction():
         events = await store.lock_unconfirmed(conn, older_than_s, batch)
         if not events:
             return 0
-        results = await publish_batch(redis, events, dedupe_ttl_s)
+        results = await publish_batch(redis, events, dedupe_ttl_s, via="redrive")
         await store.mark_published(conn, results, via="redrive")
     added = sum(r[2] for r in results)
+    if published is not None:
+        published.inc(added)
     if added:
         log.warning("redrive_republished", events=added, checked=len(events))
     return len(events)
@@ -74,9 +92,11 @@ class OutboxRelay:
         grace_ms: int,
         batch: int,
         dedupe_ttl_s: int,
+        published: Counter | None = None,
     ) -> None:
         self._store = store
         self._redis = redis
+        self._published = published
         self._database_url = database_url
         self._poll_s = poll_ms / 1000
         self._grace_ms = grace_ms
@@ -108,6 +128,7 @@ class OutboxRelay:
                         grace_ms=self._grace_ms,
                         batch=self._batch,
                         dedupe_ttl_s=self._dedupe_ttl_s,
+                        published=self._published,
                     )
                 except (RedisError, asyncpg.PostgresError, OSError) as exc:
                     log.warning("relay_failed", error=repr(exc))
@@ -125,8 +146,16 @@ class Redriver:
     name = "redriver"
 
     def __init__(
-        self, store: OrderStore, redis: Redis, *, older_than_s: int, batch: int, dedupe_ttl_s: int
+        self,
+        store: OrderStore,
+        redis: Redis,
+        *,
+        older_than_s: int,
+        batch: int,
+        dedupe_ttl_s: int,
+        published: Counter | None = None,
     ) -> None:
+        self._published = published
         self._store = store
         self._redis = redis
         self._older_than_s = older_than_s
@@ -145,6 +174,7 @@ class Redriver:
                     older_than_s=self._older_than_s,
                     batch=self._batch,
                     dedupe_ttl_s=self._dedupe_ttl_s,
+                    published=self._published,
                 )
             except (RedisError, asyncpg.PostgresError, OSError) as exc:
                 log.warning("redrive_failed", error=repr(exc))

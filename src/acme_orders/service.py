@@ -10,18 +10,28 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 from babel.numbers import get_currency_precision
+from opentelemetry.trace import SpanKind
 
 from acme_orders.domain import OrderDraft
 from acme_orders.events import build_envelope, encode_envelope
 from acme_orders.publisher import FastPathPublisher
 from acme_orders.store import Created, IdempotencyMismatch, OrderStore, OutboxEvent, Replayed
 from acme_runtime.ids import uuid7
+from acme_runtime.tracing import current_traceparent, tracer
 
-__all__ = ["OrderService", "Placed"]
+__all__ = ["IdempotencyConflict", "OrderService", "Placed", "order_view"]
+
+# One statement writes the order, its items, outbox row and first timeline entry.
+_DB_INSERT_ATTRIBUTES: Final = {
+    "db.system.name": "postgresql",
+    "db.operation.name": "INSERT",
+    "db.collection.name": "orders",
+    "db.query.summary": "INSERT orders, order_items, outbox, order_timeline",
+}
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,14 @@ class Placed:
 
 def _money(value: Decimal, currency: str) -> str:
     return str(value.quantize(Decimal(1).scaleb(-get_currency_precision(currency))))
+
+
+def _from_timeline(record: dict[str, Any], key: str) -> str | None:
+    for entry in record["timeline"]:
+        detail = entry["detail"]
+        if isinstance(detail, dict) and detail.get(key):
+            return str(detail[key])
+    return None
 
 
 def order_view(record: dict[str, Any], *, with_timeline: bool) -> dict[str, Any]:
@@ -67,8 +85,11 @@ def order_view(record: dict[str, Any], *, with_timeline: bool) -> dict[str, Any]
             else order["notification_updated_at"].isoformat(),
             "attempts": order["delivery_attempts"],
             "detail": order["notification_detail"],
-            "event_id": None if outbox is None else str(outbox["event_id"]),
-            "stream_id": None if outbox is None else outbox["stream_id"],
+            # The outbox row goes once the e-mail is sent or dead; the timeline keeps the ids.
+            "event_id": str(outbox["event_id"]) if outbox else _from_timeline(record, "event_id"),
+            "stream_id": outbox["stream_id"]
+            if outbox and outbox["stream_id"]
+            else _from_timeline(record, "stream_id"),
         },
     }
     if with_timeline:
@@ -97,9 +118,9 @@ class OrderService:
         draft: OrderDraft,
         *,
         idempotency_key: str | None,
-        traceparent: str | None = None,
-        trace_id: str | None = None,
     ) -> Placed:
+        # The request's span: its context travels with the event to the notifier.
+        traceparent, trace_id = current_traceparent()
         order_id = uuid7()
         event_id = uuid7()
         created_at = datetime.now(UTC)
@@ -112,19 +133,23 @@ class OrderService:
                 traceparent=traceparent,
             )
         )
-        result = await self._store.create_order(
-            order_id=order_id,
-            event_id=event_id,
-            draft=draft,
-            created_at=created_at,
-            envelope=envelope,
-            trace_id=trace_id,
-            idempotency_key=idempotency_key,
-        )
+        with tracer().start_as_current_span(
+            "INSERT orders", kind=SpanKind.CLIENT, attributes=_DB_INSERT_ATTRIBUTES
+        ):
+            result = await self._store.create_order(
+                order_id=order_id,
+                event_id=event_id,
+                draft=draft,
+                created_at=created_at,
+                envelope=envelope,
+                trace_id=trace_id,
+                idempotency_key=idempotency_key,
+                traceparent=traceparent,
+            )
         if isinstance(result, IdempotencyMismatch):
             raise IdempotencyConflict(result.order_id)
         if isinstance(result, Created):
-            self._publisher.submit(OutboxEvent(event_id, order_id, envelope))
+            self._publisher.submit(OutboxEvent(event_id, order_id, envelope, traceparent))
             return Placed(
                 self._fresh_view(order_id, event_id, draft, created_at, trace_id), replayed=False
             )

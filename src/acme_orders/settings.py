@@ -44,6 +44,11 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_ttl_s: int = 86_400
     #: How often the janitor deletes expired idempotency keys and old timeline rows.
     janitor_interval_s: int = 60
+    #: Where the relay process serves /metrics (0 = off); the API serves it on its own port.
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped by Prometheus from outside the pod
+    metrics_port: int = 9100
+    #: How often the relay measures the outbox backlog for its gauges.
+    outbox_probe_interval_s: float = 5.0
     #: The receipts consumer's name; unique per process.
     consumer_name: str = "orders-1"
 
@@ -89,6 +94,11 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             janitor_interval_s=env.integer(
                 "ACME_JANITOR_INTERVAL_S", d["janitor_interval_s"], minimum=1
+            ),
+            metrics_host=env.string("ACME_METRICS_HOST", d["metrics_host"]),
+            metrics_port=env.integer("ACME_METRICS_PORT", d["metrics_port"], maximum=65535),
+            outbox_probe_interval_s=env.number(
+                "ACME_OUTBOX_PROBE_INTERVAL_S", d["outbox_probe_interval_s"], minimum=0.1
             ),
             consumer_name=env.string("ACME_CONSUMER_NAME", default_consumer_name(env)),
         )

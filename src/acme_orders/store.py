@@ -72,6 +72,7 @@ class OutboxEvent:
     event_id: uuid.UUID
     order_id: uuid.UUID
     envelope: bytes
+    traceparent: str | None = None
 
 
 _INSERT_ORDER = """
@@ -89,8 +90,8 @@ i AS (
         WITH ORDINALITY AS t(sku, name, quantity, unit_price, line_total, line_no)
 ),
 x AS (
-    INSERT INTO outbox (event_id, order_id, envelope, created_at)
-    SELECT $14, o.id, $15, $7 FROM o
+    INSERT INTO outbox (event_id, order_id, envelope, created_at, traceparent)
+    SELECT $14, o.id, $15, $7, $16 FROM o
 ),
 tl AS (
     INSERT INTO order_timeline (order_id, at, kind, detail)
@@ -101,7 +102,7 @@ SELECT id FROM o
 _KEY_NONE = "SELECT 1"
 _KEY_INSERT = """
     INSERT INTO idempotency_keys (key, request_hash, order_id, created_at)
-    VALUES ($16, $17, $1, $7)
+    VALUES ($17, $18, $1, $7)
     ON CONFLICT (key) DO NOTHING
     RETURNING 1
 """
@@ -132,6 +133,10 @@ FROM u WHERE u.added
 """
 
 
+def _outbox_event(row: asyncpg.Record) -> OutboxEvent:
+    return OutboxEvent(row["event_id"], row["order_id"], bytes(row["envelope"]), row["traceparent"])
+
+
 class OrderStore:
     """The order service's tables, over an asyncpg pool built by the composition root."""
 
@@ -148,6 +153,7 @@ class OrderStore:
         envelope: bytes,
         trace_id: str | None,
         idempotency_key: str | None,
+        traceparent: str | None = None,
     ) -> Created | Replayed | IdempotencyMismatch:
         items = draft.items
         args: list[Any] = [
@@ -166,6 +172,7 @@ class OrderStore:
             [i.line_total for i in items],
             event_id,
             envelope,
+            traceparent,
         ]
         if idempotency_key is None:
             await self.pool.fetchval(SQL_INSERT_ORDER, *args)
@@ -188,6 +195,7 @@ class OrderStore:
                 envelope=envelope,
                 trace_id=trace_id,
                 idempotency_key=idempotency_key,
+                traceparent=traceparent,
             )
         if bytes(row["request_hash"]) != fingerprint:
             return IdempotencyMismatch(row["order_id"])
@@ -240,27 +248,27 @@ class OrderStore:
     async def lock_unpublished(self, conn: Conn, grace_ms: int, limit: int) -> list[OutboxEvent]:
         """Locks (SKIP LOCKED) events the fast path has not published within `grace_ms`."""
         rows = await conn.fetch(
-            "SELECT event_id, order_id, envelope FROM outbox"
+            "SELECT event_id, order_id, envelope, traceparent FROM outbox"
             " WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)"
             " ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             grace_ms / 1000.0,
             limit,
         )
-        return [OutboxEvent(r["event_id"], r["order_id"], bytes(r["envelope"])) for r in rows]
+        return [_outbox_event(r) for r in rows]
 
     async def lock_unconfirmed(
         self, conn: Conn, older_than_s: int, limit: int
     ) -> list[OutboxEvent]:
         """Locks published events with no receipt for `older_than_s`: candidates for re-drive."""
         rows = await conn.fetch(
-            "SELECT event_id, order_id, envelope FROM outbox"
+            "SELECT event_id, order_id, envelope, traceparent FROM outbox"
             " WHERE published_at IS NOT NULL"
             " AND last_published_at < now() - make_interval(secs => $1)"
             " ORDER BY last_published_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             float(older_than_s),
             limit,
         )
-        return [OutboxEvent(r["event_id"], r["order_id"], bytes(r["envelope"])) for r in rows]
+        return [_outbox_event(r) for r in rows]
 
     async def delete_expired_keys(self, ttl_s: int, limit: int = 5_000) -> int:
         """Deletes up to `limit` idempotency keys older than `ttl_s`; returns how many."""

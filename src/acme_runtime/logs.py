@@ -11,6 +11,8 @@ import sys
 
 import structlog
 
+from acme_runtime.tracing import add_trace_ids
+
 __all__ = ["configure_logging", "mask_email"]
 
 
@@ -27,6 +29,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
+        add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
