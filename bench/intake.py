@@ -26,7 +26,6 @@ if not __package__:
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -34,273 +33,47 @@ import platform
 import shlex
 import shutil
 import signal
-import subprocess
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import IO, Any, Final
+from typing import Any, Final
 
 import asyncpg
 from redis.asyncio import Redis
 
-from acme_cli.embedded import (
-    EmbeddedPostgres,
-    EmbeddedRedis,
-    child_preexec,
-    free_port,
-)
-from acme_cli.migrations import migrate
 from acme_runtime.channels import EVENTS_STREAM
 from bench.loadgen import (
     DEFAULT_CONNECTIONS,
     MAX_DURATION_S,
     MAX_RATE_PER_S,
     LoadResult,
-    http_get_status,
     install_uvloop,
     run_load,
 )
+from bench.stack import (
+    HOST,
+    RESULTS_DIR,
+    CpuSnapshot,
+    Stack,
+    cpu_table,
+    format_cpu_table,
+    git_revision,
+    iso_ms,
+    loadavg,
+    log_levels,
+    log_tail,
+    nproc,
+    raise_interrupt,
+    scan_stream,
+    signals_ignored,
+)
 
-HOST: Final = "127.0.0.1"
-RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 MAX_WARMUP_S: Final = 60.0
 READY_TIMEOUT_S: Final = 60.0
-_READY_POLL_S: Final = 0.1
-_STOP_GRACE_S: Final = 20.0
-_STREAM_PAGE: Final = 1_000
-_STREAM_POLL_S: Final = 0.2
 # Per-request rows go into the JSON only up to this many requests, to keep files readable.
 _MAX_RECORD_ROWS: Final = 200_000
-_LOG_TAIL_BYTES: Final = 4 * 1024 * 1024
-_LOG_SAMPLES: Final = 5
 _SLOWEST_SHOWN: Final = 5
-_PLAIN_LEVELS: Final = frozenset({"debug", "info", "warning", "error", "critical"})
-_CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
-
-
-def _acme(*args: str) -> list[str]:
-    return [sys.executable, "-m", "acme_cli.main", *args]
-
-
-# --- CPU accounting from /proc ------------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
-    return [raw[raw.index("(") + 1 : raw.rindex(")")], *raw[raw.rindex(")") + 2 :].split()]
-
-
-def _process_table() -> dict[int, list[str]]:
-    table: dict[int, list[str]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat_fields(int(entry))) is not None:
-            table[int(entry)] = fields
-    return table
-
-
-def _tree(table: dict[int, list[str]], root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, fields in table.items():
-        children.setdefault(int(fields[2]), []).append(pid)
-    members, frontier = [], [root] if root in table else []
-    # Bounded by the number of processes: each pid is visited at most once.
-    seen: set[int] = set()
-    while frontier and len(seen) <= len(table):
-        pid = frontier.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        members.append(pid)
-        frontier.extend(children.get(pid, ()))
-    return members
-
-
-def _tree_cpu_s(table: dict[int, list[str]], root: int) -> tuple[float, int]:
-    """CPU seconds of a process tree, and how many processes it has.
-
-    utime+stime of every live member plus cutime+cstime (children it has reaped): a postgres
-    backend that exits during the window still counts, through its parent.
-    """
-    members = _tree(table, root)
-    # /proc/<pid>/stat after comm: state=1 ppid=2 ... utime=12 stime=13 cutime=14 cstime=15.
-    ticks = sum(sum(int(table[pid][i]) for i in (12, 13, 14, 15)) for pid in members)
-    return ticks / _CLOCK_TICKS_PER_S, len(members)
-
-
-def _own_cpu_s() -> float:
-    # Only this process's own threads: children it reaped (pg_isready at start-up) are not load.
-    fields = _stat_fields(os.getpid())
-    return 0.0 if fields is None else (int(fields[12]) + int(fields[13])) / _CLOCK_TICKS_PER_S
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds all processes on the machine spent (all cores), from /proc/stat."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already
-    # inside user/nice, so only the first eight count, minus idle and iowait.
-    busy = sum(values[:8]) - values[3] - values[4]
-    return busy / _CLOCK_TICKS_PER_S
-
-
-@dataclass
-class _CpuSnapshot:
-    at_s: float
-    by_name: dict[str, float]
-    processes: dict[str, int]
-    machine_busy_s: float
-
-
-# --- the system under test ----------------------------------------------------------------
-
-
-@dataclass
-class _Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    log: IO[bytes]
-
-
-@dataclass
-class _Stack:
-    """The system as `acme up` runs it, with every process's pid known to us."""
-
-    root: Path
-    http_port: int
-    postgres: EmbeddedPostgres = field(init=False)
-    redis: EmbeddedRedis = field(init=False)
-    children: list[_Child] = field(default_factory=list)
-    database_url: str = ""
-    redis_url: str = ""
-
-    def __post_init__(self) -> None:
-        # Durable PostgreSQL and AOF Redis, as `acme up` runs them: fsync cost is part of intake.
-        self.postgres = EmbeddedPostgres(self.root / "postgres")
-        self.redis = EmbeddedRedis(self.root / "redis", appendonly=True)
-
-    def start(self) -> None:
-        self.database_url = self.postgres.start()
-        self.redis_url = self.redis.start()
-        asyncio.run(migrate(self.database_url))
-        sink_port = free_port()
-        env = {
-            **os.environ,
-            "ACME_DATABASE_URL": self.database_url,
-            "ACME_REDIS_URL": self.redis_url,
-            "ACME_SMTP_URL": f"smtp://{HOST}:{sink_port}",
-            "ACME_HTTP_HOST": HOST,
-            "ACME_HTTP_PORT": str(self.http_port),
-            "ACME_LOG_FORMAT": "json",
-        }
-        logs = self.root / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        mail = str(self.root / "mail")
-        self._spawn("smtp-sink", _acme("smtp-sink", "--mail-dir", mail, "--port", str(sink_port)),
-                    env, logs)  # fmt: skip
-        self._spawn("api", _acme("api"), env, logs)
-        self._spawn("relay", _acme("relay"), env, logs)
-
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str], logs: Path) -> None:
-        log_path = logs / f"{name}.log"
-        log = log_path.open("ab")
-        process = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Dies with us even on kill -9; its own session keeps a terminal's Ctrl-C away, so
-            # we decide the order things stop in.
-            preexec_fn=child_preexec(),
-            start_new_session=True,
-        )
-        self.children.append(_Child(name, process, log_path, log))
-
-    def dead_children(self) -> list[_Child]:
-        return [c for c in self.children if c.process.poll() is not None]
-
-    def roots(self) -> dict[str, int]:
-        """The pid of each tracked process (tree): the services, PostgreSQL and Redis."""
-        pids = {c.name: c.process.pid for c in self.children}
-        me = os.getpid()
-        # The embedded servers are children of this process (forked by its spawner thread).
-        for pid, fields in _process_table().items():
-            if int(fields[2]) != me:
-                continue
-            if fields[0] == "postgres":
-                pids["postgres"] = pid
-            elif fields[0].startswith("redis-server"):
-                pids["redis"] = pid
-        return pids
-
-    def stop(self) -> None:
-        # The services first (they drain in-flight work), the SMTP sink last, then the servers.
-        ordered = [c for c in self.children if c.name != "smtp-sink"]
-        ordered += [c for c in self.children if c.name == "smtp-sink"]
-        for group in (ordered[:-1], ordered[-1:]):
-            for child in group:
-                if child.process.poll() is None:
-                    child.process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + _STOP_GRACE_S
-            for child in group:
-                try:
-                    child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    child.process.kill()
-                    child.process.wait()
-        for child in self.children:
-            child.log.close()
-        self.redis.stop()
-        self.postgres.stop()
-
-    def snapshot(self, roots: dict[str, int]) -> _CpuSnapshot:
-        table = _process_table()
-        by_name: dict[str, float] = {}
-        processes: dict[str, int] = {}
-        for name, pid in roots.items():
-            by_name[name], processes[name] = _tree_cpu_s(table, pid)
-        by_name["generator"], processes["generator"] = _own_cpu_s(), 1
-        return _CpuSnapshot(time.monotonic(), by_name, processes, _machine_busy_s())
-
-
-def _log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        with path.open("rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
-            return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
-
-
-def _log_levels(path: Path) -> tuple[dict[str, int], list[str]]:
-    """Lines per level in a JSON-lines log, and a few warning/error lines as samples."""
-    counts: dict[str, int] = {}
-    samples: list[str] = []
-    try:
-        with path.open("rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - _LOG_TAIL_BYTES))
-            text = log.read().decode("utf-8", "replace")
-    except OSError:
-        return counts, samples
-    for line in text.splitlines():
-        try:
-            level = str(json.loads(line).get("level", "?"))
-        except (ValueError, AttributeError):
-            # uvicorn's own lines come through stdlib logging as "INFO - ..."; the rest is
-            # plain text such as tracebacks.
-            prefix = line.split(" - ", 1)[0].strip().lower()
-            level = prefix if prefix in _PLAIN_LEVELS else "unparsed"
-        counts[level] = counts.get(level, 0) + 1
-        if level not in ("info", "debug") and len(samples) < _LOG_SAMPLES:
-            samples.append(line[:300])
-    return counts, samples
 
 
 # --- checks after the run -----------------------------------------------------------------
@@ -318,50 +91,14 @@ class _StreamCheck:
     published_after_1s: int
 
 
-def _text(value: bytes | str | None) -> str:
-    # redis-py types stream fields as bytes or str (decode_responses); we connect without it.
-    if value is None:
-        return ""
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _entry_ms(entry_id: str) -> int:
-    # A stream entry id is "<Redis server time in ms>-<sequence>".
-    return int(entry_id.split("-", 1)[0])
-
-
-def _iso_ms(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp() * 1000
-
-
 async def _check_stream(redis: Redis, result: LoadResult, timeout_s: float) -> _StreamCheck:
     """Wait until every accepted order's event is on the stream (or the timeout passes)."""
     wanted = {r.order_id: r.created_at for r in result.ok_records if r.order_id}
-    first_seen_ms: dict[str, int] = {}
-    counts: dict[str, int] = {}
-    entries = 0
-    start = time.monotonic()
-    cursor = "-"
-    max_pages = max(10, 4 * (len(wanted) // _STREAM_PAGE + 1))
-    # Bounded twice: by the timeout and by pages read per poll.
-    while True:
-        for _ in range(max_pages):
-            page = await redis.xrange(EVENTS_STREAM, min=cursor, max="+", count=_STREAM_PAGE)
-            if not page:
-                break
-            for entry_id, fields in page:
-                entries += 1
-                raw_order_id = (fields or {}).get(b"order_id", b"")
-                order_id = _text(raw_order_id)
-                counts[order_id] = counts.get(order_id, 0) + 1
-                first_seen_ms.setdefault(order_id, _entry_ms(_text(entry_id)))
-            cursor = "(" + _text(page[-1][0])
-        if all(o in first_seen_ms for o in wanted) or time.monotonic() - start > timeout_s:
-            break
-        await asyncio.sleep(_STREAM_POLL_S)
+    scan = await scan_stream(redis, set(wanted), timeout_s)
+    first_seen_ms, counts = scan.first_seen_ms, scan.counts
     found = [o for o in wanted if o in first_seen_ms]
     lags = sorted(
-        first_seen_ms[o] - _iso_ms(created) for o in found if (created := wanted[o]) is not None
+        first_seen_ms[o] - iso_ms(created) for o in found if (created := wanted[o]) is not None
     )
 
     def pick(fraction: float) -> float:
@@ -372,8 +109,8 @@ async def _check_stream(redis: Redis, result: LoadResult, timeout_s: float) -> _
         found=len(found),
         missing=len(wanted) - len(found),
         duplicates=sum(counts.get(o, 0) - 1 for o in found),
-        entries=entries,
-        waited_s=round(time.monotonic() - start, 3),
+        entries=scan.entries,
+        waited_s=scan.waited_s,
         publish_lag_ms={
             "p50": pick(0.5),
             "p99": pick(0.99),
@@ -438,30 +175,14 @@ def _per_second(result: LoadResult) -> list[dict[str, Any]]:
 class _Measurement:
     warmup: LoadResult | None
     load: LoadResult
-    before: _CpuSnapshot
-    after: _CpuSnapshot
+    before: CpuSnapshot
+    after: CpuSnapshot
     stream: _StreamCheck
     database: dict[str, Any]
 
 
-async def _wait_ready(stack: _Stack) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < READY_TIMEOUT_S:
-        dead = stack.dead_children()
-        if dead:
-            child = dead[0]
-            raise RuntimeError(
-                f"{child.name} exited with {child.process.returncode} during start-up; "
-                f"last lines of {child.log_path}:\n{_log_tail(child.log_path)}"
-            )
-        if await http_get_status(HOST, stack.http_port, "/health/ready") == 200:
-            return time.monotonic() - start
-        await asyncio.sleep(_READY_POLL_S)
-    raise RuntimeError(f"/health/ready not 200 after {READY_TIMEOUT_S:g} s")
-
-
-async def _measure(stack: _Stack, args: argparse.Namespace) -> _Measurement:
-    ready_s = await _wait_ready(stack)
+async def _measure(stack: Stack, args: argparse.Namespace) -> _Measurement:
+    ready_s = await stack.wait_api_ready(READY_TIMEOUT_S)
     print(f"system ready in {ready_s:.1f} s; warming up {args.warmup_s:g} s ...", flush=True)
     warmup = None
     if args.warmup_s > 0:
@@ -486,32 +207,6 @@ async def _measure(stack: _Stack, args: argparse.Namespace) -> _Measurement:
     return _Measurement(warmup, load, before, after, stream, database)
 
 
-def _cpu_table(m: _Measurement) -> dict[str, Any]:
-    window_s = m.after.at_s - m.before.at_s
-    accepted = max(1, len(m.load.ok_records))
-    rows: dict[str, Any] = {}
-    for name, after_s in m.after.by_name.items():
-        used_s = max(0.0, after_s - m.before.by_name.get(name, after_s))
-        rows[name] = {
-            "cpu_s": round(used_s, 3),
-            "cpu_ms_per_order": round(used_s * 1000 / accepted, 4),
-            "share_of_one_core": round(used_s / window_s, 3),
-            "processes": m.after.processes.get(name, 0),
-        }
-    tracked_s = sum(r["cpu_s"] for r in rows.values())
-    machine_s = m.after.machine_busy_s - m.before.machine_busy_s
-    return {
-        "window_s": round(window_s, 3),
-        "accepted_orders": len(m.load.ok_records),
-        "by_process": rows,
-        "tracked_total_s": round(tracked_s, 3),
-        "tracked_ms_per_order": round(tracked_s * 1000 / accepted, 4),
-        "machine_busy_s": round(machine_s, 3),
-        # Other engineers' test runs, the kernel, anything not ours: it shares our cores.
-        "other_processes_s": round(max(0.0, machine_s - tracked_s), 3),
-    }
-
-
 def _record_rows(result: LoadResult) -> dict[str, Any] | None:
     if len(result.records) > _MAX_RECORD_ROWS:
         return None
@@ -527,35 +222,6 @@ def _record_rows(result: LoadResult) -> dict[str, Any] | None:
     }  # fmt: skip
 
 
-def _git_revision() -> str | None:
-    git = shutil.which("git")
-    if git is None:
-        return None
-    root = str(Path(__file__).resolve().parent.parent)
-    try:
-        head = subprocess.run(
-            [git, "-C", root, "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(
-            [git, "-C", root, "status", "--porcelain"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{head}{'+dirty' if dirty else ''}"
-
-
-def _loadavg() -> str:
-    with contextlib.suppress(OSError):
-        return Path("/proc/loadavg").read_text().strip()
-    return "?"
-
-
-def _nproc() -> int:
-    return len(os.sched_getaffinity(0))
-
-
 def _format(report: dict[str, Any], m: _Measurement, result_path: Path) -> str:
     cpu = report["cpu"]
     lines = [
@@ -567,24 +233,8 @@ def _format(report: dict[str, Any], m: _Measurement, result_path: Path) -> str:
         f"{report['machine']['loadavg_before']}, after {report['machine']['loadavg_after']}; "
         f"git {report['git']}; loop {report['event_loop']}",
         m.load.format_summary(),
-        f"CPU during the measured window ({cpu['window_s']:.1f} s, "
-        f"{cpu['accepted_orders']} accepted orders):",
-        f"  {'process':<15}{'CPU-s':>8}{'CPU-ms/order':>14}{'of 1 core':>11}",
+        *format_cpu_table(cpu, report["machine"]["nproc"]),
     ]
-    for name, row in cpu["by_process"].items():
-        label = f"{name} ({row['processes']})" if row["processes"] > 1 else name
-        lines.append(
-            f"  {label:<15}{row['cpu_s']:>8.2f}{row['cpu_ms_per_order']:>14.3f}"
-            f"{row['share_of_one_core']:>11.0%}"
-        )
-    lines.append(
-        f"  {'ours total':<15}{cpu['tracked_total_s']:>8.2f}{cpu['tracked_ms_per_order']:>14.3f}"
-    )
-    lines.append(
-        f"  machine busy {cpu['machine_busy_s']:.2f} CPU-s of "
-        f"{cpu['window_s'] * report['machine']['nproc']:.1f} available; other processes "
-        f"{cpu['other_processes_s']:.2f} CPU-s"
-    )
     s = m.stream
     verdict = "OK" if s.missing == 0 else f"MISSING {s.missing}"
     lines.append(
@@ -633,16 +283,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _raise_interrupt(_signum: int, _frame: object) -> None:
-    # SIGTERM ends the run like Ctrl-C does, so the same cleanup runs.
-    raise KeyboardInterrupt
-
-
-def _report(args: argparse.Namespace, m: _Measurement, stack: _Stack, extra: dict[str, Any]
+def _report(args: argparse.Namespace, m: _Measurement, stack: Stack, extra: dict[str, Any]
             ) -> dict[str, Any]:  # fmt: skip
     logs = {}
     for child in stack.children:
-        levels, samples = _log_levels(child.log_path)
+        levels, samples = log_levels(child.log_path)
         logs[child.name] = {"levels": levels, "samples": samples}
     acme_env = {k: v for k, v in os.environ.items() if k.startswith("ACME_") and "URL" not in k}
     return {
@@ -658,22 +303,12 @@ def _report(args: argparse.Namespace, m: _Measurement, stack: _Stack, extra: dic
         "load": m.load.summary(),
         "warmup": m.warmup.summary() if m.warmup else None,
         "per_second": _per_second(m.load),
-        "cpu": _cpu_table(m),
+        "cpu": cpu_table(m.before, m.after, len(m.load.ok_records)),
         "stream": m.stream.__dict__,
         "database": m.database,
         "logs": logs,
         "records": _record_rows(m.load),
     }
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    # A second Ctrl-C must not cut the clean-up short (children would be SIGKILLed instead).
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -688,25 +323,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(sys.orig_argv)
     loop_name = "asyncio" if args.no_uvloop or not install_uvloop() else "uvloop"
     root = Path(tempfile.mkdtemp(prefix="acme-intake-"))
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    stack = _Stack(root, free_port())
+    signal.signal(signal.SIGTERM, raise_interrupt)
+    stack = Stack(root)
     extra: dict[str, Any] = {
         "command": command,
         "started": datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {
-            "nproc": _nproc(),
+            "nproc": nproc(),
             "python": platform.python_version(),
-            "loadavg_before": _loadavg(),
+            "loadavg_before": loadavg(),
         },
-        "git": _git_revision(),
+        "git": git_revision(),
         "event_loop": loop_name,
         "data_dir": str(root),
     }
-    print(f"starting the system in {root} (nproc {_nproc()}) ...", flush=True)
+    print(f"starting the system in {root} (nproc {nproc()}) ...", flush=True)
     try:
-        stack.start()
+        stack.start_servers()
+        stack.start_acme_sink()
+        stack.start_api()
+        stack.start_relay()
         measurement = asyncio.run(_measure(stack, args))
-        extra["machine"]["loadavg_after"] = _loadavg()
+        extra["machine"]["loadavg_after"] = loadavg()
         report = _report(args, measurement, stack, extra)
     except KeyboardInterrupt:
         print("\nintake: interrupted; stopping the system ...", file=sys.stderr)
@@ -714,10 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - report, then stop the stack below
         print(f"intake: failed: {exc}", file=sys.stderr)
         for child in stack.children:
-            print(f"--- {child.log_path}\n{_log_tail(child.log_path, 10)}", file=sys.stderr)
+            print(f"--- {child.log_path}\n{log_tail(child.log_path, 10)}", file=sys.stderr)
         return 1
     finally:
-        with _signals_ignored():
+        with signals_ignored():
             stack.stop()
             if not args.keep_data:
                 shutil.rmtree(root, ignore_errors=True)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from redis.asyncio import Redis
 
 from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis
@@ -21,6 +23,7 @@ from acme_cli.migrations import migrate
 from acme_orders.app import init_connection
 from acme_orders.settings import OrdersSettings
 from acme_runtime.ids import uuid7
+from acme_runtime.tracing import configure_tracing
 
 TEMPLATE_DB = "acme_test_template"
 
@@ -137,6 +140,21 @@ def orders_settings(database_url: str, redis_url: str) -> OrdersSettings:
             "ACME_CONSUMER_NAME": "test-orders",
         }
     )
+
+
+@pytest.fixture(scope="session")
+def span_store() -> InMemorySpanExporter:
+    """Every span of the session, kept in memory (installed once: OTel allows one provider)."""
+    exporter = InMemorySpanExporter()
+    configure_tracing("acme-tests", {}, extra_processor=SimpleSpanProcessor(exporter))
+    return exporter
+
+
+@pytest.fixture
+def spans(span_store: InMemorySpanExporter) -> InMemorySpanExporter:
+    """The session's span store, emptied for this test."""
+    span_store.clear()
+    return span_store
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_UNAVAILABLE = 4
+EXIT_NOT_FOUND = 5  # the admin commands: an unknown dead-entry or order id
 
 
 def _cmd_api(_args: argparse.Namespace) -> int:
@@ -109,7 +110,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="acme",
         description="AcME Orders: orders over HTTP with a guaranteed confirmation e-mail.",
-        epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 bad configuration, 4 service unreachable.",
+        epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 bad configuration, 4 service unreachable, "
+        "5 not found. Operator commands: acme dead --help, acme stats --help, acme trace --help.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
@@ -138,6 +140,9 @@ def _parser() -> argparse.ArgumentParser:
     sink.add_argument("--host", default="127.0.0.1")
     sink.add_argument("--port", type=int, default=1025)
     sink.set_defaults(handler=_cmd_smtp_sink)
+    from acme_cli.admin.cli import register as register_admin
+
+    register_admin(sub)
     return parser
 
 

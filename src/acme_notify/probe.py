@@ -68,7 +68,8 @@ async def measure_stream(redis: Redis, group: str = NOTIFIER_GROUP) -> StreamSta
         state["lag"], state["lag_capped"] = float(count), float(capped)
     if state["pending"]:
         summary: Any = await redis.xpending(EVENTS_STREAM, group)
-        state["oldest_pending_age_s"] = _age_s(_text(summary["min"]), now_ms)
+        oldest = summary.get("min")  # None if everything was acknowledged in between
+        state["oldest_pending_age_s"] = _age_s(None if oldest is None else _text(oldest), now_ms)
     if state["lag"]:
         unread: Any = await redis.xrange(EVENTS_STREAM, min=f"({last_delivered}", count=1)
         if unread:

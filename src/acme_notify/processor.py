@@ -116,11 +116,16 @@ class Processor:
             self._metrics.send_failures.labels("poison").inc()
             return
         envelope = entry.envelope
+        # The publish's producer span when the entry names it, else the order's request span.
+        producer = fields.get(b"traceparent")
         trace_context = envelope.trace
-        parent = context_from_traceparent(
-            trace_context.traceparent if trace_context else None,
-            trace_context.tracestate if trace_context else "",
-        )
+        if producer:
+            parent = context_from_traceparent(producer.decode("ascii", "replace"))
+        else:
+            parent = context_from_traceparent(
+                trace_context.traceparent if trace_context else None,
+                trace_context.tracestate if trace_context else "",
+            )
         attributes = {
             **self._span_attributes(entry_id, deliveries),
             "acme.order_id": envelope.order_id,

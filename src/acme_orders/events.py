@@ -123,21 +123,22 @@ def decode_envelope(data: bytes) -> Envelope:
     return _decoder.decode(data)
 
 
-def stream_fields(event_id: str, order_id: str, envelope_json: bytes) -> list[str | bytes]:
+def stream_fields(
+    event_id: str, order_id: str, envelope_json: bytes, traceparent: str | None = None
+) -> list[str | bytes]:
     """The stream entry as flat field/value pairs: a few readable fields, then the envelope.
 
     The flat `event_id`, `order_id`, `type` and `v` let an operator read `XRANGE` output and
     let a consumer reject an unknown major version before decoding the body.
     """
-    return [
-        "event_id",
-        event_id,
-        "order_id",
-        order_id,
-        "type",
-        EVENT_TYPE,
-        "v",
-        str(SCHEMA_VERSION),
-        "data",
-        envelope_json,
-    ]
+    fields: list[str | bytes] = [
+        "event_id", event_id,
+        "order_id", order_id,
+        "type", EVENT_TYPE,
+        "v", str(SCHEMA_VERSION),
+        "data", envelope_json,
+    ]  # fmt: skip
+    if traceparent:
+        # The producer span of this publish: the consumer's span becomes its child.
+        fields += ["traceparent", traceparent]
+    return fields

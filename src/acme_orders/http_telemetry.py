@@ -47,16 +47,18 @@ def http_telemetry(metrics: OrdersMetrics) -> Callable[[ASGIApp], ASGIApp]:
             with tracer().start_as_current_span(
                 f"{method} {route}", context=parent, kind=SpanKind.SERVER, attributes=attributes
             ) as span:
-                trace_id = format(span.get_span_context().trace_id, "032x").encode()
+                span_context = span.get_span_context()
+                trace_header = (
+                    [(b"x-trace-id", format(span_context.trace_id, "032x").encode())]
+                    if span_context.is_valid
+                    else []
+                )
 
                 async def send_with_trace_id(message: Message) -> None:
                     nonlocal status
                     if message["type"] == "http.response.start":
                         status = int(message["status"])
-                        message["headers"] = [
-                            *message.get("headers", []),
-                            (b"x-trace-id", trace_id),
-                        ]
+                        message["headers"] = [*message.get("headers", []), *trace_header]
                     await send(message)
 
                 try:

@@ -18,7 +18,8 @@ from typing import Final
 
 import asyncpg
 import structlog
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
@@ -67,8 +68,9 @@ async def publish_batch(
         )
         for event in events
     ]
+    traceparents = [_traceparent_of(span) for span in spans]
     try:
-        results = await _publish(redis, events, dedupe_ttl_s)
+        results = await _publish(redis, events, dedupe_ttl_s, traceparents)
     except BaseException as exc:
         for span in spans:
             span.record_exception(exc)
@@ -82,21 +84,27 @@ async def publish_batch(
     return results
 
 
+def _traceparent_of(span: Span) -> str | None:
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier.get("traceparent")
+
+
 async def _publish(
-    redis: Redis, events: Sequence[OutboxEvent], dedupe_ttl_s: int
+    redis: Redis,
+    events: Sequence[OutboxEvent],
+    dedupe_ttl_s: int,
+    traceparents: Sequence[str | None],
 ) -> list[PublishResult]:
     script = load_script("publish_once")
     ttl_ms = dedupe_ttl_s * 1000
 
     async def run_pipeline() -> list[list[bytes | int]]:
         async with redis.pipeline(transaction=False) as pipe:
-            for event in events:
+            for event, traceparent in zip(events, traceparents, strict=True):
                 event_id = str(event.event_id)
-                script.queue(
-                    pipe,
-                    [EVENTS_STREAM, published_key(event_id)],
-                    [ttl_ms, *stream_fields(event_id, str(event.order_id), event.envelope)],
-                )
+                fields = stream_fields(event_id, str(event.order_id), event.envelope, traceparent)
+                script.queue(pipe, [EVENTS_STREAM, published_key(event_id)], [ttl_ms, *fields])
             return await pipe.execute()
 
     try:

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 import msgspec
+import structlog
 from babel.numbers import get_currency_precision
 from opentelemetry.trace import SpanKind
 
@@ -21,9 +22,12 @@ from acme_orders.events import build_envelope, encode_envelope
 from acme_orders.publisher import FastPathPublisher
 from acme_orders.store import Created, IdempotencyMismatch, OrderStore, OutboxEvent, Replayed
 from acme_runtime.ids import uuid7
+from acme_runtime.logs import mask_email
 from acme_runtime.tracing import current_traceparent, tracer
 
 __all__ = ["IdempotencyConflict", "OrderService", "Placed", "order_view"]
+
+log = structlog.get_logger(__name__)
 
 # One statement writes the order, its items, outbox row and first timeline entry.
 _DB_INSERT_ATTRIBUTES: Final = {
@@ -150,6 +154,14 @@ class OrderService:
             raise IdempotencyConflict(result.order_id)
         if isinstance(result, Created):
             self._publisher.submit(OutboxEvent(event_id, order_id, envelope, traceparent))
+            log.info(
+                "order_created",
+                order_id=str(order_id),
+                event_id=str(event_id),
+                email=mask_email(draft.customer.email),
+                total=str(draft.total),
+                currency=draft.currency,
+            )
             return Placed(
                 self._fresh_view(order_id, event_id, draft, created_at, trace_id), replayed=False
             )

@@ -48,7 +48,7 @@ from acme_notify.ledger import SendLedger
 from acme_notify.processor import Processor
 from acme_notify.render import Renderer
 from acme_notify.smtp import SmtpConfig, SmtpPool
-from acme_notify.streams import Streams
+from acme_notify.streams import RawEntry, Streams
 from acme_notify.telemetry import NotifyMetrics
 from acme_orders.domain import OrderDraft, parse_order
 from acme_orders.events import build_envelope, encode_envelope
@@ -243,12 +243,19 @@ class DeliveryMachine(RuleBasedStateMachine):
         assert self.sink is not None
         return self.sink
 
+    async def _read_new(self, replica: ReplicaUnderTest, count: int) -> list[RawEntry]:
+        # Only when something is unread: Redis times a BLOCK out at its `hz` resolution
+        # (~100 ms), which would make every empty read that slow.
+        if count <= 0 or not await self._unread():
+            return []
+        return await replica.streams.read_new(count, block_ms=1)
+
     async def _deliver(self, replica: ReplicaUnderTest, count: int) -> int:
         """The consumer's step: read as many new entries as it may take, handle each."""
         take = min(count, replica.capacity())
         if take <= 0:
             return 0
-        entries = await replica.streams.read_new(take, block_ms=1)
+        entries = await self._read_new(replica, take)
         for entry in entries:
             await replica.processor.handle(entry)
         return len(entries)
@@ -361,9 +368,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         r = self.replicas[replica]
 
         async def read_and_drop() -> None:
-            take = min(count, r.capacity())
-            if take > 0:
-                await r.streams.read_new(take, block_ms=1)
+            await self._read_new(r, min(count, r.capacity()))
 
         self._run(read_and_drop())
 
@@ -427,9 +432,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.relay_down = self.reject_next = self.greylisting = False
         for _round in range(DRAIN_ROUNDS):
             if await self._pending() == 0 and not await self._unread():
-                import sys; print("ROUNDS", _round, file=sys.stderr)
                 return
-            import sys; print("R", _round, await self._pending(), await self._unread(), [r.delivery.breaker.state for r in self.replicas], file=sys.stderr)
             await asyncio.sleep((BACKOFF_CAP_MS + 2) / 1000)
             for replica in self.replicas:
                 await self._claim(replica)
@@ -515,15 +518,11 @@ class DeliveryMachine(RuleBasedStateMachine):
         )
 
     def teardown(self) -> None:
-        import time, sys
-        t0 = time.perf_counter()
         try:
             self._run(self._final_check())
         finally:
-            t1 = time.perf_counter()
             try:
                 self._run(self._close_clients())
-                print("TIMING check", round(t1 - t0, 3), "close", round(time.perf_counter() - t1, 3), file=sys.stderr)
                 self.loop.run_until_complete(self.loop.shutdown_asyncgens())
             finally:
                 self.loop.close()

@@ -33,6 +33,8 @@ class Outcome(msgspec.Struct, frozen=True, kw_only=True):
     """What happened to one dead entry."""
 
     dead_id: str
+    #: Filled in by the caller, which knows it from the selection.
+    order_id: str | None = None
     #: replay: replayed, capped (over the replay cap), not_found (gone meanwhile),
     #: not_dead_letter (not in dead_letter.lua's layout), empty (no original fields);
     #: purge: purged, not_found.

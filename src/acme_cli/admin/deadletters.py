@@ -68,6 +68,15 @@ class DeadDetail(msgspec.Struct, frozen=True, kw_only=True):
     envelope_error: str | None
     trace_id: str | None
 
+    def masked(self) -> DeadDetail:
+        """The same, with the customer's e-mail masked wherever it appears."""
+        envelope = self.envelope
+        email = _email(envelope)
+        if email is not None:
+            envelope = msgspec.json.decode(msgspec.json.encode(envelope))
+            envelope["payload"]["customer"]["email"] = mask_email(email)
+        return msgspec.structs.replace(self, entry=self.entry.masked(), envelope=envelope)
+
 
 class DeadPage(msgspec.Struct, frozen=True, kw_only=True):
     entries: list[DeadEntry]

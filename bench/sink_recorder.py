@@ -1,0 +1,119 @@
+"""An SMTP sink in its own process that records when each message arrived, for the benchmarks.
+
+Runs `acme_cli.smtp_sink.MailSink` (memory only, no .eml files) on 127.0.0.1 and every
+`--flush-interval-ms` appends one line per message accepted since the last flush to `--out`:
+
+    <order_id>,<received_at>,<message_id>
+
+`received_at` is the sink's `time.time()` when it accepted DATA (Unix seconds, 6 decimals); an
+order id or Message-ID the message lacks is written as `-`. Lines are only ever appended whole
+and flushed per batch, so a reader that ignores a trailing partial line is always consistent.
+`--out` is created only once the sink listens: its existence is the readiness signal.
+
+Kept out of the load generator's process on purpose: receiving costs ~1 ms CPU per message and
+would otherwise share the generator's core and event loop (see /work/shared/MEASURING.md).
+Stops on SIGTERM/SIGINT (after a final flush) or after `--max-runtime-s`.
+
+Usage: ``python bench/sink_recorder.py --port 2525 --out /tmp/received.csv``
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:
+    # Run as a script: make `bench.*` importable like the other benchmark scripts do.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from typing import IO, Final
+
+from acme_cli.smtp_sink import MailSink
+from bench.loadgen import install_uvloop, loopback_host
+
+DEFAULT_FLUSH_INTERVAL_MS: Final = 100
+DEFAULT_MAX_RUNTIME_S: Final = 3_600.0
+MAX_RUNTIME_S: Final = 24 * 3_600.0
+
+_log = logging.getLogger("sink_recorder")
+
+
+def _flush(sink: MailSink, out: IO[str]) -> int:
+    """Write and forget the messages accepted since the last flush; how many there were."""
+    batch = len(sink.messages)
+    if batch == 0:
+        return 0
+    lines = [
+        f"{m.order_id or '-'},{m.received_at:.6f},{m.message_id or '-'}\n"
+        for m in sink.messages[:batch]
+    ]
+    # Dropping them keeps memory flat over a long run; nothing else reads `messages` here.
+    del sink.messages[:batch]
+    out.write("".join(lines))
+    out.flush()
+    return batch
+
+
+async def record(host: str, port: int, out_path: Path, flush_interval_s: float,
+                 max_runtime_s: float) -> int:  # fmt: skip
+    """Run the sink until SIGTERM/SIGINT or `max_runtime_s`; the number of messages recorded."""
+    sink = MailSink(None, host=host, port=port)
+    await sink.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    total = 0
+    deadline = time.monotonic() + max_runtime_s
+    # Opened (so created) only now that the sink listens: the parent waits for this file.
+    with out_path.open("a", encoding="ascii") as out:
+        _log.info("listening on %s, recording to %s", sink.url, out_path)
+        # Bounded by max_runtime_s / flush interval iterations.
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), flush_interval_s)
+            total += _flush(sink, out)
+        await sink.stop()
+        total += _flush(sink, out)
+    _log.info("stopped after recording %d messages", total)
+    return total
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else "")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="file the lines are appended to")
+    parser.add_argument("--flush-interval-ms", type=int, default=DEFAULT_FLUSH_INTERVAL_MS)
+    parser.add_argument("--max-runtime-s", type=float, default=DEFAULT_MAX_RUNTIME_S)
+    parser.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s - %(asctime)s %(message)s")
+    # aiosmtpd logs every SMTP command at INFO: several lines per message would cost the sink
+    # more CPU than receiving does. Its warnings and errors still show.
+    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    if not 0 < args.max_runtime_s <= MAX_RUNTIME_S or not 1 <= args.flush_interval_ms <= 10_000:
+        print("sink_recorder: bad --max-runtime-s or --flush-interval-ms", file=sys.stderr)
+        return 2
+    host = loopback_host(args.host)
+    if not args.no_uvloop:
+        install_uvloop()
+    asyncio.run(
+        record(host, args.port, args.out, args.flush_interval_ms / 1000, args.max_runtime_s)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""The argparse side of `acme dead …`, `acme stats` and `acme trace`: flags, help, examples.
+
+`register` adds the subcommands to `acme`'s parser. The handlers (handlers.py) are imported
+only when one of these commands runs: `acme api` and the others must not pay for rich and the
+admin modules at every start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
+
+__all__ = ["register"]
+
+_RAW = argparse.RawDescriptionHelpFormatter
+
+FOOTER: Final = """
+environment:
+  ACME_REDIS_URL, ACME_DATABASE_URL  the servers (each command needs only the ones it reads)
+  ACME_REPLAY_MAX=3           an entry already replayed this often is refused unless --force
+  ACME_ADMIN_CONFIRM_ABOVE=3  replay/purge of more entries asks first unless --yes
+  ACME_OPERATOR               your name in the audit trail (default $USER@host)
+
+exit codes: 0 ok, 1 failure (entries refused, not confirmed, interrupted), 2 usage (malformed
+id or duration), 3 configuration, 4 Redis/PostgreSQL unreachable, 5 not found (unknown id).
+JSON output (--json) is a stable schema, documented in docs/runbook.md."""
+
+DEAD_EPILOG: Final = (
+    """examples:
+  acme dead list                                  the 20 newest dead letters
+  acme dead list --reason invalid_recipient --since 2h --limit 100
+  acme dead list --before 1714557600000-0         the next (older) page
+  acme dead show 1714557600000-0                  one entry: envelope, order timeline, audit
+  acme dead replay --reason invalid_recipient --since 2h --dry-run
+  acme dead replay --reason invalid_recipient --since 2h --yes --why "relay fixed, INC-42"
+  acme dead purge --older-than 30d --yes --why "retention"
+"""
+    + FOOTER
+)
+
+
+def _handler(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        handler: Callable[[argparse.Namespace], int] = getattr(
+            importlib.import_module("acme_cli.admin.handlers"), name
+        )
+        return handler(args)
+
+    return run
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _pii_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--show-pii", action="store_true", help="show e-mail addresses unmasked (default masked)"
+    )
+
+
+def _why_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--why", default="", help="why you do this, kept in the audit trail")
+
+
+def _dead(sub: Subparsers) -> None:
+    dead = sub.add_parser(
+        "dead",
+        help="see, explain, replay and purge dead letters",
+        description="The dead-letter stream: e-mails the notifier gave up on, with the reason.",
+        epilog=DEAD_EPILOG,
+        formatter_class=_RAW,
+    )
+    commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+
+    listing = commands.add_parser(
+        "list",
+        help="dead letters, newest first, a page at a time",
+        description="Dead letters, newest first. Reads one page (XREVRANGE ... COUNT), never "
+        "the whole stream; `--before` the last id shown gives the next page.",
+        epilog=DEAD_EPILOG,
+        formatter_class=_RAW,
+    )
+    listing.add_argument("--limit", type=int, default=20, help="entries per page (default 20)")
+    listing.add_argument("--before", metavar="DEAD_ID", help="only entries older than this id")
+    listing.add_argument("--since", help="dead within a duration (2h, 30m) or since a UTC time")
+    listing.add_argument(
+        "--reason", action="append", metavar="CLASS", help="reason class; repeat for several"
+    )
+    _pii_flag(listing)
+    _json_flag(listing)
+    listing.set_defaults(handler=_handler("dead_list"))
+
+    show = commands.add_parser(
+        "show",
+        help="one dead letter: why, envelope, order timeline, audit",
+        epilog=DEAD_EPILOG,
+        formatter_class=_RAW,
+    )
+    show.add_argument("id", metavar="DEAD_ID")
+    _pii_flag(show)
+    _json_flag(show)
+    show.set_defaults(handler=_handler("dead_show"))
+
+    replay = commands.add_parser(
+        "replay",
+        help="put dead letters back on the events stream with a fresh delivery budget",
+        description="Moves each selected entry back onto the events stream and records it in "
+        "the audit trail, atomically per entry: never both replayed and still dead, none lost "
+        "if interrupted. An event whose e-mail was already sent is not sent again.",
+        epilog=DEAD_EPILOG,
+        formatter_class=_RAW,
+    )
+    replay.add_argument("ids", nargs="*", metavar="DEAD_ID", help="entries to replay")
+    replay.add_argument("--all", action="store_true", help="every dead letter (see --since)")
+    replay.add_argument("--reason", action="append", metavar="CLASS", help="by reason class")
+    replay.add_argument("--since", help="with --all/--reason: only entries dead since then")
+    replay.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    replay.add_argument("--yes", action="store_true", help="do not ask, however many entries")
+    replay.add_argument("--force", action="store_true", help="ignore the replay cap")
+    _why_flag(replay)
+    _json_flag(replay)
+    replay.set_defaults(handler=_handler("dead_replay"))
+
+    purge = commands.add_parser(
+        "purge",
+        help="delete dead letters, with an audit record each",
+        epilog=DEAD_EPILOG,
+        formatter_class=_RAW,
+    )
+    purge.add_argument("ids", nargs="*", metavar="DEAD_ID", help="entries to delete")
+    purge.add_argument("--older-than", metavar="DURATION", help="dead longer ago than (30d)")
+    purge.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    purge.add_argument("--yes", action="store_true", help="do not ask, however many entries")
+    _why_flag(purge)
+    _json_flag(purge)
+    purge.set_defaults(handler=_handler("dead_purge"))
+
+
+def register(sub: Subparsers) -> None:
+    """Adds `dead`, `stats` and `trace` to `acme`'s subcommands."""
+    _dead(sub)
+    stats = sub.add_parser(
+        "stats",
+        help="streams, lag, pending, dead letters, outbox, e-mail rate",
+        description="Stream length, consumer-group lag (counted on Redis 6.2, which does not "
+        "report it), pending entries and the age of the oldest, per-consumer pending and idle, "
+        "dead letters, outbox backlog and e-mails sent in the last minute.",
+        epilog="""examples:
+  acme stats
+  acme stats --watch --interval 1        redraws in place until Ctrl-C
+  acme stats --json --watch --count 60   one JSON document per line, for a minute
+"""
+        + FOOTER,
+        formatter_class=_RAW,
+    )
+    stats.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    stats.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    stats.add_argument("--count", type=int, help="with --watch: stop after this many")
+    _json_flag(stats)
+    stats.set_defaults(handler=_handler("stats"))
+
+    trace = sub.add_parser(
+        "trace",
+        help="the whole path of one order, from creation to e-mail",
+        description="Created, outbox, published (stream id), each delivery attempt with "
+        "consumer and error, sent or dead, replays, with timestamps and the trace id.",
+        epilog="examples:\n  acme trace 0190f1c2-7a3e-7c4e-9b1d-2f6a8e4c1d00\n" + FOOTER,
+        formatter_class=_RAW,
+    )
+    trace.add_argument("order_id", metavar="ORDER_ID")
+    _pii_flag(trace)
+    _json_flag(trace)
+    trace.set_defaults(handler=_handler("trace"))

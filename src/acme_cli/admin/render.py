@@ -1,0 +1,175 @@
+"""How the admin commands show things: rich tables for people, stable JSON for scripts.
+
+Rendering only: every function takes data already gathered. JSON is the documented schema
+(docs/runbook.md): snake_case keys, times ISO 8601 in UTC, ids as strings; one document per
+command (`--watch` prints one compact document per line). Tables are for reading, not parsing.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.json import JSON
+from rich.table import Table
+
+from acme_cli.admin.actions import Outcome
+from acme_cli.admin.audit import AuditRecord
+from acme_cli.admin.deadletters import DeadDetail, DeadEntry
+
+__all__ = [
+    "Output",
+    "ago",
+    "render_dead_detail",
+    "render_dead_list",
+    "render_outcomes",
+    "when",
+]
+
+_encoder = msgspec.json.Encoder(decimal_format="string")
+
+
+class Output:
+    """Where a command writes: stdout, as JSON or as rich text; problems go to stderr."""
+
+    def __init__(self, *, as_json: bool) -> None:
+        self.as_json = as_json
+        # Piped output is read by grep and less, not an 80-column terminal: keep lines whole.
+        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+
+    def json(self, document: Any, *, compact: bool = False) -> None:
+        encoded = _encoder.encode(document)
+        text = encoded if compact else msgspec.json.format(encoded, indent=2)
+        sys.stdout.write(text.decode() + "\n")
+        sys.stdout.flush()
+
+    def say(self, text: str) -> None:
+        self.console.print(text)
+
+    def note(self, text: str) -> None:
+        """A remark for the person at the terminal, kept off stdout so JSON stays clean."""
+        print(text, file=sys.stderr)
+
+
+def when(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def ago(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "-"
+    seconds = max(0.0, (now - moment).total_seconds())
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _short(text: str, width: int = 60) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+def render_dead_list(
+    out: Output, entries: Sequence[DeadEntry], total: int, next_before: str | None, now: datetime
+) -> None:
+    table = Table(title=f"Dead letters, newest first: {len(entries)} of {total:,}")
+    for name in ("dead id", "order", "e-mail", "reason", "error", "tries", "replays"):
+        table.add_column(name, overflow="fold", no_wrap=name in ("dead id", "order"))
+    table.add_column("first attempt")
+    table.add_column("dead at")
+    for e in entries:
+        table.add_row(
+            e.dead_id,
+            e.order_id or "-",
+            e.email or "-",
+            e.reason_class,
+            _short(e.last_error or e.reason),
+            str(e.deliveries),
+            str(e.replays),
+            when(e.first_attempt_at),
+            f"{when(e.dead_at)} ({ago(e.dead_at, now)})",
+        )
+    out.console.print(table)
+    if next_before:
+        out.say(f"older entries: acme dead list --before {next_before}")
+
+
+def render_dead_detail(
+    out: Output,
+    detail: DeadDetail,
+    order: dict[str, Any] | None,
+    ledger: Any,
+    audit: Sequence[AuditRecord],
+    now: datetime,
+) -> None:
+    e = detail.entry
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column(overflow="fold")
+    rows = [
+        ("dead id", e.dead_id),
+        ("original stream id", e.original_id),
+        ("event id", e.event_id or "-"),
+        ("order id", e.order_id or "-"),
+        ("e-mail", e.email or "-"),
+        ("reason", f"{e.reason_class}: {e.reason}"),
+        ("last transient error", e.last_error or "-"),
+        ("deliveries", f"{e.deliveries} (last consumer {e.consumer or '-'})"),
+        ("replays so far", str(e.replays)),
+        ("first attempt", when(e.first_attempt_at)),
+        ("dead at", f"{when(e.dead_at)} ({ago(e.dead_at, now)})"),
+        ("trace id", detail.trace_id or "-"),
+        ("already e-mailed", "no" if ledger is None else f"yes, {ledger.message_id}"),
+    ]
+    for name, value in rows:
+        facts.add_row(name, value)
+    out.console.print(facts)
+    out.say("\n[bold]Envelope[/bold]")
+    if detail.envelope is None:
+        out.say(f"(none: {detail.envelope_error})")
+    else:
+        out.console.print(JSON.from_data(detail.envelope, default=str))
+    if order is not None:
+        out.say(f"\n[bold]Order[/bold] status {order['status']}, {order['attempts']} attempt(s)")
+        timeline = Table("at", "kind", "detail")
+        for step in order["timeline"]:
+            timeline.add_row(when(step["at"]), step["kind"], _short(str(step["detail"]), 90))
+        out.console.print(timeline)
+    for record in audit:
+        out.say(
+            f"{when(record.at)} {record.action} by {record.who}"
+            + (f": {record.why}" if record.why else "")
+        )
+
+
+_LABEL = {
+    "replayed": "replayed",
+    "would_replay": "would replay",
+    "capped": "refused: over the replay cap",
+    "not_found": "not found (gone meanwhile?)",
+    "not_dead_letter": "refused: not a dead-letter entry",
+    "empty": "refused: no original fields to replay",
+    "purged": "purged",
+    "would_purge": "would purge",
+}
+
+
+def render_outcomes(out: Output, title: str, outcomes: Sequence[Outcome]) -> None:
+    """One row per entry (the caller prints the counts)."""
+    table = Table(title=title)
+    for name in ("dead id", "order", "result", "new stream id", "replays"):
+        table.add_column(name, overflow="fold")
+    for o in outcomes:
+        table.add_row(
+            o.dead_id,
+            o.order_id or "-",
+            _LABEL.get(o.status, o.status),
+            o.new_id or "-",
+            str(o.replays),
+        )
+    out.console.print(table)
