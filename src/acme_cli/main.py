@@ -11,7 +11,8 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from acme_runtime.env import SettingsError
 
@@ -23,6 +24,16 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_UNAVAILABLE = 4
 EXIT_NOT_FOUND = 5  # the admin commands: an unknown dead-entry or order id
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Runs a worker's main coroutine on uvloop (as uvicorn does for the API) when available."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, except on Windows
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def _cmd_api(_args: argparse.Namespace) -> int:
@@ -61,7 +72,7 @@ def _cmd_relay(_args: argparse.Namespace) -> int:
     settings = OrdersSettings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     configure_tracing("acme-relay", os.environ)
-    asyncio.run(run_relay(settings))
+    _run(run_relay(settings))
     return EXIT_OK
 
 
@@ -74,7 +85,7 @@ def _cmd_notifier(_args: argparse.Namespace) -> int:
     settings = NotifySettings.from_env()
     configure_logging(settings.log_level, settings.log_format)
     configure_tracing("acme-notifier", os.environ)
-    asyncio.run(run_notifier(settings))
+    _run(run_notifier(settings))
     return EXIT_OK
 
 

@@ -31,6 +31,7 @@ from acme_notify.streams import Streams
 from acme_notify.telemetry import CIRCUIT_STATES, NotifyMetrics
 from acme_runtime.actors import Actor, PeriodicActor, Supervisor, install_signal_handlers
 from acme_runtime.metrics_http import serve_metrics
+from acme_runtime.pg import reset_connection
 
 __all__ = ["Replica", "build_replica", "run_notifier"]
 
@@ -126,6 +127,7 @@ async def open_clients(settings: NotifySettings) -> AsyncIterator[tuple[Redis, a
         min_size=1,
         max_size=settings.db_pool_max,
         command_timeout=5,
+        reset=reset_connection,
         server_settings={"application_name": "acme-notifier"},
     )
     redis = Redis.from_url(

@@ -29,6 +29,7 @@ from acme_orders.store import OrderStore
 from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.actors import Actor, Supervisor, install_signal_handlers
 from acme_runtime.metrics_http import serve_metrics
+from acme_runtime.pg import reset_connection
 
 __all__ = ["Clients", "api_app", "open_clients", "relay_actors", "run_relay"]
 
@@ -61,6 +62,7 @@ async def open_clients(settings: OrdersSettings) -> AsyncIterator[Clients]:
         max_size=settings.db_pool_max,
         command_timeout=settings.db_timeout_ms / 1000,
         init=init_connection,
+        reset=reset_connection,
         server_settings={
             "application_name": "acme-orders",
             "statement_timeout": str(settings.db_timeout_ms),

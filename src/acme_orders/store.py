@@ -126,7 +126,9 @@ s AS (
     WHERE orders.id = u.order_id AND orders.notification_status = 'pending'
 )
 INSERT INTO order_timeline (order_id, at, kind, detail)
-SELECT u.order_id, now(),
+-- Stamped with the XADD time the stream id carries, not with when the row was updated: the
+-- notifier may well have sent the e-mail in between.
+SELECT u.order_id, to_timestamp(split_part(u.stream_id, '-', 1)::bigint / 1000.0),
        CASE WHEN u.publish_count > 1 THEN 'redriven' ELSE 'published' END,
        jsonb_build_object('stream_id', u.stream_id, 'via', $4::text)
 FROM u WHERE u.added

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 import msgspec
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.json import JSON
 from rich.table import Table
 
@@ -39,7 +39,7 @@ class Output:
     def __init__(self, *, as_json: bool) -> None:
         self.as_json = as_json
         # Piped output is read by grep and less, not an 80-column terminal: keep lines whole.
-        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
+        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
     def json(self, document: Any, *, compact: bool = False) -> None:
         encoded = _encoder.encode(document)
@@ -74,26 +74,46 @@ def _short(text: str, width: int = 60) -> str:
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
+def _compact(moment: datetime | None) -> str:
+    return "-" if moment is None else moment.strftime("%m-%d %H:%M:%S")
+
+
 def render_dead_list(
     out: Output, entries: Sequence[DeadEntry], total: int, next_before: str | None, now: datetime
 ) -> None:
-    table = Table(title=f"Dead letters, newest first: {len(entries)} of {total:,}")
-    for name in ("dead id", "order", "e-mail", "reason", "error", "tries", "replays"):
-        table.add_column(name, overflow="fold", no_wrap=name in ("dead id", "order"))
-    table.add_column("first attempt")
-    table.add_column("dead at")
+    if not entries:
+        out.say(f"No dead letters to show ({total:,} in the dead stream).")
+        return
+    # Ids must never be cut (they are copied into the next command): on a narrow terminal,
+    # columns go instead, and the error gives way last; `dead show` has everything.
+    wide = out.console.width >= 180
+    table = Table(title=f"Dead letters, newest first: {len(entries)} of {total:,} (times UTC)")
+    columns = ["dead id", "order", "e-mail", "reason", "tries", "replays", "first attempt"]
+    columns += ["dead at", "age"]
+    if not wide:
+        columns = ["dead id", "order", "reason", "tries", "age"]
+    rows = []
     for e in entries:
-        table.add_row(
-            e.dead_id,
-            e.order_id or "-",
-            e.email or "-",
-            e.reason_class,
-            _short(e.last_error or e.reason),
-            str(e.deliveries),
-            str(e.replays),
-            when(e.first_attempt_at),
-            f"{when(e.dead_at)} ({ago(e.dead_at, now)})",
-        )
+        cells = {
+            "dead id": e.dead_id,
+            "order": e.order_id or "-",
+            "e-mail": e.email or "-",
+            "reason": e.reason_class,
+            "tries": str(e.deliveries),
+            "replays": str(e.replays),
+            "first attempt": _compact(e.first_attempt_at),
+            "dead at": _compact(e.dead_at),
+            "age": ago(e.dead_at, now).removesuffix(" ago"),
+        }
+        rows.append([*(cells[c] for c in columns), _short(e.last_error or e.reason, 80)])
+    for index, name in enumerate(columns):
+        # min_width = the longest value: rich shrinks every column to fit, ids included.
+        longest = max((len(row[index]) for row in rows), default=0)
+        justify: JustifyMethod = "right" if name == "tries" else "left"
+        table.add_column(name, no_wrap=True, min_width=max(longest, len(name)), justify=justify)
+    table.add_column("last error", no_wrap=True, overflow="ellipsis", min_width=10)
+    for row in rows:
+        table.add_row(*row)
     out.console.print(table)
     if next_before:
         out.say(f"older entries: acme dead list --before {next_before}")
