@@ -9,8 +9,7 @@ the contract in docs/asyncapi.yaml; it shares no code with the producer.
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import Decimal
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 
@@ -36,19 +35,23 @@ class Customer(msgspec.Struct, frozen=True):
     locale: str = "pt-BR"
 
 
+#: A decimal string, as the contract says: a JSON number here is a producer bug, not money.
+Money = Annotated[str, msgspec.Meta(pattern=r"^(0|[1-9][0-9]*)(\.[0-9]{1,4})?$")]
+
+
 class Item(msgspec.Struct, frozen=True):
     sku: str
     name: str
     quantity: int
-    unit_price: Decimal
-    line_total: Decimal
+    unit_price: Money
+    line_total: Money
 
 
 class Order(msgspec.Struct, frozen=True):
     customer: Customer
     currency: str
     items: tuple[Item, ...]
-    total: Decimal
+    total: Money
     created_at: datetime
 
 

@@ -248,12 +248,12 @@ class Renderer:
                 _Line(
                     _body_text(item.name),
                     f"{item.quantity:,}".replace(",", group),
-                    money(item.unit_price),
-                    money(item.line_total),
+                    money(Decimal(item.unit_price)),
+                    money(Decimal(item.line_total)),
                 )
                 for item in order.items
             ],
-            "total": money(order.total),
+            "total": money(Decimal(order.total)),
         }
         text = _quoted_printable(spec.text.render(context))
         html = _quoted_printable(spec.html.render(context))

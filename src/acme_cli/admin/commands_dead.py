@@ -19,7 +19,8 @@ import msgspec
 from acme_cli.admin import actions
 from acme_cli.admin.audit import find_audit
 from acme_cli.admin.clients import connect
-from acme_cli.admin.deadletters import decode_dead_detail, fetch_dead, list_dead
+from acme_cli.admin.deadletters import decode_dead_detail
+from acme_cli.admin.deadstream import fetch_dead, list_dead
 from acme_cli.admin.errors import Failure, NotFound
 from acme_cli.admin.parse import ms_to_datetime
 from acme_cli.admin.records import ledger_rows, order_record

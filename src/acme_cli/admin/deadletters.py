@@ -1,36 +1,22 @@
-"""The dead-letter stream, read: decoding dead_letter.lua's layout, and bounded paging.
+"""Dead letters as data: dead_letter.lua's layout decoded into typed entries.
 
-`decode_dead_entry` is pure (fields in, typed entry out) so that metrics and other tools can
-reuse it. Every read here names a COUNT: newest-first listings walk the stream with XREVRANGE
-one page at a time, so a stream of millions of entries costs one page of memory, never all.
+Pure (raw fields in, typed entry out, no I/O), so that metrics and other tools can reuse it;
+the reads are in deadstream.py. Decoding is tolerant: a poison entry may lack any field, and
+then that field reads as empty rather than failing the whole listing.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Iterable
 from datetime import datetime
 from typing import Any, Final
 
 import msgspec
-from redis.asyncio import Redis
 
 from acme_cli.admin.parse import ms_to_datetime
-from acme_notify.keys import DEAD_STREAM
 from acme_runtime.logs import mask_email
 
-__all__ = [
-    "DeadDetail",
-    "DeadEntry",
-    "DeadPage",
-    "decode_dead_detail",
-    "decode_dead_entry",
-    "fetch_dead",
-    "list_dead",
-    "scan_dead",
-]
+__all__ = ["DeadDetail", "DeadEntry", "RawFields", "decode_dead_detail", "decode_dead_entry"]
 
-#: Never ask Redis for more than this many entries in one round trip.
-PAGE_SIZE: Final = 500
 RawFields = dict[bytes, bytes]
 
 
@@ -76,12 +62,6 @@ class DeadDetail(msgspec.Struct, frozen=True, kw_only=True):
             envelope = msgspec.json.decode(msgspec.json.encode(envelope))
             envelope["payload"]["customer"]["email"] = mask_email(email)
         return msgspec.structs.replace(self, entry=self.entry.masked(), envelope=envelope)
-
-
-class DeadPage(msgspec.Struct, frozen=True, kw_only=True):
-    entries: list[DeadEntry]
-    #: Pass as `--before` for the next (older) page; None once the end was reached.
-    next_before: str | None
 
 
 def _text(fields: RawFields, name: bytes) -> str:
@@ -171,81 +151,3 @@ def decode_dead_detail(dead_id: str, fields: RawFields) -> DeadDetail:
         envelope_error=error,
         trace_id=parts[1] if len(parts) == 4 else None,
     )
-
-
-def _decoded(raw: Iterable[tuple[bytes, RawFields]]) -> list[tuple[str, RawFields]]:
-    return [(entry_id.decode(), fields) for entry_id, fields in raw if fields]
-
-
-async def list_dead(
-    redis: Redis,
-    *,
-    limit: int,
-    before: str | None = None,
-    since_ms: int | None = None,
-    reasons: Collection[str] = (),
-    max_scan: int = 20 * PAGE_SIZE,
-) -> DeadPage:
-    """Up to `limit` entries, newest first, older than `before`, dead since `since_ms`.
-
-    With a reason filter at most `max_scan` entries are examined per call; `next_before` then
-    points where the scan stopped, so the next call carries on from there.
-    """
-    upper = f"({before}" if before else "+"
-    lower = "-" if since_ms is None else f"{since_ms}-0"
-    # Unfiltered, one extra entry tells whether an older page exists; filtered, pages are
-    # bigger so that a rare reason does not cost a round trip per match.
-    page_size = min(limit + 1, PAGE_SIZE) if not reasons else PAGE_SIZE
-    found: list[DeadEntry] = []
-    scanned = 0
-    while True:
-        raw: Any = await redis.xrevrange(DEAD_STREAM, upper, lower, count=page_size)
-        for entry_id, fields in _decoded(raw):
-            if reasons and _text(fields, b"reason_class") not in reasons:
-                continue
-            if len(found) == limit:
-                return DeadPage(entries=found, next_before=found[-1].dead_id)
-            found.append(decode_dead_entry(entry_id, fields))
-        scanned += len(raw)
-        if len(raw) < page_size:
-            return DeadPage(entries=found, next_before=None)
-        last = raw[-1][0].decode()
-        if scanned >= max_scan:
-            return DeadPage(entries=found, next_before=last)
-        upper = f"({last}"
-
-
-async def scan_dead(
-    redis: Redis,
-    *,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
-    max_entries: int | None = None,
-) -> AsyncIterator[tuple[str, RawFields]]:
-    """Raw entries oldest first, dead in [since_ms, until_ms), one page in memory at a time."""
-    lower = "-" if since_ms is None else f"{since_ms}-0"
-    upper = "+" if until_ms is None else str(until_ms - 1)  # <ms> alone = its last sequence
-    seen = 0
-    while max_entries is None or seen < max_entries:
-        page: Any = await redis.xrange(DEAD_STREAM, lower, upper, count=PAGE_SIZE)
-        for entry_id, fields in _decoded(page):
-            yield entry_id, fields
-        seen += len(page)
-        if len(page) < PAGE_SIZE:
-            return
-        lower = f"({page[-1][0].decode()}"
-
-
-async def fetch_dead(redis: Redis, dead_ids: Collection[str]) -> dict[str, RawFields]:
-    """The named entries that exist, in one round trip per page of ids."""
-    ids = list(dict.fromkeys(dead_ids))
-    found: dict[str, RawFields] = {}
-    for start in range(0, len(ids), PAGE_SIZE):
-        async with redis.pipeline(transaction=False) as pipe:
-            for dead_id in ids[start : start + PAGE_SIZE]:
-                pipe.xrange(DEAD_STREAM, dead_id, dead_id)
-            replies: list[Any] = await pipe.execute()
-        for reply in replies:
-            for entry_id, fields in _decoded(reply):
-                found[entry_id] = fields
-    return found

@@ -1,8 +1,8 @@
 """Choosing the dead entries a replay or purge will touch, before touching any.
 
 Named ids must all exist (else `NotFound`, and nothing is changed: a typo must not turn into a
-partial run); otherwise the dead stream is scanned oldest first, a page at a time, by time window
-and reason class. Only the few fields the plan needs are kept per entry.
+partial run); otherwise the dead stream is scanned oldest first through dead_index.lua, by time
+window and reason class. Only the few fields the plan needs are kept per entry.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from collections.abc import Collection, Sequence
 import msgspec
 from redis.asyncio import Redis
 
-from acme_cli.admin.deadletters import decode_dead_entry, fetch_dead, scan_dead
+from acme_cli.admin.deadletters import decode_dead_entry
+from acme_cli.admin.deadstream import fetch_dead, scan_index
 from acme_cli.admin.errors import NotFound
 
 __all__ = ["Selected", "select_dead"]
@@ -42,11 +43,18 @@ async def select_dead(
             more = f" and {len(missing) - 5} more" if missing[5:] else ""
             raise NotFound(f"no dead entry {', '.join(missing[:5])}{more}; nothing was changed")
         return [_selected(i, found[i]) for i in dict.fromkeys(ids)]
-    selected = []
-    async for dead_id, fields in scan_dead(redis, since_ms=since_ms, until_ms=until_ms):
-        if not reasons or fields.get(b"reason_class", b"").decode() in reasons:
-            selected.append(_selected(dead_id, fields))
-    return selected
+    lower = "-" if since_ms is None else f"{since_ms}-0"
+    upper = "+" if until_ms is None else str(until_ms - 1)  # <ms> alone: its last sequence
+    return [
+        Selected(
+            dead_id=item.dead_id,
+            order_id=item.order_id or None,
+            reason_class=item.reason_class,
+            replays=item.replays,
+        )
+        async for item in scan_index(redis, lower=lower, upper=upper)
+        if not reasons or item.reason_class in reasons
+    ]
 
 
 def _selected(dead_id: str, fields: dict[bytes, bytes]) -> Selected:

@@ -18,7 +18,8 @@ import msgspec
 from redis.asyncio import Redis
 
 from acme_cli.admin.audit import find_audit
-from acme_cli.admin.deadletters import decode_dead_entry, scan_dead
+from acme_cli.admin.deadletters import decode_dead_entry
+from acme_cli.admin.deadstream import fetch_dead, scan_index
 from acme_cli.admin.records import ledger_rows, order_record
 from acme_notify.keys import EVENTS_STREAM, NOTIFIER_GROUP
 from acme_runtime.logs import mask_email
@@ -111,11 +112,12 @@ async def _from_ledger(g: _Gathered, pool: asyncpg.Pool) -> None:
 
 
 async def _from_dead(g: _Gathered, redis: Redis, order_id: str, since_ms: int, cap: int) -> None:
-    scanned = 0
-    async for dead_id, fields in scan_dead(redis, since_ms=since_ms, max_entries=cap):
+    scanned, matching = 0, []
+    async for item in scan_index(redis, lower=f"{since_ms}-0", max_entries=cap):
         scanned += 1
-        if fields.get(b"order_id", b"").decode() != order_id:
-            continue
+        if item.order_id == order_id:
+            matching.append(item.dead_id)
+    for dead_id, fields in (await fetch_dead(redis, matching)).items():
         entry = decode_dead_entry(dead_id, fields)
         g.step(
             entry.dead_at,
