@@ -9,6 +9,7 @@ and that are older than the retention; never a pending or undelivered one.
 from __future__ import annotations
 
 import structlog
+from prometheus_client import Counter
 from redis.exceptions import RedisError
 
 from acme_notify.keys import REAPER_LOCK
@@ -29,7 +30,9 @@ class Reaper(PeriodicActor):
         max_deliveries: int,
         min_idle_ms: int,
         retention_ms: int,
+        dead_lettered: Counter | None = None,
     ) -> None:
+        self._dead_counter = dead_lettered
         self._streams = streams
         self._max_deliveries = max_deliveries
         self._min_idle_ms = min_idle_ms
@@ -55,6 +58,8 @@ class Reaper(PeriodicActor):
                 )
                 if dead_id is not None:
                     self.dead_lettered += 1
+                    if self._dead_counter is not None:
+                        self._dead_counter.inc()
                     log.warning(
                         "entry_dead_lettered",
                         entry_id=entry_id,

@@ -112,6 +112,7 @@ def build_replica(
             max_deliveries=settings.max_deliveries,
             min_idle_ms=3 * settings.heartbeat_interval_ms,
             retention_ms=settings.stream_retention_ms,
+            dead_lettered=metrics.dead_lettered.labels("max_deliveries"),
         ),
         BreakerSync(delivery),
         StreamProbe(redis, metrics, interval_s=settings.probe_interval_s),
