@@ -122,7 +122,8 @@ def run_up(*, data_dir: str | None, notifiers: int) -> int:
         _say(f"migrations: {', '.join(applied) if applied else 'schema is current'}")
 
         children.append(_Child("api", _acme("api"), child_env, (logs / "api.log").open("ab")))
-        children.append(_Child("relay", _acme("relay"), child_env, (logs / "relay.log").open("ab")))
+        relay_env = {**child_env, "ACME_METRICS_PORT": str(metrics_port)}
+        children.append(_Child("relay", _acme("relay"), relay_env, (logs / "relay.log").open("ab")))
         if _notifier_available():
             for index in range(notifiers):
                 notifier_env = {
@@ -227,7 +228,8 @@ def _banner(
 AcME Orders is running ({names})
   API          {base}
   OpenAPI      {base}/schema  (JSON: {base}/schema/openapi.json)
-  metrics      {base}/metrics
+  metrics      {base}/metrics (API), http://127.0.0.1:{metrics_port}/metrics (relay),
+               notifiers on the ports after it
   PostgreSQL   {redact_url(database_url)}
   Redis        {redact_url(redis_url)}
   SMTP         {redact_url(smtp_url)}
