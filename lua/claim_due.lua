@@ -5,21 +5,32 @@
 -- ARGV[3]  backoff base ms  ARGV[4] backoff cap ms   ARGV[5] jitter fraction (0..1)
 -- ARGV[6]  max deliveries   ARGV[7] how many to claim at most
 -- ARGV[8]  how many pending entries to examine at most
+-- ARGV[9]  where to start examining: '-' or '(<id>' (the cursor the previous call returned)
 --
 -- The backoff of an entry delivered n times is min(base * 2^(n-1), cap), stretched by up to
 -- `jitter` using a fraction derived from the entry id, so entries spread out without a random
 -- generator. Entries already delivered `max deliveries` times are left for the reaper.
--- Returns {claimed, missing}: claimed = {{id, deliveries, {field, value, ...}}, ...};
+-- Returns {claimed, missing, cursor}: claimed = {{id, deliveries, {field, value, ...}}, ...};
 -- missing = ids that were pending but whose entry had been trimmed or deleted (acknowledged
--- here, so they stop haunting the pending list).
+-- here, so they stop haunting the pending list); cursor = where the next call starts, so that
+-- a long pending list is examined window by window instead of always from its head ('-' when
+-- this call reached the end).
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
 local base, cap, jitter = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 local max_deliveries, limit, scan = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
 
-local pending = redis.call('XPENDING', stream, group, 'IDLE', base, '-', '+', scan)
+local start = ARGV[9] or '-'
+local pending = redis.call('XPENDING', stream, group, 'IDLE', base, start, '+', scan)
 local claimed, missing = {}, {}
+local cursor = '-'
+if #pending >= scan then cursor = '(' .. pending[#pending][1] end
+local previous = nil
 for _, p in ipairs(pending) do
-  if #claimed >= limit then break end
+  if #claimed >= limit then
+    -- Stop before this entry: the next call starts with it.
+    cursor = previous and ('(' .. previous) or start
+    break
+  end
   local id, idle, deliveries = p[1], p[3], p[4]
   if deliveries < max_deliveries then
     local ms = string.match(id, '^(%d+)')
@@ -36,5 +47,6 @@ for _, p in ipairs(pending) do
       end
     end
   end
+  previous = id
 end
-return {claimed, missing}
+return {claimed, missing, cursor}

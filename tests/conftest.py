@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -34,18 +36,22 @@ def _with_database(url: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_admin_url() -> Iterator[str]:
     """A PostgreSQL server: ACME_TEST_DATABASE_URL, or an embedded one for this session."""
     external = os.environ.get("ACME_TEST_DATABASE_URL")
     if external:
         yield external
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data", durable=False)
+    # Not under pytest's temp root: another pytest session on the machine resets that root to
+    # mode 0700, which would lock out the server's own (non-root) user mid-run.
+    root = Path(tempfile.mkdtemp(prefix="acme-test-pg-"))
+    server = EmbeddedPostgres(root / "data", durable=False)
     url = server.start()
     try:
         yield url
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def notify_env(
         "ACME_CONSUMER_NAME": "notifier-test-1",
         "ACME_NOTIFY_BLOCK_MS": "50",
         "ACME_CLAIM_INTERVAL_MS": "50",
-        "ACME_HEARTBEAT_INTERVAL_MS": "100",
+        "ACME_HEARTBEAT_INTERVAL_MS": "50",
         "ACME_REAPER_INTERVAL_MS": "50",
         "ACME_BACKOFF_BASE_MS": "200",
         "ACME_BACKOFF_MAX_MS": "800",

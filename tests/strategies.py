@@ -27,7 +27,7 @@ emails = st.builds(
     st.from_regex(r"[a-z][a-z0-9._+-]{0,20}[a-z0-9]", fullmatch=True).filter(
         lambda s: ".." not in s and not s.startswith(".") and ".-" not in s
     ),
-    st.from_regex(r"[a-z][a-z0-9-]{0,15}[a-z0-9]", fullmatch=True),
+    st.from_regex(r"[a-z][a-z0-9]{0,15}", fullmatch=True),
     st.sampled_from(["com", "com.br", "org", "net"]),
 )
 

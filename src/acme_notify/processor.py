@@ -15,6 +15,7 @@ one stream operation:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -93,9 +94,12 @@ class Processor:
             try:
                 await self.handle(raw)
             except Exception as exc:  # noqa: BLE001 - one bad entry must not kill the loop
-                # Redis or Postgres failed mid-way: the entry stays pending and is retried.
+                # Redis or PostgreSQL failed mid-way: the entry stays pending and is retried,
+                # and the try is given back, so an outage of ours never dead-letters an e-mail.
                 log.warning("entry_handling_failed", entry_id=raw[0], error=repr(exc))
                 self._metrics.send_failures.labels("error").inc()
+                with contextlib.suppress(Exception):
+                    await self._streams.refund(raw[0])
 
     async def handle(self, raw: RawEntry) -> None:
         """Handles one entry inside a consumer span that continues the order's trace."""

@@ -49,6 +49,8 @@ class Streams:
         self.redis = redis
         self.consumer = consumer
         self.group = group
+        self._claim_cursor = "-"
+        self._reap_cursor = "-"
 
     async def ensure_group(self) -> None:
         """Creates the consumer group (and the stream) unless it exists: idempotent."""
@@ -91,12 +93,25 @@ class Streams:
         limit: int,
         scan: int = 200,
     ) -> ClaimResult:
+        """Claims due retries, examining the pending list `scan` entries at a time from where
+        the previous call stopped, so entries deep in a long list are reached on schedule."""
         reply = await load_script("claim_due").run(
             self.redis,
             [EVENTS_STREAM],
-            [self.group, self.consumer, base_ms, cap_ms, jitter, max_deliveries, limit, scan],
+            [
+                self.group,
+                self.consumer,
+                base_ms,
+                cap_ms,
+                jitter,
+                max_deliveries,
+                limit,
+                scan,
+                self._claim_cursor,
+            ],
         )
-        claimed_raw, missing = reply
+        claimed_raw, missing, cursor = reply
+        self._claim_cursor = _text(cursor)
         claimed: list[RawEntry] = []
         for entry_id, deliveries, flat in claimed_raw:
             fields = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
@@ -162,11 +177,25 @@ class Streams:
         )
         return deliveries
 
-    async def exhausted(self, max_deliveries: int, min_idle_ms: int, scan: int = 200) -> list[str]:
-        """Pending entries that used up their delivery budget and sat idle `min_idle_ms`."""
-        reply: Any = await self.redis.xpending_range(
-            EVENTS_STREAM, self.group, min="-", max="+", count=scan, idle=min_idle_ms
+    async def refund(self, entry_id: str) -> int:
+        """Gives back the current delivery of an entry this consumer could not attempt."""
+        deliveries: int = await load_script("refund").run(
+            self.redis, [EVENTS_STREAM], [self.group, self.consumer, entry_id]
         )
+        return deliveries
+
+    async def exhausted(self, max_deliveries: int, min_idle_ms: int, scan: int = 200) -> list[str]:
+        """Pending entries that used up their delivery budget and sat idle `min_idle_ms`,
+        examined `scan` at a time from where the previous call stopped."""
+        reply: Any = await self.redis.xpending_range(
+            EVENTS_STREAM,
+            self.group,
+            min=self._reap_cursor,
+            max="+",
+            count=scan,
+            idle=min_idle_ms,
+        )
+        self._reap_cursor = f"({_text(reply[-1]['message_id'])}" if len(reply) >= scan else "-"
         return [
             _text(p["message_id"]) for p in reply if int(p["times_delivered"]) >= max_deliveries
         ]

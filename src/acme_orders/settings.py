@@ -42,7 +42,7 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
     dedupe_ttl_s: int = 86_400
     #: How long an Idempotency-Key is remembered.
     idempotency_ttl_s: int = 86_400
-    #: How often the janitor deletes expired idempotency keys and old timeline rows.
+    #: How often the janitor deletes expired idempotency keys.
     janitor_interval_s: int = 60
     #: Where the relay process serves /metrics (0 = off); the API serves it on its own port.
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped by Prometheus from outside the pod

@@ -4,11 +4,13 @@ Per entry, replay_dead.lua moves the original fields back onto the events stream
 a fresh delivery budget), deletes the dead entry and writes the audit record, atomically; so
 an interrupted run (Ctrl-C, a killed pod, a dropped connection) leaves every entry in exactly
 one of the two streams, and re-running it carries on. Scripts are pipelined a page at a time
-for speed; atomicity is per script, which is per entry.
+for speed; atomicity is per script, which is per entry. A `stop` event ends a run between two
+pages (see interrupt.py), so what was done is known exactly.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -50,6 +52,8 @@ class Progress:
     """Outcomes so far: the caller can report them even if the run is interrupted."""
 
     outcomes: list[Outcome] = field(default_factory=list)
+    #: The stop event was set: the run ended early, between two pages.
+    stopped: bool = False
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
@@ -64,9 +68,11 @@ async def _run_pages(
     script: Script,
     keys: Sequence[str],
     per_entry: Sequence[Args],
+    progress: Progress,
+    stop: asyncio.Event | None,
 ) -> AsyncIterator[tuple[Sequence[Args], list[Any]]]:
     """Runs `script` once per argument list, a pipeline page at a time; yields each page's
-    arguments with the scripts' replies."""
+    arguments with the scripts' replies. Stops between pages once `stop` is set."""
 
     async def page(batch: Sequence[Args]) -> list[Any]:
         async with redis.pipeline(transaction=False) as pipe:
@@ -76,6 +82,9 @@ async def _run_pages(
 
     await script.ensure_loaded(redis)
     for start in range(0, len(per_entry), PIPELINE_PAGE):
+        if stop is not None and stop.is_set():
+            progress.stopped = True
+            return
         batch = per_entry[start : start + PIPELINE_PAGE]
         try:
             replies = await page(batch)
@@ -95,6 +104,7 @@ async def replay(
     why: str,
     audit_maxlen: int,
     progress: Progress,
+    stop: asyncio.Event | None = None,
 ) -> Progress:
     """Replays the entries in order; `progress` fills in as pages complete."""
     at = now_ms()
@@ -102,7 +112,9 @@ async def replay(
         [i, cap, "1" if force else "0", at, who, why, audit_maxlen] for i in dead_ids
     ]
     keys = [DEAD_STREAM, EVENTS_STREAM, AUDIT_STREAM]
-    async for batch, replies in _run_pages(redis, load_script("replay_dead"), keys, args):
+    async for batch, replies in _run_pages(
+        redis, load_script("replay_dead"), keys, args, progress, stop
+    ):
         for entry_args, (status, new_id, replays) in zip(batch, replies, strict=True):
             progress.outcomes.append(
                 Outcome(
@@ -123,12 +135,15 @@ async def purge(
     why: str,
     audit_maxlen: int,
     progress: Progress,
+    stop: asyncio.Event | None = None,
 ) -> Progress:
     """Deletes the entries, each with its audit record; `progress` fills in as it goes."""
     at = now_ms()
     args: list[Args] = [[i, at, who, why, audit_maxlen] for i in dead_ids]
     keys = [DEAD_STREAM, AUDIT_STREAM]
-    async for batch, replies in _run_pages(redis, load_script("purge_dead"), keys, args):
+    async for batch, replies in _run_pages(
+        redis, load_script("purge_dead"), keys, args, progress, stop
+    ):
         for entry_args, deleted in zip(batch, replies, strict=True):
             status = "purged" if int(deleted) else "not_found"
             progress.outcomes.append(Outcome(dead_id=str(entry_args[0]), status=status))

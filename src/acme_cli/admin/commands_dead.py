@@ -22,6 +22,7 @@ from acme_cli.admin.clients import connect
 from acme_cli.admin.deadletters import decode_dead_detail
 from acme_cli.admin.deadstream import fetch_dead, list_dead
 from acme_cli.admin.errors import Failure, NotFound
+from acme_cli.admin.interrupt import stop_on_signal
 from acme_cli.admin.parse import ms_to_datetime
 from acme_cli.admin.records import ledger_rows, order_record
 from acme_cli.admin.render import Output, render_dead_detail, render_dead_list, render_outcomes
@@ -133,6 +134,18 @@ def _report(
     return summary
 
 
+def _stopped(out: Output, progress: actions.Progress, selected: list[Selected], done: str) -> int:
+    """1, with a note of how far the run got, if a signal stopped it; else 0."""
+    if not progress.stopped:
+        return 0
+    left = len(selected) - len(progress.outcomes)
+    out.note(
+        f"acme: stopped on request: {progress.count(done)} {done}, {left} not touched and still "
+        "in the dead stream; run the same command again to carry on"
+    )
+    return 1
+
+
 async def dead_replay(
     settings: AdminSettings,
     out: Output,
@@ -162,20 +175,25 @@ async def dead_replay(
             _report(out, "Replay plan (dry run: nothing changed)", planned, selected, True)
             return 0
         await _confirm(settings, ask, len(selected), "Replay", yes)
-        await actions.replay(
-            clients.redis,
-            [s.dead_id for s in selected],
-            cap=cap,
-            force=force,
-            who=settings.operator,
-            why=why,
-            audit_maxlen=settings.audit_maxlen,
-            progress=progress,
-        )
+        stop = asyncio.Event()
+        with stop_on_signal(stop, out.note):
+            await actions.replay(
+                clients.redis,
+                [s.dead_id for s in selected],
+                cap=cap,
+                force=force,
+                who=settings.operator,
+                why=why,
+                audit_maxlen=settings.audit_maxlen,
+                progress=progress,
+                stop=stop,
+            )
     summary = _report(out, "Replay", progress.outcomes, selected, False)
     if summary.get("capped"):
         out.note(f"entries replayed {cap} times already were refused; --force overrides the cap")
-    return 0 if set(summary) <= {"replayed"} else 1
+    return _stopped(out, progress, selected, "replayed") or (
+        0 if set(summary) <= {"replayed"} else 1
+    )
 
 
 async def dead_purge(
@@ -197,13 +215,16 @@ async def dead_purge(
             _report(out, "Purge plan (dry run: nothing changed)", planned, selected, True)
             return 0
         await _confirm(settings, ask, len(selected), "Delete", yes)
-        await actions.purge(
-            clients.redis,
-            [s.dead_id for s in selected],
-            who=settings.operator,
-            why=why,
-            audit_maxlen=settings.audit_maxlen,
-            progress=progress,
-        )
+        stop = asyncio.Event()
+        with stop_on_signal(stop, out.note):
+            await actions.purge(
+                clients.redis,
+                [s.dead_id for s in selected],
+                who=settings.operator,
+                why=why,
+                audit_maxlen=settings.audit_maxlen,
+                progress=progress,
+                stop=stop,
+            )
     summary = _report(out, "Purge", progress.outcomes, selected, False)
-    return 0 if set(summary) <= {"purged"} else 1
+    return _stopped(out, progress, selected, "purged") or (0 if set(summary) <= {"purged"} else 1)

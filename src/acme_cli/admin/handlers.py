@@ -51,9 +51,10 @@ def _since(text: str | None) -> int | None:
 
 
 def _interrupted(progress: Progress, done: str) -> int:
+    # Left at once (a second Ctrl-C): the page in flight may have done more than was confirmed.
     print(
-        f"acme: interrupted after {progress.count(done)} {done}; each entry is either done or "
-        "still in the dead stream, never both: run the same command again to carry on",
+        f"acme: interrupted: at least {progress.count(done)} {done}; each entry is either done "
+        "or still in the dead stream, never both: run the same command again to carry on",
         file=sys.stderr,
     )
     return 1

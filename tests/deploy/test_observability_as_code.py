@@ -1,0 +1,225 @@
+"""Dashboards, alerts and autoscaling metrics name series the code really exports.
+
+The metric names come from instantiating the services' registries (`OrdersMetrics`,
+`NotifyMetrics`); `up` and kube-state-metrics' `kube_*` series are the only others allowed.
+The alert rules are checked structurally (and by promtool when it is installed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from acme_notify import probe
+from acme_notify.telemetry import NotifyMetrics
+from acme_runtime.channels import EVENTS_STREAM, NOTIFIER_GROUP
+from tests.deploy.manifests import (
+    EXTERNAL_SERIES,
+    K8S,
+    Obj,
+    balanced,
+    code_series_names,
+    dashboard_queries,
+    named,
+    of_kind,
+    pod_labels,
+    promql_metric_names,
+)
+
+OBSERVABILITY = K8S / "observability"
+SLA_S = 300
+DURATION = re.compile(r"^\d+(ms|s|m|h|d)$")
+
+
+def _rules() -> list[Obj]:
+    document = yaml.safe_load((OBSERVABILITY / "prometheus-rules.yaml").read_text())
+    return [rule for group in document["spec"]["groups"] for rule in group["rules"]]
+
+
+def _dashboard() -> Obj:
+    dashboard: Obj = json.loads((OBSERVABILITY / "grafana-dashboard.json").read_text())
+    return dashboard
+
+
+def _adapter_rules() -> list[Obj]:
+    values = yaml.safe_load((OBSERVABILITY / "prometheus-adapter-values.yaml").read_text())
+    rules: list[Obj] = values["rules"]["external"]
+    return rules
+
+
+def _unknown(names: set[str], known: set[str]) -> set[str]:
+    return {n for n in names if n not in known and not EXTERNAL_SERIES.match(n)}
+
+
+def test_dashboard_queries_name_only_exported_series() -> None:
+    """Every dashboard query (and the namespace variable) selects series the code exports."""
+    known = code_series_names()
+    dashboard = _dashboard()
+    queries = list(dashboard_queries(dashboard))
+    assert len(queries) >= 15
+    for where, expr in queries:
+        assert balanced(expr), where
+        names = promql_metric_names(expr)
+        assert names, f"{where}: no metric in {expr!r}"
+        assert not _unknown(names, known), f"{where}: {_unknown(names, known)}"
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            (series,) = re.findall(
+                r"label_values\(\s*([a-z_:][a-z0-9_:]*)\s*,", variable["definition"]
+            )
+            assert series in known
+
+
+def test_dashboard_covers_the_operating_questions() -> None:
+    """Throughput, latency by route, e2e vs SLA, lag, ages, dead letters, replicas, circuit."""
+    exprs = " ".join(expr for _where, expr in dashboard_queries(_dashboard()))
+    for needle in (
+        "acme_orders_created_total",
+        "acme_notify_emails_sent_total",
+        "sum by (le, route) (rate(acme_http_request_duration_seconds_bucket",
+        "histogram_quantile(0.99, sum by (le) (rate(acme_notify_e2e_latency_seconds_bucket",
+        "acme_stream_lag_entries",
+        "acme_stream_oldest_pending_age_seconds",
+        "acme_stream_oldest_unread_age_seconds",
+        "acme_notify_dead_lettered_total",
+        "kube_deployment_status_replicas",
+        "acme_notify_circuit_state",
+    ):
+        assert needle in exprs, needle
+
+
+def test_alert_rules_are_complete_and_name_only_exported_series() -> None:
+    """Each rule: unique name, balanced expr of known series, `for`, severity, summary, text."""
+    known = code_series_names()
+    rules = _rules()
+    names = [rule["alert"] for rule in rules]
+    assert len(names) == len(set(names))
+    for rule in rules:
+        where = rule["alert"]
+        assert set(rule) == {"alert", "expr", "for", "labels", "annotations"}, where
+        assert balanced(rule["expr"]), where
+        metrics = promql_metric_names(rule["expr"])
+        assert metrics and not _unknown(metrics, known), f"{where}: {_unknown(metrics, known)}"
+        assert DURATION.match(rule["for"]), where
+        assert rule["labels"]["severity"] in {"warning", "critical"}, where
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"], where
+
+
+def test_alerts_cover_the_sla_the_dead_letters_and_the_processes() -> None:
+    """Ages warn and page before 300 s; dead letters, circuit, 5xx ratio and `up` are watched."""
+    rules = {rule["alert"]: rule for rule in _rules()}
+    for series in (
+        "acme_stream_oldest_pending_age_seconds",
+        "acme_stream_oldest_unread_age_seconds",
+        "acme_outbox_oldest_unconfirmed_age_seconds",
+    ):
+        thresholds = {
+            rule["labels"]["severity"]: float(rule["expr"].rsplit(">", 1)[1])
+            for rule in rules.values()
+            if series in rule["expr"]
+        }
+        assert thresholds["warning"] < thresholds["critical"] < SLA_S, series
+    exprs = " ".join(rule["expr"] for rule in rules.values())
+    assert "acme_notify_dead_lettered_total" in exprs
+    assert 'status=~"5.."' in exprs
+    assert "acme_notify_circuit_state" in rules["AcmeSmtpCircuitOpen"]["expr"]
+    for job in ("acme-api", "acme-relay", "acme-notifier"):
+        assert f'absent(up{{job="{job}"}})' in exprs, job
+
+
+def test_alert_job_labels_are_pod_names_the_pod_monitor_maps(
+    rendered: dict[str, list[Obj]], observability: list[Obj]
+) -> None:
+    """`job="..."` in rules and dashboard equals a pod's app.kubernetes.io/name (the jobLabel)."""
+    (monitor,) = of_kind(observability, "PodMonitor")
+    jobs = {
+        pod_labels(d)[monitor["spec"]["jobLabel"]] for d in of_kind(rendered["prod"], "Deployment")
+    }
+    text = (OBSERVABILITY / "prometheus-rules.yaml").read_text()
+    text += (OBSERVABILITY / "grafana-dashboard.json").read_text().replace('\\"', '"')
+    used = set(re.findall(r'job="([^"]+)"', text))
+    assert used and used <= jobs, used - jobs
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed")
+def test_promtool_accepts_the_rules(tmp_path: Path) -> None:
+    """promtool check rules passes on the PrometheusRule's groups (a plain rules file)."""
+    document = yaml.safe_load((OBSERVABILITY / "prometheus-rules.yaml").read_text())
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump({"groups": document["spec"]["groups"]}))
+    out = subprocess.run(
+        ["promtool", "check", "rules", str(rules_file)], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_adapter_rules_expose_code_metrics_with_max_for_the_lag() -> None:
+    """Each external rule reads a series the code exports; the lag is max()ed, never summed."""
+    known = code_series_names()
+    rules = {rule["name"]["as"]: rule for rule in _adapter_rules()}
+    for exposed, rule in rules.items():
+        (series,) = promql_metric_names(rule["seriesQuery"])
+        assert series in known, exposed
+        assert re.fullmatch(rule["name"]["matches"], series), exposed
+        assert "<<.Series>>{<<.LabelMatchers>>" in rule["metricsQuery"], exposed
+        assert rule["resources"]["overrides"]["namespace"]["resource"] == "namespace"
+    lag = rules["acme_stream_lag_entries"]["metricsQuery"]
+    assert lag.startswith("max(") and "sum(" not in lag
+
+
+def test_hpa_external_metrics_are_served_by_adapter_rules(rendered: dict[str, list[Obj]]) -> None:
+    """The notifier HPA asks for metrics the adapter rules expose, selecting the real group."""
+    exposed = {rule["name"]["as"] for rule in _adapter_rules()}
+    hpa = named(rendered["prod"], "HorizontalPodAutoscaler", "acme-notifier")
+    metrics = [m["external"]["metric"] for m in hpa["spec"]["metrics"] if m["type"] == "External"]
+    assert {m["name"] for m in metrics} <= exposed
+    (lag,) = [m for m in metrics if m["name"] == "acme_stream_lag_entries"]
+    assert lag["selector"]["matchLabels"] == {"group": NOTIFIER_GROUP}
+
+
+def test_lag_gauge_carries_the_labels_the_hpa_selects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real stream probe exports acme_stream_lag_entries{stream, group="notifier"}."""
+
+    async def measured(_redis: Any, group: str = NOTIFIER_GROUP) -> probe.StreamState:
+        return probe.StreamState(
+            length=10.0,
+            dead=0.0,
+            lag=7.0,
+            lag_capped=0.0,
+            pending=3.0,
+            oldest_pending_age_s=1.5,
+            oldest_unread_age_s=2.5,
+        )
+
+    monkeypatch.setattr(probe, "measure_stream", measured)
+    metrics = NotifyMetrics()
+    no_redis: Any = None  # measure_stream is replaced: Redis is never touched
+    asyncio.run(probe.StreamProbe(no_redis, metrics, interval_s=1.0)._probe())
+    exposition = generate_latest(metrics.registry).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(exposition)
+        for s in family.samples
+    }
+    labels = (("group", NOTIFIER_GROUP), ("stream", EVENTS_STREAM))
+    assert samples[("acme_stream_lag_entries", labels)] == 7.0
+    assert samples[("acme_stream_oldest_unread_age_seconds", labels)] == 2.5
+
+
+def test_observability_bundle_ships_the_dashboard_for_grafanas_sidecar(
+    observability: list[Obj],
+) -> None:
+    """The dashboard ConfigMap carries the JSON verbatim and the grafana_dashboard label."""
+    config_map = named(observability, "ConfigMap", "acme-grafana-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(config_map["data"]["grafana-dashboard.json"]) == _dashboard()
