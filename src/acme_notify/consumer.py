@@ -9,14 +9,17 @@ the supervisor's grace period lets the in-flight sends finish.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 
 import structlog
 from redis.exceptions import RedisError
 
+from acme_notify.keys import EVENTS_STREAM
 from acme_notify.processor import Processor
 from acme_notify.streams import Streams
 from acme_runtime.actors import sleep_or_stop
+from acme_runtime.consumers import prune_consumers
 
 __all__ = ["Consumer"]
 
@@ -58,3 +61,13 @@ class Consumer:
             for entry in entries:
                 self._processor.submit(entry)
         await self._processor.drain()
+        # Leaving with nothing pending: take our name out of the group (with entries still
+        # pending it stays, so that its entries remain claimable by the others).
+        with contextlib.suppress(RedisError, OSError):
+            await prune_consumers(
+                self._streams.redis,
+                EVENTS_STREAM,
+                self._streams.group,
+                min_idle_ms=0,
+                only=self._streams.consumer,
+            )

@@ -8,17 +8,24 @@ and that are older than the retention; never a pending or undelivered one.
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from prometheus_client import Counter
 from redis.exceptions import RedisError
 
-from acme_notify.keys import REAPER_LOCK
+from acme_notify.keys import EVENTS_STREAM, REAPER_LOCK
 from acme_notify.streams import Streams
 from acme_runtime.actors import PeriodicActor
+from acme_runtime.consumers import prune_consumers
 
 __all__ = ["Reaper"]
 
 log = structlog.get_logger(__name__)
+
+#: A consumer with nothing pending and silent this long left for good (a rollout, a scale-down).
+CONSUMER_GONE_AFTER_MS = 3_600_000
+_PRUNE_EVERY_S = 60.0
 
 
 class Reaper(PeriodicActor):
@@ -39,7 +46,23 @@ class Reaper(PeriodicActor):
         self._retention_ms = retention_ms
         self._interval_ms = interval_ms
         self.dead_lettered = 0
+        self._next_prune = 0.0
         super().__init__("reaper", self._reap, interval_ms / 1000)
+
+    async def _prune_departed(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + _PRUNE_EVERY_S
+        gone = await prune_consumers(
+            self._streams.redis,
+            EVENTS_STREAM,
+            self._streams.group,
+            min_idle_ms=CONSUMER_GONE_AFTER_MS,
+            keep=self._streams.consumer,
+        )
+        if gone:
+            log.info("departed_consumers_pruned", consumers=gone)
 
     async def _reap(self) -> bool:
         redis = self._streams.redis
@@ -67,6 +90,7 @@ class Reaper(PeriodicActor):
                         reason_class="max_deliveries",
                     )
             await self._streams.trim_acknowledged(self._retention_ms)
+            await self._prune_departed()
         except (RedisError, OSError) as exc:
             log.warning("reap_failed", error=repr(exc))
         return False

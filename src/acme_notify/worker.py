@@ -30,7 +30,7 @@ from acme_notify.smtp import SmtpConfig, SmtpPool
 from acme_notify.streams import Streams
 from acme_notify.telemetry import CIRCUIT_STATES, NotifyMetrics
 from acme_runtime.actors import Actor, PeriodicActor, Supervisor, install_signal_handlers
-from acme_runtime.metrics_http import serve_metrics
+from acme_runtime.metrics_http import WorkerHttp, dependencies_answer
 from acme_runtime.pg import reset_connection
 
 __all__ = ["Replica", "build_replica", "run_notifier"]
@@ -146,8 +146,13 @@ async def open_clients(settings: NotifySettings) -> AsyncIterator[tuple[Redis, a
 
 async def run_notifier(settings: NotifySettings) -> None:
     metrics = NotifyMetrics()
-    port = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
     async with open_clients(settings) as (redis, pool):
+
+        async def ready() -> bool:
+            return await dependencies_answer([redis.ping, lambda: pool.fetchval("SELECT 1")])
+
+        http = WorkerHttp(metrics.registry, settings.metrics_host, settings.metrics_port, ready)
+        port = await http.start()
         replica = build_replica(settings, redis, pool, metrics)
         supervisor = Supervisor(replica.actors, grace_s=settings.grace_s)
         install_signal_handlers(supervisor.stop)
@@ -160,4 +165,5 @@ async def run_notifier(settings: NotifySettings) -> None:
         try:
             await supervisor.run()
         finally:
+            await http.stop()
             await replica.delivery.pool.close()

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import asyncpg
 import msgspec
@@ -28,7 +29,7 @@ from acme_orders.settings import OrdersSettings
 from acme_orders.store import OrderStore
 from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.actors import Actor, Supervisor, install_signal_handlers
-from acme_runtime.metrics_http import serve_metrics
+from acme_runtime.metrics_http import WorkerHttp, dependencies_answer
 from acme_runtime.pg import reset_connection
 
 __all__ = ["Clients", "api_app", "open_clients", "relay_actors", "run_relay"]
@@ -81,6 +82,12 @@ async def open_clients(settings: OrdersSettings) -> AsyncIterator[Clients]:
         await pool.close()
 
 
+async def _schema_ready(store: OrderStore) -> None:
+    # Not ready before the migration Job: orders would fail on a missing table or column.
+    if not await store.schema_is_current():
+        raise RuntimeError("schema migrations not applied yet (run `acme migrate`)")
+
+
 def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> Litestar:
     """The API process's application: clients and the fast path live as long as the app."""
     metrics = metrics or OrdersMetrics()
@@ -97,7 +104,7 @@ def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> L
                 metrics=metrics,
             )
             app.state.service = OrderService(clients.store, publisher)
-            app.state.ready_check = lambda: clients.pool.fetchval("SELECT 1", timeout=1)
+            app.state.ready_check = partial(_schema_ready, clients.store)
             supervisor = Supervisor([publisher], grace_s=5)
             runner = asyncio.create_task(supervisor.run())
             try:
@@ -153,9 +160,19 @@ def relay_actors(
 async def run_relay(settings: OrdersSettings) -> None:
     """`acme relay`: runs until SIGTERM/SIGINT, then drains."""
     metrics = OrdersMetrics()
-    port = serve_metrics(metrics.registry, settings.metrics_host, settings.metrics_port)
     async with open_clients(settings) as clients:
+
+        async def ready() -> bool:
+            return await dependencies_answer(
+                [lambda: clients.pool.fetchval("SELECT 1"), clients.redis.ping]
+            )
+
+        http = WorkerHttp(metrics.registry, settings.metrics_host, settings.metrics_port, ready)
+        port = await http.start()
         supervisor = Supervisor(relay_actors(settings, clients, metrics), grace_s=10)
         install_signal_handlers(supervisor.stop)
         log.info("relay_started", metrics_port=port)
-        await supervisor.run()
+        try:
+            await supervisor.run()
+        finally:
+            await http.stop()

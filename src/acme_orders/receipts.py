@@ -10,6 +10,7 @@ replica's pending receipts) changes nothing. A sent order never turns dead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from typing import Any
 
@@ -23,6 +24,7 @@ from redis.exceptions import RedisError, ResponseError
 from acme_orders.store import OrderStore
 from acme_runtime.actors import sleep_or_stop
 from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM
+from acme_runtime.consumers import prune_consumers
 from acme_runtime.tracing import context_from_traceparent, tracer
 
 __all__ = ["ReceiptsConsumer", "apply_receipts"]
@@ -212,11 +214,25 @@ class ReceiptsConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         await self._ensure_group()
         backoff_s = 0.1
+        next_prune = 0.0
         while not stop.is_set():
             try:
                 await self.consume_once()
                 backoff_s = 0.1
+                if asyncio.get_running_loop().time() >= next_prune:
+                    next_prune = asyncio.get_running_loop().time() + 60
+                    await prune_consumers(
+                        self._redis,
+                        RECEIPTS_STREAM,
+                        RECEIPTS_GROUP,
+                        min_idle_ms=3_600_000,
+                        keep=self._consumer,
+                    )
             except (RedisError, asyncpg.PostgresError, OSError) as exc:
                 log.warning("receipts_failed", error=repr(exc), retry_in_s=backoff_s)
                 await sleep_or_stop(stop, backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)
+        with contextlib.suppress(RedisError, OSError):
+            await prune_consumers(
+                self._redis, RECEIPTS_STREAM, RECEIPTS_GROUP, min_idle_ms=0, only=self._consumer
+            )

@@ -203,6 +203,17 @@ class OrderStore:
             return IdempotencyMismatch(row["order_id"])
         return Replayed(row["order_id"])
 
+    async def schema_is_current(self) -> bool:
+        """True once every migration of this service is applied (not before `acme migrate`)."""
+        expected = [migration.version for migration in migrations()]
+        applied: int = await self.pool.fetchval(
+            "SELECT count(*) FROM schema_migrations WHERE service = 'orders'"
+            " AND version = ANY($1::text[])",
+            expected,
+            timeout=1,
+        )
+        return applied == len(expected)
+
     async def get_order(self, order_id: uuid.UUID) -> dict[str, Any] | None:
         """The order with its items, notification status and timeline, or None."""
         async with self.pool.acquire() as conn:

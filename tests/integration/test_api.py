@@ -218,3 +218,14 @@ async def test_arbitrary_invalid_bodies_never_produce_a_5xx(
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert response.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_api_is_not_ready_until_the_schema_is_migrated(
+    client: AsyncTestClient[Any], pool: asyncpg.Pool
+) -> None:
+    """Readiness waits for the migrations, so pods take no traffic before `acme migrate`."""
+    assert (await client.get("/health/ready")).status_code == 200
+    await pool.execute("DELETE FROM schema_migrations WHERE version = '0003_outbox_traceparent'")
+    response = await client.get("/health/ready")
+    assert response.status_code == 503
+    assert "migrations" in response.json()["postgres"]

@@ -363,3 +363,23 @@ async def test_due_retries_deep_in_a_long_pending_list_are_claimed(redis: Redis)
         )
         claimed |= {entry[0] for entry in result.claimed}
     assert len(claimed) == 30, f"claimed {len(claimed)} of 30 with windows of 5"
+
+
+async def test_departed_consumers_are_pruned_but_never_one_with_pending_entries(
+    redis: Redis,
+) -> None:
+    """Idle names with nothing pending go; a name still owning entries stays, so none is lost."""
+    from acme_notify.streams import Streams
+    from acme_runtime.consumers import prune_consumers
+
+    await Streams(redis, "x").ensure_group()
+    for _ in range(3):
+        await redis.xadd(EVENTS_STREAM, {"v": "1"})
+    await Streams(redis, "holds-one").read_new(1, 10)
+    [(done_id, _f, _d)] = await Streams(redis, "left-empty").read_new(1, 10)
+    await redis.xack(EVENTS_STREAM, "notifier", done_id)  # its work is finished
+    await Streams(redis, "me").read_new(1, 10)
+    gone = await prune_consumers(redis, EVENTS_STREAM, "notifier", min_idle_ms=0, keep="me")
+    assert gone == ["left-empty"]
+    names = {c["name"] for c in await redis.xinfo_consumers(EVENTS_STREAM, "notifier")}
+    assert names == {b"holds-one", b"me"} or names == {"holds-one", "me"}
