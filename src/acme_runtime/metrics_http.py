@@ -14,7 +14,10 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ["WorkerHttp", "dependencies_answer"]
+__all__ = ["ROUTES", "WorkerHttp", "dependencies_answer"]
+
+#: Every route the listener serves (the Kubernetes manifests' probes are checked against it).
+ROUTES = ("/metrics", "/health/live", "/health/ready")
 
 _MAX_REQUEST_BYTES = 8192
 _READ_TIMEOUT_S = 5.0

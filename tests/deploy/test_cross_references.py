@@ -11,6 +11,7 @@ import pytest
 
 from acme_notify.settings import NotifySettings
 from acme_orders.settings import OrdersSettings
+from acme_runtime.metrics_http import ROUTES
 from tests.deploy.manifests import (
     AUTOSCALED_OVERLAYS,
     OVERLAYS,
@@ -120,10 +121,10 @@ def test_api_probes_hit_real_get_routes_on_the_api_port(rendered: dict[str, list
 
 
 @pytest.mark.parametrize("name", ["acme-relay", "acme-notifier"])
-def test_worker_probes_hit_the_port_the_metrics_server_listens_on(
+def test_worker_probes_hit_the_health_routes_of_the_worker_listener(
     rendered: dict[str, list[Obj]], name: str
 ) -> None:
-    """Relay and notifier have no HTTP app: their probes target ACME_METRICS_PORT's /metrics."""
+    """Relay and notifier probes target ACME_METRICS_PORT, on routes WorkerHttp serves."""
     objs = rendered["prod"]
     (container,) = containers(named(objs, "Deployment", name))
     env = container_env(objs, container, _secret())
@@ -134,7 +135,10 @@ def test_worker_probes_hit_the_port_the_metrics_server_listens_on(
     for kind in ("startupProbe", "livenessProbe", "readinessProbe"):
         action = container[kind].get("httpGet") or container[kind]["tcpSocket"]
         assert ports[action["port"]] == settings.metrics_port
-        assert action.get("path", "/metrics") == "/metrics"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+    probed = {container[k]["httpGet"]["path"] for k in ("livenessProbe", "readinessProbe")}
+    assert probed <= set(ROUTES)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
