@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis
 from acme_cli.migrations import migrate
+from acme_cli.smtp_sink import MailSink
 from acme_orders.app import init_connection
 from acme_orders.settings import OrdersSettings
 from acme_runtime.ids import uuid7
@@ -146,6 +147,17 @@ def orders_settings(database_url: str, redis_url: str) -> OrdersSettings:
             "ACME_CONSUMER_NAME": "test-orders",
         }
     )
+
+
+@pytest.fixture
+async def sink() -> AsyncIterator[MailSink]:
+    """A real SMTP server (aiosmtpd) on a free port, keeping what it accepts in memory."""
+    server = MailSink(None)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -41,12 +41,9 @@ def _cmd_api(_args: argparse.Namespace) -> int:
 
     from acme_orders.app import api_app
     from acme_orders.settings import OrdersSettings
-    from acme_runtime.logs import configure_logging
-    from acme_runtime.tracing import configure_tracing
 
     settings = OrdersSettings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
-    configure_tracing("acme-api", os.environ)
+    _observe(settings.log_level, settings.log_format, "acme-api")
     config = uvicorn.Config(
         api_app(settings),
         host=settings.http_host,
@@ -66,12 +63,9 @@ def _cmd_api(_args: argparse.Namespace) -> int:
 def _cmd_relay(_args: argparse.Namespace) -> int:
     from acme_orders.app import run_relay
     from acme_orders.settings import OrdersSettings
-    from acme_runtime.logs import configure_logging
-    from acme_runtime.tracing import configure_tracing
 
     settings = OrdersSettings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
-    configure_tracing("acme-relay", os.environ)
+    _observe(settings.log_level, settings.log_format, "acme-relay")
     _run(run_relay(settings))
     return EXIT_OK
 
@@ -79,14 +73,20 @@ def _cmd_relay(_args: argparse.Namespace) -> int:
 def _cmd_notifier(_args: argparse.Namespace) -> int:
     from acme_notify.settings import NotifySettings
     from acme_notify.worker import run_notifier
+
+    settings = NotifySettings.from_env()
+    _observe(settings.log_level, settings.log_format, "acme-notifier")
+    _run(run_notifier(settings))
+    return EXIT_OK
+
+
+def _observe(log_level: str, log_format: str, service_name: str) -> None:
+    """Logging and tracing of one process, configured once from its settings."""
     from acme_runtime.logs import configure_logging
     from acme_runtime.tracing import configure_tracing
 
-    settings = NotifySettings.from_env()
-    configure_logging(settings.log_level, settings.log_format)
-    configure_tracing("acme-notifier", os.environ)
-    _run(run_notifier(settings))
-    return EXIT_OK
+    configure_logging(log_level, log_format)
+    configure_tracing(service_name, os.environ)
 
 
 def _cmd_migrate(_args: argparse.Namespace) -> int:

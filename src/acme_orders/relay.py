@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -24,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from acme_orders.publisher import RELAY_WAKE_CHANNEL, publish_batch
-from acme_orders.store import OrderStore
+from acme_orders.store import Conn, OrderStore, OutboxEvent
 from acme_runtime.actors import sleep_or_stop
 
 __all__ = ["OutboxRelay", "Redriver", "redrive_once", "relay_once"]
@@ -42,17 +44,14 @@ async def relay_once(
     published: Counter | None = None,
 ) -> int:
     """Publishes one batch of unpublished events; returns how many it found."""
-    async with store.pool.acquire() as conn, conn.transaction():
-        events = await store.lock_unpublished(conn, grace_ms, batch)
-        if not events:
-            return 0
-        results = await publish_batch(redis, events, dedupe_ttl_s, via="relay")
-        await store.mark_published(conn, results, via="relay")
-    added = sum(r[2] for r in results)
-    if published is not None:
-        published.inc(added)
-    log.info("relay_published", events=len(events), added=added)
-    return len(events)
+    return await _publish_locked(
+        store,
+        redis,
+        partial(store.lock_unpublished, grace_ms=grace_ms, limit=batch),
+        via="relay",
+        dedupe_ttl_s=dedupe_ttl_s,
+        published=published,
+    )
 
 
 async def redrive_once(
@@ -65,16 +64,39 @@ async def redrive_once(
     published: Counter | None = None,
 ) -> int:
     """Publishes again one batch of unconfirmed events; returns how many it looked at."""
+    return await _publish_locked(
+        store,
+        redis,
+        partial(store.lock_unconfirmed, older_than_s=older_than_s, limit=batch),
+        via="redrive",
+        dedupe_ttl_s=dedupe_ttl_s,
+        published=published,
+    )
+
+
+async def _publish_locked(
+    store: OrderStore,
+    redis: Redis,
+    lock: Callable[[Conn], Awaitable[list[OutboxEvent]]],
+    *,
+    via: str,
+    dedupe_ttl_s: int,
+    published: Counter | None,
+) -> int:
+    """Locks a batch (SKIP LOCKED), publishes it once, records it, in one transaction."""
     async with store.pool.acquire() as conn, conn.transaction():
-        events = await store.lock_unconfirmed(conn, older_than_s, batch)
+        events = await lock(conn)
         if not events:
             return 0
-        results = await publish_batch(redis, events, dedupe_ttl_s, via="redrive")
-        await store.mark_published(conn, results, via="redrive")
-    added = sum(r[2] for r in results)
+        results = await publish_batch(redis, events, dedupe_ttl_s, via=via)
+        await store.mark_published(conn, results, via=via)
+    added = sum(result[2] for result in results)
     if published is not None:
         published.inc(added)
-    if added:
+    if via == "relay":
+        log.info("relay_published", events=len(events), added=added)
+    elif added:
+        # Redis had lost these: worth a warning (and an alert if it keeps happening).
         log.warning("redrive_republished", events=added, checked=len(events))
     return len(events)
 

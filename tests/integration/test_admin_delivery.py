@@ -5,7 +5,9 @@ in the meantime is acknowledged without a second e-mail."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +27,6 @@ from acme_runtime.ids import uuid7
 from tests.harness import eventually, notify_settings, running_order_workers, running_replica
 from tests.integration.test_admin_dead import (
     RELAY_DENIED,
-    acme,
     admin_env,  # noqa: F401 - a fixture, used through `usefixtures`
     dead_fields,
     envelope,
@@ -36,22 +37,25 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("admin_env")]
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[MailSink]:
-    server = MailSink(None)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
 async def api(orders_settings: OrdersSettings) -> AsyncIterator[AsyncTestClient[Any]]:
     async with (
         AsyncTestClient(app=api_app(orders_settings)) as client,
         running_order_workers(orders_settings),
     ):
         yield client
+
+
+async def acme_process(*argv: str) -> tuple[int, str, str]:
+    """`acme ARGV...` as its own process, as an operator runs it: the services running in
+    this test's process log to its stdout, which must not mix with the command's output."""
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "acme_cli.main", *argv],
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 async def statuses(pool: asyncpg.Pool, order_ids: list[str]) -> list[str]:
@@ -69,7 +73,6 @@ async def test_replayed_dead_letters_are_delivered_once_and_orders_end_sent(
     redis: Redis,
     database_url: str,
     redis_url: str,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """550 from a misconfigured relay -> dead; relay fixed -> replay -> one e-mail each, the
     orders turn sent, the audit trail names the operator, trace tells the story in order."""
@@ -82,12 +85,12 @@ async def test_replayed_dead_letters_are_delivered_once_and_orders_end_sent(
             return await statuses(pool, order_ids) == ["dead"] * 3
 
         await eventually(all_dead, what="the 550s to be dead-lettered and their receipts applied")
-        code, out, _ = await acme(capsys, "dead", "list", "--reason", "smtp_permanent", "--json")
+        code, out, _ = await acme_process("dead", "list", "--reason", "smtp_permanent", "--json")
         assert code == 0 and sorted(e["order_id"] for e in json.loads(out)["entries"]) == order_ids
 
         sink.policy = None  # the relay is fixed
-        code, out, _ = await acme(
-            capsys, "dead", "replay", "--reason", "smtp_permanent", "--yes", "--why", "relay fixed"
+        code, out, _ = await acme_process(
+            "dead", "replay", "--reason", "smtp_permanent", "--yes", "--why", "relay fixed"
         )
         assert code == 0 and "3 replayed" in out
         messages = await sink.wait_for(3, timeout_s=15)
@@ -99,10 +102,10 @@ async def test_replayed_dead_letters_are_delivered_once_and_orders_end_sent(
     assert sorted(m.order_id or "" for m in messages) == order_ids and len(sink.messages) == 3
     assert await redis.xlen(DEAD_STREAM) == 0 and await redis.xlen(AUDIT_STREAM) == 3
 
-    code, out, _ = await acme(capsys, "trace", order_ids[0], "--json")
+    code, out, _ = await acme_process("trace", order_ids[0], "--json")
     assert code == 0
     trace = json.loads(out)
-    assert trace["status"] == "sent" and trace["trace_id"]
+    assert trace["status"] == "sent" and "trace_id" in trace  # null: no tracer in tests
     kinds = [step["kind"] for step in trace["steps"]]
     assert kinds[:2] == ["created", "published"]
     assert kinds.index("dead") < kinds.index("replayed") < kinds.index("email_accepted")
@@ -113,7 +116,7 @@ async def test_replayed_dead_letters_are_delivered_once_and_orders_end_sent(
     new_entry = trace["stream_entries"][-1]
     assert new_entry["stream_id"] == replayed["detail"]["new_stream_id"]
     assert new_entry["state"] == "acknowledged"
-    code, out, _ = await acme(capsys, "trace", order_ids[0])
+    code, out, _ = await acme_process("trace", order_ids[0])
     assert code == 0 and "replayed" in out and "relay fixed" in out and "a***@example.com" in out
 
 
@@ -123,7 +126,6 @@ async def test_a_replayed_event_already_emailed_is_not_sent_again(
     redis: Redis,
     database_url: str,
     redis_url: str,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The ledger has the event: the replayed entry is acknowledged with a `sent` receipt
     marked duplicate, and the SMTP server gets nothing."""
@@ -139,7 +141,7 @@ async def test_a_replayed_event_already_emailed_is_not_sent_again(
     )
     dead_id = (await redis.xadd(DEAD_STREAM, fields)).decode()  # type: ignore[arg-type]
     async with running_replica(notify_settings(database_url, redis_url, sink.url)):
-        assert (await acme(capsys, "dead", "replay", dead_id))[0] == 0
+        assert (await acme_process("dead", "replay", dead_id))[0] == 0
 
         async def acknowledged() -> bool:
             summary: Any = await redis.xpending(EVENTS_STREAM, NOTIFIER_GROUP)

@@ -42,16 +42,6 @@ ORDER_EN: dict[str, Any] = {
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[MailSink]:
-    server = MailSink(None)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
 async def api(orders_settings: OrdersSettings) -> AsyncIterator[AsyncTestClient[Any]]:
     async with (
         AsyncTestClient(app=api_app(orders_settings)) as client,

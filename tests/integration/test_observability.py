@@ -30,16 +30,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[MailSink]:
-    server = MailSink(None)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
 def api_metrics() -> OrdersMetrics:
     return OrdersMetrics()
 

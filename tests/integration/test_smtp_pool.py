@@ -28,16 +28,6 @@ def message(n: int) -> bytes:
 
 
 @pytest.fixture
-async def sink() -> AsyncIterator[MailSink]:
-    started = MailSink(None)
-    await started.start()
-    try:
-        yield started
-    finally:
-        await started.stop()
-
-
-@pytest.fixture
 async def make_pool() -> AsyncIterator[MakePool]:
     pools: list[SmtpPool] = []
 

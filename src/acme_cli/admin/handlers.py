@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from acme_cli.admin import commands_dead, commands_ops
+from acme_cli.admin import commands_dead, commands_ops, commands_replay
 from acme_cli.admin.actions import Progress
 from acme_cli.admin.errors import AdminError, UsageError
 from acme_cli.admin.parse import parse_duration_ms, parse_order_id, parse_since, stream_id
@@ -99,7 +99,7 @@ def dead_replay(args: argparse.Namespace) -> int:
         if ids and args.since:
             raise UsageError("--since selects by time; it does not combine with dead ids")
         since_ms = _since(args.since)
-        return lambda s, out: commands_dead.dead_replay(
+        return lambda s, out: commands_replay.dead_replay(
             s,
             out,
             ids=ids,
@@ -129,7 +129,7 @@ def dead_purge(args: argparse.Namespace) -> int:
         until_ms = None
         if args.older_than is not None:
             until_ms = now_ms() - parse_duration_ms(args.older_than)
-        return lambda s, out: commands_dead.dead_purge(
+        return lambda s, out: commands_replay.dead_purge(
             s,
             out,
             ids=ids,

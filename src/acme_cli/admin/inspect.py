@@ -3,7 +3,7 @@
 Gathering only (no rendering), reusable by metrics exporters. Lag, the entries a group has not
 read yet, comes from XINFO GROUPS' `lag` where the server has it (Redis 7+). Redis 6.2 has no
 such field, so there it is counted: nothing when the group has read up to the stream's last
-id, the whole length when it has read nothing still present, else count_after.lua counts the
+id, the whole length when it has read nothing still present, else stream_lag.lua counts the
 entries after the group's last-delivered-id inside the server, up to a cap (`lag_capped`
 then says the true lag is at least that).
 """
@@ -76,8 +76,9 @@ async def _lag(
         return 0, False, "count"
     if first is not None and _key(delivered) < _key(_text(first[0])):
         return int(info["length"]), False, "count"
-    counted = int(await load_script("count_after").run(redis, [stream], [delivered, LAG_CAP + 1]))
-    return min(counted, LAG_CAP), counted > LAG_CAP, "count"
+    # The same script as the notifier's stream probe (acme_notify/probe.py): one way to count.
+    counted, capped = await load_script("stream_lag").run(redis, [stream], [delivered, LAG_CAP])
+    return int(counted), bool(capped), "count"
 
 
 async def _group(

@@ -7,6 +7,7 @@ command (`--watch` prints one compact document per line). Tables are for reading
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -24,9 +25,11 @@ from acme_cli.admin.deadletters import DeadDetail, DeadEntry
 __all__ = [
     "Output",
     "ago",
+    "details",
     "render_dead_detail",
     "render_dead_list",
     "render_outcomes",
+    "summary_line",
     "when",
 ]
 
@@ -38,8 +41,10 @@ class Output:
 
     def __init__(self, *, as_json: bool) -> None:
         self.as_json = as_json
-        # Piped output is read by grep and less, not an 80-column terminal: keep lines whole.
-        self.console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+        # Piped output is read by grep and less, not an 80-column terminal: keep lines whole
+        # (rich still honours COLUMNS when it is set).
+        wide = not sys.stdout.isatty() and "COLUMNS" not in os.environ
+        self.console = Console(highlight=False, width=200 if wide else None)
 
     def json(self, document: Any, *, compact: bool = False) -> None:
         encoded = _encoder.encode(document)
@@ -67,6 +72,13 @@ def ago(moment: datetime | None, now: datetime) -> str:
         if seconds >= size:
             return f"{seconds / size:.0f}{unit} ago"
     return f"{seconds:.0f}s ago"
+
+
+def details(detail: Any) -> str:
+    """A timeline entry's detail as `key=value` pairs, empty ones left out."""
+    if not isinstance(detail, dict):
+        return "" if detail is None else str(detail)
+    return "  ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, ""))
 
 
 def _short(text: str, width: int = 60) -> str:
@@ -157,8 +169,9 @@ def render_dead_detail(
     if order is not None:
         out.say(f"\n[bold]Order[/bold] status {order['status']}, {order['attempts']} attempt(s)")
         timeline = Table("at", "kind", "detail")
+        timeline.columns[2].overflow = "fold"
         for step in order["timeline"]:
-            timeline.add_row(when(step["at"]), step["kind"], _short(str(step["detail"]), 90))
+            timeline.add_row(when(step["at"]), step["kind"], details(step["detail"]))
         out.console.print(timeline)
     for record in audit:
         out.say(
@@ -179,17 +192,19 @@ _LABEL = {
 }
 
 
-def render_outcomes(out: Output, title: str, outcomes: Sequence[Outcome]) -> None:
+def summary_line(summary: dict[str, int]) -> str:
+    """`{"replayed": 5, "capped": 1}` -> "5 replayed, 1 refused: over the replay cap"."""
+    parts = [f"{n} {_LABEL.get(status, status)}" for status, n in summary.items()]
+    return ", ".join(parts) or "nothing selected"
+
+
+def render_outcomes(out: Output, title: str, outcomes: Sequence[Outcome], *, replay: bool) -> None:
     """One row per entry (the caller prints the counts)."""
     table = Table(title=title)
-    for name in ("dead id", "order", "result", "new stream id", "replays"):
-        table.add_column(name, overflow="fold")
+    columns = ["dead id", "order", "result"] + (["new stream id", "replays"] if replay else [])
+    for name in columns:
+        table.add_column(name, no_wrap=True)
     for o in outcomes:
-        table.add_row(
-            o.dead_id,
-            o.order_id or "-",
-            _LABEL.get(o.status, o.status),
-            o.new_id or "-",
-            str(o.replays),
-        )
+        cells = [o.dead_id, o.order_id or "-", _LABEL.get(o.status, o.status)]
+        table.add_row(*cells, *([o.new_id or "-", str(o.replays)] if replay else []))
     out.console.print(table)

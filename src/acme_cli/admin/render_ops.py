@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Group
 from rich.table import Table
 
-from acme_cli.admin.render import Output, ago, when
+from acme_cli.admin.render import Output, ago, details, when
 from acme_cli.admin.stats import Snapshot
 from acme_cli.admin.trace import OrderTrace
 
@@ -61,10 +59,6 @@ def stats_view(s: Snapshot) -> Group:
     return Group(streams, consumers, other)
 
 
-def _detail(detail: dict[str, Any]) -> str:
-    return "  ".join(f"{k}={v}" for k, v in detail.items() if v not in (None, ""))
-
-
 def render_trace(out: Output, t: OrderTrace) -> None:
     out.say(f"[bold]Order {t.order_id}[/bold]  status [bold]{t.status}[/bold]")
     out.say(f"e-mail {t.email}   attempts {t.attempts}   trace id {t.trace_id or '-'}")
@@ -72,7 +66,7 @@ def render_trace(out: Output, t: OrderTrace) -> None:
     steps.columns[4].overflow = "fold"
     for step in t.steps:
         offset = (step.at - t.created_at).total_seconds()
-        steps.add_row(when(step.at), f"{offset:.1f}", step.kind, step.source, _detail(step.detail))
+        steps.add_row(when(step.at), f"{offset:.3f}", step.kind, step.source, details(step.detail))
     out.console.print(steps)
     for entry in t.stream_entries:
         where = f" at {entry.consumer}, delivered {entry.deliveries}x" if entry.consumer else ""

@@ -29,6 +29,27 @@ __all__ = ["OrderTrace", "StreamEntryState", "TraceStep", "trace_order"]
 #: Timeline kinds that are the notifier's receipts, as opposed to the order service's own.
 _RECEIPT_KINDS = frozenset({"attempt_failed", "sent", "dead"})
 _ACTION_STEP = {"replay": "replayed", "purge": "purged"}
+#: Causal order of steps, for ties: the sources stamp time with different precision (the
+#: notifier's receipts in whole milliseconds, PostgreSQL in microseconds).
+_RANK = {
+    kind: rank
+    for rank, kinds in enumerate(
+        (
+            ("created",),
+            ("published", "redriven"),
+            ("attempt_failed",),
+            ("in_dead_stream", "dead"),
+            ("replayed", "purged"),
+            ("email_accepted",),
+            ("sent",),
+        )
+    )
+    for kind in kinds
+}
+
+
+def _order(step: TraceStep) -> tuple[datetime, int]:
+    return step.at.replace(microsecond=step.at.microsecond // 1000 * 1000), _RANK.get(step.kind, 9)
 
 
 class TraceStep(msgspec.Struct, frozen=True, kw_only=True):
@@ -207,7 +228,7 @@ async def trace_order(
         email=email if show_pii else mask_email(email),
         created_at=order["created_at"],
         event_ids=g.event_ids,
-        steps=sorted(g.steps, key=lambda s: s.at),
+        steps=sorted(g.steps, key=_order),
         stream_entries=[await _entry_state(redis, sid, last_delivered) for sid in g.stream_ids],
         outbox=None if outbox is None else {k: _plain(v) for k, v in outbox.items()},
         notes=g.notes,
