@@ -10,13 +10,12 @@ import os
 import signal
 import sys
 from collections import Counter
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 
-from acme_cli.admin.actions import Progress
-from acme_cli.admin.commands_dead import dead_replay
+from acme_cli.admin.actions import Progress, replay
+from acme_cli.admin.commands_replay import dead_replay
 from acme_cli.admin.render import Output
 from acme_cli.admin.settings import AdminSettings
 from acme_notify.keys import AUDIT_STREAM
@@ -211,17 +210,55 @@ async def test_interrupted_replay_leaves_each_entry_in_exactly_one_stream(
     finally:
         await redis.client_unpause()
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
-    dead, events, audit = await stream_sizes(redis)
+    # One MULTI/EXEC snapshot: after a SIGKILL, Redis may still run scripts the dead client
+    # had already sent, and separate reads could straddle one of them.
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.xrange(EVENTS_STREAM).xrange(DEAD_STREAM).xlen(AUDIT_STREAM)
+        replayed, still_dead, audit = await pipe.execute()
+    events, dead = len(replayed), len(still_dead)
     assert dead > 0 and events > 0, "the interruption came mid-way"
     assert audit == events
-
-    async def event_ids(stream: str) -> list[str]:
-        entries: Any = await redis.xrange(stream)
-        return [fields[b"event_id"].decode() for _id, fields in entries]
-
-    everywhere = Counter(await event_ids(EVENTS_STREAM) + await event_ids(DEAD_STREAM))
+    everywhere = Counter(fields[b"event_id"].decode() for _id, fields in replayed + still_dead)
     assert set(everywhere) == {s.event_id for s in seeded}
     assert set(everywhere.values()) == {1}
     if sig == signal.SIGINT:
         assert process.returncode == 1
         assert f"stopped on request: {events} replayed, {dead} not touched".encode() in stderr
+
+
+async def test_replay_script_splits_by_position_and_refuses_what_it_cannot_replay(
+    redis: Redis,
+) -> None:
+    """replay_dead.lua: a poison entry whose own fields reuse dead-letter names goes back with
+    exactly its own fields; an entry with no original fields, or not in dead_letter.lua's
+    layout, is refused and left in place."""
+    meta = {
+        "original_id": "1-0",
+        "reason_class": "poison",
+        "reason": "undecodable envelope",
+        "last_error": "",
+        "deliveries": "1",
+        "consumer": "n1",
+        "first_attempt_ms": "1",
+        "dead_at_ms": "2",
+    }
+    poison = await redis.xadd(DEAD_STREAM, {**meta, "v": "1", "data": "{not json"})
+    # A dict cannot hold a field twice; Redis can: the original's own `reason` comes second.
+    clash = await redis.execute_command(
+        "XADD", DEAD_STREAM, "*", *[x for kv in meta.items() for x in kv], "reason", "mine"
+    )
+    empty = await redis.xadd(DEAD_STREAM, meta)
+    foreign = await redis.xadd(DEAD_STREAM, {"event_id": "e", "data": "{}"})
+    ids = [i.decode() for i in (poison, clash, empty, foreign)]
+    progress = await replay(
+        redis, ids, cap=3, force=False, who="me", why="", audit_maxlen=1_000, progress=Progress()
+    )
+    statuses = [o.status for o in progress.outcomes]
+    assert statuses == ["replayed", "replayed", "empty", "not_dead_letter"]
+    events = [text(fields) for _id, fields in await redis.xrange(EVENTS_STREAM)]
+    assert events == [
+        {"v": "1", "data": "{not json", "replays": "1"},
+        {"reason": "mine", "replays": "1"},
+    ]
+    assert [e[0].decode() for e in await redis.xrange(DEAD_STREAM)] == ids[2:]
+    assert await redis.xlen(AUDIT_STREAM) == 2

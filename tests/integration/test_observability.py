@@ -204,3 +204,15 @@ async def test_log_lines_carry_ids_and_never_a_full_address(
         assert {"event_id", "trace_id", "span_id"} <= set(line), line
     assert "ana@example.com" not in output.err + output.out
     assert any(line.get("email") == "a***@example.com" for line in about_order)
+
+
+async def test_lag_is_counted_page_by_page_past_a_thousand_entries(redis: Redis) -> None:
+    """On Redis 6.2 the lag is counted inside Redis in pages, exactly, up to the cap."""
+    await Streams(redis, "probe").ensure_group()
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(2_500):
+            pipe.xadd("{acme}:events", {"n": str(n)})
+        await pipe.execute()
+    state = await measure_stream(redis)
+    assert state["lag"] == 2_500
+    assert state["lag_capped"] == 0
