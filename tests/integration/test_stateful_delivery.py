@@ -3,8 +3,9 @@
 A Hypothesis `RuleBasedStateMachine` drives the notifier's building blocks (Streams, Processor,
 SendLedger, Renderer, Delivery over an SmtpPool and a CircuitBreaker) for three replicas sharing
 one real Redis, one real PostgreSQL and one real SMTP sink, step by step instead of as running
-actors, so that a run does not depend on timing and is fast. Rules publish events (and re-driven duplicates
-and poison), deliver, crash after reading, claim due retries, reap exhausted entries and break
+actors, so that a run is fast and does not depend on timing (the breakers run on a manual clock,
+and a claim first waits out the longest backoff). Rules publish events (and re-driven duplicates
+and poison), deliver, crash after reading, claim due retries, reap exhausted entries, and break
 or heal SMTP. At the end SMTP comes back, everything is drained, and every event must have
 ended exactly once: one e-mail and one ledger row, or a dead letter.
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import uuid
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -156,9 +156,11 @@ class DeliveryMachine(RuleBasedStateMachine):
         super().__init__()
         self.urls = urls
         self.loop = asyncio.new_event_loop()
-        # The model: how many stream entries each event has, and the poison entries.
+        # The model: how many stream entries each event has, the poison entries (by entry id),
+        # and which entries some replica has handled (not just read or claimed, then crashed).
         self.copies: Counter[str] = Counter()
         self.poison: dict[str, str] = {}
+        self.handled: set[str] = set()
         self.relay_down = False
         self.reject_next = False
         self.greylisting = False
@@ -268,13 +270,14 @@ class DeliveryMachine(RuleBasedStateMachine):
             return 0
         entries = await self._read_new(replica, take)
         for entry in entries:
+            self.handled.add(entry[0])
             await replica.processor.handle(entry)
         return len(entries)
 
-    async def _claim(self, replica: ReplicaUnderTest) -> int:
-        """The claimer's step: take the due retries it may take, handle each."""
+    async def _claim(self, replica: ReplicaUnderTest, *, crash: bool = False) -> int:
+        """The claimer's step: take the due retries it may take, handle each (or die)."""
         take = replica.capacity()
-        if take <= 0:
+        if take <= 0 or await self._pending() == 0:
             return 0
         # Past the longest backoff: every pending entry with deliveries left is due, so what a
         # claim takes does not depend on timing.
@@ -289,7 +292,9 @@ class DeliveryMachine(RuleBasedStateMachine):
         assert result.missing == [], f"pending entries vanished from the stream: {result.missing}"
         for entry in result.claimed:
             assert 2 <= entry[2] <= MAX_DELIVERIES, f"claimed with {entry[2]} deliveries"
-            await replica.processor.handle(entry)
+            if not crash:
+                self.handled.add(entry[0])
+                await replica.processor.handle(entry)
         return len(result.claimed)
 
     async def _reap(self) -> int:
@@ -366,10 +371,9 @@ class DeliveryMachine(RuleBasedStateMachine):
     @rule(kind=st.sampled_from(sorted(POISON_KINDS)))
     def publish_poison(self, kind: str) -> None:
         """A malformed entry lands on the stream."""
-        tag = uuid.uuid4().hex
-        fields = {**POISON_KINDS[kind], "poison_tag": tag}
-        self._run(self._redis.xadd(EVENTS_STREAM, fields))  # type: ignore[arg-type]
-        self.poison[tag] = kind
+        fields = {**POISON_KINDS[kind], "poison_tag": kind}
+        entry_id = self._run(self._redis.xadd(EVENTS_STREAM, fields))  # type: ignore[arg-type]
+        self.poison[entry_id.decode()] = kind
 
     @rule(replica=st.integers(0, len(REPLICAS) - 1), count=st.integers(1, CONCURRENCY))
     def deliver(self, replica: int, count: int) -> None:
@@ -390,6 +394,11 @@ class DeliveryMachine(RuleBasedStateMachine):
     def claim(self, replica: int) -> None:
         """A replica claims the retries that are due and handles each to its outcome."""
         self._run(self._claim(self.replicas[replica]))
+
+    @rule(replica=st.integers(0, len(REPLICAS) - 1))
+    def crash_after_claim(self, replica: int) -> None:
+        """A replica claims the retries that are due and dies before handling them."""
+        self._run(self._claim(self.replicas[replica], crash=True))
 
     @rule()
     def reap(self) -> None:
@@ -464,7 +473,8 @@ class DeliveryMachine(RuleBasedStateMachine):
         for _id, fields in await self._redis.xrange(DEAD_STREAM):
             reason_class = fields[b"reason_class"]
             if b"poison_tag" in fields:
-                dead_poison.setdefault(fields[b"poison_tag"].decode(), []).append(reason_class)
+                original = fields[b"original_id"].decode()
+                dead_poison.setdefault(original, []).append(reason_class)
                 continue
             assert b"event_id" in fields, f"a dead entry of no known kind: {fields}"
             dead[fields[b"event_id"].decode()] += 1
@@ -497,7 +507,12 @@ class DeliveryMachine(RuleBasedStateMachine):
                 assert ledger.get(event_id) == message_ids[event_id], f"{event_id}: ledger row"
             else:
                 assert event_id not in ledger, f"{event_id}: ledger row without an e-mail"
-        assert dead_poison == {tag: [b"poison"] for tag in self.poison}, "poison not dead once"
+        # Poison is dead-lettered as such when first handled; one that only ever crashed its
+        # readers used up its deliveries instead.
+        assert dead_poison == {
+            entry_id: [b"poison" if entry_id in self.handled else b"max_deliveries"]
+            for entry_id in self.poison
+        }, "poison not dead-lettered exactly once, for its reason"
 
     def teardown(self) -> None:
         try:
@@ -510,6 +525,8 @@ class DeliveryMachine(RuleBasedStateMachine):
                 self.loop.close()
 
 
+# A passing run takes seconds; a failing one may shrink for up to Hypothesis' 5 minutes.
+@pytest.mark.timeout(600)
 def test_every_event_ends_sent_once_or_dead(database_url: str, redis_url: str) -> None:
     """Whatever the faults, every event ends once: e-mailed and in the ledger, or dead-lettered."""
     run_state_machine_as_test(
