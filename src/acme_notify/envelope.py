@@ -60,12 +60,22 @@ class Trace(msgspec.Struct, frozen=True):
     tracestate: str = ""
 
 
+#: The ids are UUIDs (the contract's `format: uuid`); anything else is poison, refused here
+#: rather than failing later in the ledger as if our database were down.
+Uuid = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    ),
+]
+
+
 class Envelope(msgspec.Struct, frozen=True):
-    event_id: str
+    event_id: Uuid
     type: str
     schema_version: int
     occurred_at: datetime
-    order_id: str
+    order_id: Uuid
     payload: Order
     trace: Trace | None = None
 

@@ -21,8 +21,10 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final
 
+import asyncpg
 import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from redis.exceptions import RedisError
 
 from acme_notify.envelope import StreamEntry, decode_entry
 from acme_notify.errors import PermanentError, PoisonMessage, TransientError
@@ -37,6 +39,15 @@ from acme_runtime.tracing import context_from_traceparent, current_traceparent, 
 __all__ = ["Processor", "Sender"]
 
 log = structlog.get_logger(__name__)
+
+#: Failures of our own dependencies, as opposed to defects met with one entry.
+_INFRASTRUCTURE_ERRORS: Final = (
+    RedisError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
 
 _SMTP_ATTRIBUTES: Final = {"network.protocol.name": "smtp"}
 
@@ -93,13 +104,18 @@ class Processor:
         async with self._slots:
             try:
                 await self.handle(raw)
-            except Exception as exc:  # noqa: BLE001 - one bad entry must not kill the loop
+            except _INFRASTRUCTURE_ERRORS as exc:
                 # Redis or PostgreSQL failed mid-way: the entry stays pending and is retried,
                 # and the try is given back, so an outage of ours never dead-letters an e-mail.
                 log.warning("entry_handling_failed", entry_id=raw[0], error=repr(exc))
                 self._metrics.send_failures.labels("error").inc()
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(*_INFRASTRUCTURE_ERRORS):
                     await self._streams.refund(raw[0])
+            except Exception as exc:
+                # A defect met with this entry: it stays pending and uses up its deliveries,
+                # so the reaper dead-letters it in the end instead of it looping forever.
+                log.exception("entry_handling_crashed", entry_id=raw[0], error=repr(exc))
+                self._metrics.send_failures.labels("error").inc()
 
     async def handle(self, raw: RawEntry) -> None:
         """Handles one entry inside a consumer span that continues the order's trace."""

@@ -162,6 +162,18 @@ class ReceiptsConsumer:
                 raise
 
     async def _read(self) -> list[Receipt]:
+        try:
+            return await self._read_or_claim()
+        except ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis lost the stream and its group (restart without persistence, failover):
+            # recreate it, or no receipt would ever be applied again.
+            log.warning("receipts_group_vanished_recreating", group=RECEIPTS_GROUP)
+            await self._ensure_group()
+            return []
+
+    async def _read_or_claim(self) -> list[Receipt]:
         # First what a crashed replica left pending for long, then new receipts.
         autoclaimed: Any = await self._redis.xautoclaim(
             RECEIPTS_STREAM,
@@ -174,19 +186,13 @@ class ReceiptsConsumer:
         claimed = autoclaimed[1]
         if claimed:
             return [(sid.decode(), fields) for sid, fields in claimed if fields]
-        try:
-            reply: Any = await self._redis.xreadgroup(
-                RECEIPTS_GROUP,
-                self._consumer,
-                {RECEIPTS_STREAM: ">"},
-                count=self._batch,
-                block=self._block_ms,
-            )
-        except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
-            await self._ensure_group()
-            return []
+        reply: Any = await self._redis.xreadgroup(
+            RECEIPTS_GROUP,
+            self._consumer,
+            {RECEIPTS_STREAM: ">"},
+            count=self._batch,
+            block=self._block_ms,
+        )
         return [
             (sid.decode(), fields) for _s, items in reply or [] for sid, fields in items if fields
         ]
