@@ -19,6 +19,7 @@ import functools
 import importlib.util
 import os
 import queue
+import random
 import re
 import shutil
 import signal
@@ -64,12 +65,34 @@ class EmbeddedStartError(RuntimeError):
     """An embedded server could not be started; the message carries its log tail."""
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port(host: str = LOCALHOST) -> int:
-    """Return a TCP port that is free right now (nothing stops another process taking it)."""
+    """Return a TCP port that is free right now (nothing stops another process taking it).
+
+    Picked below the kernel's ephemeral range: a port from that range (what binding to port 0
+    gives) can be taken in the meantime by any outgoing connection on the machine, and a busy
+    test suite opens thousands of those.
+    """
+    low, _high = _ephemeral_range()
+    candidates = list(range(max(1024, low - 20_000), low))
+    for port in random.sample(candidates, k=min(200, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        fallback: int = sock.getsockname()[1]
+        return fallback
 
 
 def _package_dir(package: str) -> Path | None:
