@@ -8,7 +8,9 @@ client placed exists exactly once. Each attempt uses a fresh connection (`Connec
 so an API restart never leaves it holding a dead keep-alive connection.
 
 Request i is due at t0 + i/rate (open loop). A 5xx, a refused or reset connection or a timeout
-is retried after `retry_delay_s` (or the server's Retry-After, capped); a 2xx or 4xx is final.
+is retried with exponential backoff and jitter (from `retry_delay_s`, doubling up to 2 s, or the
+server's Retry-After if longer), so that thousands of waiting clients do not hammer an API that
+just came back in lock-step; a 2xx or 4xx is final.
 Every attempt is bounded by `attempt_timeout_s`, every order by `give_up_after_s` and
 `max_attempts`. Traffic goes to loopback only.
 """
@@ -28,7 +30,7 @@ from bench.loadgen import loopback_host, order_body
 __all__ = ["Attempt", "KeyedOrder", "RetryRun", "post_order", "run_retrying_load"]
 
 _MAX_RESPONSE_BYTES: Final = 1024 * 1024
-_MAX_RETRY_AFTER_S: Final = 1.0
+_MAX_RETRY_DELAY_S: Final = 2.0
 
 OrderBody = Callable[[int, random.Random], bytes]
 
@@ -138,6 +140,7 @@ async def _place(
     host: str,
     port: int,
     body: bytes,
+    rng: random.Random,
     *,
     attempt_timeout_s: float,
     retry_delay_s: float,
@@ -145,10 +148,10 @@ async def _place(
     max_attempts: int,
 ) -> None:
     started = time.monotonic()
-    for _ in range(max_attempts):
+    for attempt in range(max_attempts):
         sent = time.monotonic()
         sent_at = time.time()
-        delay_s = retry_delay_s
+        delay_s = min(retry_delay_s * 2**attempt, _MAX_RETRY_DELAY_S)
         try:
             status, headers, payload = await post_order(
                 host, port, body, order.key, attempt_timeout_s
@@ -167,7 +170,8 @@ async def _place(
                 return
             retry_after = headers.get("retry-after", "")
             if retry_after.isdigit():
-                delay_s = min(float(retry_after), _MAX_RETRY_AFTER_S)
+                delay_s = max(delay_s, min(float(retry_after), _MAX_RETRY_DELAY_S))
+        delay_s *= rng.uniform(0.5, 1.5)
         if time.monotonic() - started + delay_s > give_up_after_s:
             return
         await asyncio.sleep(delay_s)
@@ -191,6 +195,7 @@ async def run_retrying_load(
     if not (0 < rate_per_s <= 1_000 and 0 < duration_s <= 600):
         raise ValueError("rate_per_s must be in (0, 1000] and duration_s in (0, 600]")
     rng = random.Random(seed)
+    jitter = random.Random(seed + 1)
     total = max(1, round(rate_per_s * duration_s))
     orders = tuple(KeyedOrder(index=i, key=f"{key_prefix}-{i}") for i in range(total))
     bodies = [body(i, rng) for i in range(total)]
@@ -206,6 +211,7 @@ async def run_retrying_load(
                         host,
                         port,
                         payload,
+                        jitter,
                         attempt_timeout_s=attempt_timeout_s,
                         retry_delay_s=retry_delay_s,
                         give_up_after_s=give_up_after_s,
@@ -213,7 +219,9 @@ async def run_retrying_load(
                     )
                 )
             )
-        await asyncio.wait(tasks, timeout=give_up_after_s + attempt_timeout_s)
+        # Bounded from t0, however late a busy event loop started the last orders.
+        deadline_s = duration_s + give_up_after_s + attempt_timeout_s
+        await asyncio.wait(tasks, timeout=max(0.0, t0 + deadline_s - time.monotonic()))
     finally:
         for task in tasks:
             task.cancel()

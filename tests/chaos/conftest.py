@@ -2,8 +2,9 @@
 
 Systems live in their own `mkdtemp` folder rather than pytest's tmp_path: every new pytest
 session resets /tmp/pytest-of-<user> to 0700, which cuts the unprivileged PostgreSQL user off
-from its data directory when sessions overlap. The folder is deleted after a passing test and
-kept (its path printed) after a failing one, for the logs; ACME_CHAOS_KEEP=1 keeps it always.
+from its data directory when sessions overlap. The folder is deleted after a passing (or
+xfailing) test and kept (its path printed) after a failing one, for the logs;
+ACME_CHAOS_KEEP=1 keeps it always.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def chaos_root(request: pytest.FixtureRequest) -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="acme-chaos-"))
     yield root
     report = getattr(request.node, "rep_call", None)
-    if report is not None and report.passed and not os.environ.get("ACME_CHAOS_KEEP"):
+    # An expected failure (xfail) counts as passing here: its folder would only pile up.
+    if report is not None and not report.failed and not os.environ.get("ACME_CHAOS_KEEP"):
         shutil.rmtree(root, ignore_errors=True)
     else:
         print(f"\nchaos: data and logs kept in {root}")

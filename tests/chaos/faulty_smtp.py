@@ -234,14 +234,16 @@ class _Handler:
 
 
 async def _watch(server: FaultyServer, control: Path, stop: asyncio.Event) -> None:
-    seen: tuple[int, int] | None = None
+    # The content, not the mtime, tells a new plan: two plans written within one clock tick
+    # can share an mtime and a size.
+    seen: bytes | None = None
     decoder = msgspec.json.Decoder(FaultPlan)
     while not stop.is_set():
         with contextlib.suppress(FileNotFoundError):
-            stat = control.stat()  # noqa: ASYNC240 - one local stat per poll
-            if (stat.st_mtime_ns, stat.st_size) != seen:
-                seen = (stat.st_mtime_ns, stat.st_size)
-                plan = decoder.decode(control.read_bytes())  # noqa: ASYNC240 - tiny local file
+            raw = control.read_bytes()  # noqa: ASYNC240 - a tiny local file, once per poll
+            if raw != seen:
+                seen = raw
+                plan = decoder.decode(raw)
                 await server.apply(plan)
                 ack = ack_path(control)
                 temp = ack.with_name(ack.name + ".tmp")

@@ -16,6 +16,7 @@ suite in a few minutes on 2 cores) or "full" (200 orders/s for 60 s, 60 s SMTP o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -107,6 +108,20 @@ async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> floa
     return time.monotonic() - start
 
 
+def _children(parent: int) -> list[int]:
+    """Direct children of a process, from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
 class FaultControl:
     """The test's side of faulty_smtp.py: write a plan, wait until the server applied it."""
 
@@ -185,15 +200,12 @@ class ChaosSystem:
             self.start_notifier(slot)
         await _until(received.exists, _READY_TIMEOUT_S, "the SMTP server")
         await self.wait_api_ready()
+        await self.wait_started(self.relay, "relay_started")
         for child in self.slots.values():
             await self.wait_started(child, "notifier_started")
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.stack.stop)
-
-    def remove_data(self) -> None:
-        """Deletes the databases (after `stop`); logs, mail and fault records stay."""
-        self.stack.remove_data()
 
     def _spawn(self, role: str, argv: list[str], extra: dict[str, str] | None = None) -> Child:
         incarnation = self._incarnations.get(role, 0) + 1
@@ -233,7 +245,9 @@ class ChaosSystem:
         while time.monotonic() - start < timeout_s:
             if self.api is not None:
                 self._alive_or_raise(self.api)
-            if await http_get_status(HOST, self.stack.http_port, "/health/ready") == 200:
+            # A generous probe timeout: a just-restarted API may be busy with retrying clients.
+            status = await http_get_status(HOST, self.stack.http_port, "/health/ready", 5.0)
+            if status == 200:
                 return time.monotonic() - start
             await asyncio.sleep(0.1)
         raise AssertionError(f"/health/ready not 200 after {timeout_s:g} s")
@@ -283,7 +297,7 @@ class ChaosSystem:
         down = time.monotonic()
         await asyncio.sleep(restart_after_s)
         self.api = self._spawn("api", acme_argv("api"))
-        await self.wait_api_ready()
+        await self.wait_api_ready(timeout_s=2 * _READY_TIMEOUT_S)
         self.record("ready", self.api.name)
         return time.monotonic() - down
 
@@ -296,6 +310,22 @@ class ChaosSystem:
         """Start it again on the same port (crash recovery replays the WAL)."""
         await asyncio.to_thread(self.stack.postgres.start)
         self.record("up", "postgres")
+
+    async def freeze_postgres(self, frozen_s: float) -> None:
+        """SIGSTOP PostgreSQL and every backend for `frozen_s`, then SIGCONT: a server that
+        hangs (a storage stall, a swapping host) rather than one that is gone."""
+        root = self.stack.roots()["postgres"]
+        pids = [root, *_children(root)]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        self.record("freeze", "postgres", f"SIGSTOP {len(pids)} processes")
+        try:
+            await asyncio.sleep(frozen_s)
+        finally:
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            self.record("thaw", "postgres")
 
     async def crash_postgres(self, down_s: float) -> None:
         await self.postgres_down()

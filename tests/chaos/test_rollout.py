@@ -1,7 +1,7 @@
 """A rolling deployment of the notifiers under load: SIGTERM each one, replace it.
 
 SIGTERM means: stop reading, finish the sends in flight (ACME_NOTIFY_GRACE_S), exit 0. The
-SMTP server takes 0.5 s per message (32 connections per replica keep up with the load) so
+SMTP server takes 0.5 s per message (enough connections per replica keep up with the load) so
 that every replica has sends in flight when it is told to stop. A graceful stop must cost
 nothing: no e-mail lost, none sent twice.
 """
@@ -57,11 +57,16 @@ async def _roll(system: ChaosSystem, exits: list[tuple[str, int, float, int]]) -
 async def test_rolling_restart_of_every_notifier_loses_and_duplicates_nothing(
     start_system: StartSystem, scale: Scale
 ) -> None:
-    """SIGTERM to every notifier in turn under load, with replacements started before and
-    after: each exits 0 within its grace period after finishing its in-flight sends, and
-    every order is e-mailed exactly once."""
+    """Rolling SIGTERM of every notifier under load: each drains and exits 0; no loss, no dup."""
+    # Little's law: rate x 0.5 s in flight, over 2 replicas, with 30 % headroom (32 at 50/s).
+    pool = str(max(32, round(scale.rate_per_s * 0.5 * 1.3 / 2)))
     system = await start_system(
-        notifiers=2, env={"ACME_NOTIFY_GRACE_S": str(_GRACE_S), "ACME_SMTP_POOL_SIZE": "32"}
+        notifiers=2,
+        env={
+            "ACME_NOTIFY_GRACE_S": str(_GRACE_S),
+            "ACME_SMTP_POOL_SIZE": pool,
+            "ACME_NOTIFY_CONCURRENCY": pool,
+        },
     )
     await system.set_smtp(delay_s=0.5)
     exits: list[tuple[str, int, float, int]] = []

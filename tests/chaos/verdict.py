@@ -44,16 +44,26 @@ from acme_runtime.channels import (
 from tests.chaos.client import RetryRun
 from tests.chaos.harness import ChaosSystem, Scale
 
-__all__ = ["AMBIGUITY_WINDOW_S", "ExpectDead", "Intake", "Verdict", "conclude", "judge"]
+__all__ = [
+    "AMBIGUITY_WINDOW_S",
+    "ExpectDead",
+    "Intake",
+    "Verdict",
+    "conclude",
+    "judge",
+    "results_path",
+]
 
 #: How long after SMTP accepted a message a crash may still leave the ledger without its row.
 AMBIGUITY_WINDOW_S: Final = 1.0
-RESULTS_PATH: Final = Path(
-    os.environ.get(
-        "ACME_CHAOS_RESULTS",
-        str(Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.jsonl"),
-    )
-)
+_DEFAULT_RESULTS: Final = Path(__file__).resolve().parents[2] / "bench" / "results" / "chaos.jsonl"
+
+
+def results_path() -> Path:
+    """Where scenario results are appended: ACME_CHAOS_RESULTS, else bench/results/."""
+    return Path(os.environ.get("ACME_CHAOS_RESULTS") or _DEFAULT_RESULTS)
+
+
 #: Log events worth counting across every process of the run.
 NOTABLE_EVENTS: Final = (
     "actor_crashed",
@@ -69,6 +79,7 @@ NOTABLE_EVENTS: Final = (
     "entry_dead_lettered",
     "poison_entry_dead_lettered",
     "consumer_group_vanished_recreating",
+    "receipts_group_vanished_recreating",
     "receipts_failed",
     "shutdown_cancelling",
     "database_unavailable",
@@ -134,6 +145,8 @@ class Verdict:
     events_pending: int = 0
     receipts_pending: int = 0
     e2e_s: dict[str, float] = field(default_factory=dict)
+    #: SMTP accepted -> ledger row written, ms: how wide the duplicate window really was.
+    ledger_gap_ms: dict[str, float] = field(default_factory=dict)
     #: First to last e-mail of the accepted orders.
     emails_per_s: float = 0.0
     last_email_at: float = 0.0
@@ -188,6 +201,9 @@ class Verdict:
             f"e2e       p50 {e2e.get('p50', math.nan):.2f} s  p99 {e2e.get('p99', math.nan):.2f} s"
             f"  max {e2e.get('max', math.nan):.2f} s  (created_at -> SMTP accepted); "
             f"{self.emails_per_s:g} e-mails/s first to last",
+            f"window    SMTP accepted -> ledger row: p50 {self.ledger_gap_ms.get('p50', 0):g} ms"
+            f"  p99 {self.ledger_gap_ms.get('p99', 0):g} ms  max "
+            f"{self.ledger_gap_ms.get('max', 0):g} ms",
             f"orders db status mismatches {self.status_mismatches}, outbox left "
             f"{self.outbox_left}, pending events {self.events_pending} receipts "
             f"{self.receipts_pending}; waits {self.waits}",
@@ -207,8 +223,9 @@ class Verdict:
             "command": " ".join(sys.orig_argv),
             **asdict(self),
         }
-        RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-        with RESULTS_PATH.open("a", encoding="utf-8") as out:
+        path = results_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as out:
             out.write(json.dumps(document, default=str) + "\n")
 
 
@@ -294,6 +311,11 @@ async def judge(
         " FROM orders o"
     )
     outbox = await system.db_fetch("SELECT count(*) AS n FROM outbox")
+    ledger = await system.db_fetch(
+        "SELECT order_id::text AS id, extract(epoch FROM sent_at)::float8 AS at"
+        " FROM notify.sent_ledger"
+    )
+    recorded_at = {r["id"]: r["at"] for r in ledger}
     dead, poison, pending, receipts_pending = await _redis_state(system.stack.redis_url)
     orders = {r["id"]: r for r in rows}
     ambiguous = Counter(
@@ -311,6 +333,7 @@ async def judge(
         for e in system.timeline
     ]
     e2e: list[float] = []
+    gaps: list[float] = []
     for order_id, created_at in intake.accepted.items():
         row = orders.get(order_id)
         copies = system.mail.copies.get(order_id, 0)
@@ -343,6 +366,9 @@ async def judge(
             v.status_mismatches += 1
         first = system.mail.first_at[order_id]
         e2e.append(first - iso_ms(created_at) / 1000)
+        if order_id in recorded_at:
+            # The copy the ledger recorded is the last one accepted.
+            gaps.append((recorded_at[order_id] - system.mail.last_at[order_id]) * 1000)
         extra = copies - 1
         if extra:
             allowed = ambiguous[order_id] + any(lo <= first <= hi for lo, hi in windows)
@@ -359,6 +385,12 @@ async def judge(
         "p50": round(nearest_rank(e2e, 0.5), 3),
         "p99": round(nearest_rank(e2e, 0.99), 3),
         "max": round(e2e[-1], 3) if e2e else math.nan,
+    }
+    gaps.sort()
+    v.ledger_gap_ms = {
+        "p50": round(nearest_rank(gaps, 0.5), 1),
+        "p99": round(nearest_rank(gaps, 0.99), 1),
+        "max": round(gaps[-1], 1) if gaps else math.nan,
     }
     events: Counter[str] = Counter()
     for child in system.stack.children:
