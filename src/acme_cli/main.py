@@ -55,6 +55,7 @@ def _cmd_api(_args: argparse.Namespace) -> int:
         log_config=None,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        limit_concurrency=settings.http_max_concurrency,
     )
     uvicorn.Server(config).run()
     return EXIT_OK

@@ -62,6 +62,7 @@ async def open_clients(settings: OrdersSettings) -> AsyncIterator[Clients]:
         min_size=settings.db_pool_min,
         max_size=settings.db_pool_max,
         command_timeout=settings.db_timeout_ms / 1000,
+        timeout=settings.db_timeout_ms / 1000,  # connecting, too, must not hang a request
         init=init_connection,
         reset=reset_connection,
         server_settings={
@@ -84,7 +85,9 @@ async def open_clients(settings: OrdersSettings) -> AsyncIterator[Clients]:
 
 async def _schema_ready(store: OrderStore) -> None:
     # Not ready before the migration Job: orders would fail on a missing table or column.
-    if not await store.schema_is_current():
+    async with asyncio.timeout(1.0):
+        current = await store.schema_is_current()
+    if not current:
         raise RuntimeError("schema migrations not applied yet (run `acme migrate`)")
 
 
@@ -103,7 +106,9 @@ def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> L
                 dedupe_ttl_s=settings.dedupe_ttl_s,
                 metrics=metrics,
             )
-            app.state.service = OrderService(clients.store, publisher)
+            app.state.service = OrderService(
+                clients.store, publisher, db_timeout_s=settings.db_timeout_ms / 1000
+            )
             app.state.ready_check = partial(_schema_ready, clients.store)
             supervisor = Supervisor([publisher], grace_s=5)
             runner = asyncio.create_task(supervisor.run())

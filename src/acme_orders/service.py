@@ -6,6 +6,7 @@ the fast-path publisher and returns: the e-mail never sits on the request's crit
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -113,9 +114,14 @@ class IdempotencyConflict(Exception):
 
 
 class OrderService:
-    def __init__(self, store: OrderStore, publisher: FastPathPublisher) -> None:
+    def __init__(
+        self, store: OrderStore, publisher: FastPathPublisher, *, db_timeout_s: float = 2.0
+    ) -> None:
         self._store = store
         self._publisher = publisher
+        # Bounds each request's whole database work, waiting for a pooled connection included:
+        # a PostgreSQL that hangs gives quick 503s, not requests piling up behind it.
+        self._db_timeout_s = db_timeout_s
 
     async def place_order(
         self,
@@ -140,16 +146,17 @@ class OrderService:
         with tracer().start_as_current_span(
             "INSERT orders", kind=SpanKind.CLIENT, attributes=_DB_INSERT_ATTRIBUTES
         ):
-            result = await self._store.create_order(
-                order_id=order_id,
-                event_id=event_id,
-                draft=draft,
-                created_at=created_at,
-                envelope=envelope,
-                trace_id=trace_id,
-                idempotency_key=idempotency_key,
-                traceparent=traceparent,
-            )
+            async with asyncio.timeout(self._db_timeout_s):
+                result = await self._store.create_order(
+                    order_id=order_id,
+                    event_id=event_id,
+                    draft=draft,
+                    created_at=created_at,
+                    envelope=envelope,
+                    trace_id=trace_id,
+                    idempotency_key=idempotency_key,
+                    traceparent=traceparent,
+                )
         if isinstance(result, IdempotencyMismatch):
             raise IdempotencyConflict(result.order_id)
         if isinstance(result, Created):
@@ -166,12 +173,14 @@ class OrderService:
                 self._fresh_view(order_id, event_id, draft, created_at, trace_id), replayed=False
             )
         assert isinstance(result, Replayed)
-        record = await self._store.get_order(result.order_id)
+        async with asyncio.timeout(self._db_timeout_s):
+            record = await self._store.get_order(result.order_id)
         assert record is not None, "an idempotency key always points at a stored order"
         return Placed(order_view(record, with_timeline=False), replayed=True)
 
     async def get_order(self, order_id: uuid.UUID) -> dict[str, Any] | None:
-        record = await self._store.get_order(order_id)
+        async with asyncio.timeout(self._db_timeout_s):
+            record = await self._store.get_order(order_id)
         return None if record is None else order_view(record, with_timeline=True)
 
     @staticmethod

@@ -22,6 +22,9 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
     log_format: str = "json"
     #: Requests with a larger body are refused with 413 before they are read whole.
     max_body_bytes: int = 64 * 1024
+    #: Requests in progress per API process before new ones get a quick 503: an overloaded API
+    #: sheds load instead of queueing requests whose clients have given up.
+    http_max_concurrency: int = 1000
     db_pool_min: int = 2
     db_pool_max: int = 10
     #: Statement timeout: a Postgres that hangs makes the API answer 503, never hang.
@@ -74,6 +77,9 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             log_format=env.choice("ACME_LOG_FORMAT", d["log_format"], ("json", "console")),
             max_body_bytes=env.integer("ACME_MAX_BODY_BYTES", d["max_body_bytes"], minimum=1024),
+            http_max_concurrency=env.integer(
+                "ACME_HTTP_MAX_CONCURRENCY", d["http_max_concurrency"], minimum=1
+            ),
             db_pool_min=env.integer("ACME_DB_POOL_MIN", d["db_pool_min"], minimum=1),
             db_pool_max=env.integer("ACME_DB_POOL_MAX", d["db_pool_max"], minimum=1),
             db_timeout_ms=env.integer("ACME_DB_TIMEOUT_MS", d["db_timeout_ms"], minimum=10),
