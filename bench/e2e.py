@@ -19,9 +19,11 @@ last e-mail, per accepted order, and what the child logs say at warning level an
 Notifier settings come from the environment (ACME_NOTIFY_CONCURRENCY, ACME_SMTP_POOL_SIZE, ...),
 which every child inherits; the report records the ACME_* variables that were set.
 
-Usage: ``.venv/bin/python bench/e2e.py --scenario peak-200 [--notifiers 2]``
-       ``.venv/bin/python bench/e2e.py --rate 120 --duration-s 60``
-Result: ``bench/results/e2e-<scenario or rate>-<timestamp>.json`` (git-ignored).
+The named scenarios of the benchmark suite (steady-50, peak-200, max, outage-recovery, soak),
+with per-second time series and plots, are in bench/run.py, which reuses this module's checks.
+
+Usage: ``.venv/bin/python bench/e2e.py --rate 200 --duration-s 30 [--notifiers 2]``
+Result: ``bench/results/e2e-<rate>x<duration>s-<timestamp>.json`` (git-ignored).
 """
 
 from __future__ import annotations
@@ -90,9 +92,8 @@ from bench.stack import (
     signals_ignored,
 )
 
-#: name -> (orders per second, seconds)
-SCENARIOS: Final = {"peak-200": (200.0, 30.0), "steady-50": (50.0, 30.0)}
-DEFAULT_SCENARIO: Final = "peak-200"
+__all__ = ["child_logs", "database_state", "redis_state", "stats_ms", "wait_ready"]
+
 MAX_NOTIFIERS: Final = 16
 MAX_WARMUP_S: Final = 60.0
 MAX_MAIL_DRAIN_S: Final = 600.0
@@ -122,7 +123,7 @@ class _Measurement:
     redis: dict[str, Any]
 
 
-async def _wait_ready(stack: Stack, received_path: Path) -> float:
+async def wait_ready(stack: Stack, received_path: Path) -> float:
     start = time.monotonic()
     await stack.wait_file(received_path, READY_TIMEOUT_S)
     await stack.wait_api_ready(READY_TIMEOUT_S)
@@ -138,7 +139,7 @@ def _accepted_ids(result: LoadResult) -> set[str]:
 
 
 async def _measure(stack: Stack, args: argparse.Namespace, received_path: Path) -> _Measurement:
-    ready_s = await _wait_ready(stack, received_path)
+    ready_s = await wait_ready(stack, received_path)
     mail = MailLog(received_path)
     print(f"system ready in {ready_s:.1f} s; warming up {args.warmup_s:g} s ...", flush=True)
     warmup = None
@@ -172,15 +173,15 @@ async def _measure(stack: Stack, args: argparse.Namespace, received_path: Path) 
     redis = Redis.from_url(stack.redis_url, socket_timeout=5)
     try:
         stream = await scan_stream(redis, wanted, timeout_s=5.0)
-        redis_state = await _redis_state(redis)
+        redis_now = await redis_state(redis)
     finally:
         await redis.aclose()
-    database = await _database_state(stack.database_url)
+    database = await database_state(stack.database_url)
     return _Measurement(warmup, warmup_missing, load, before, posted, after, mail_drain_s,
-                        mail, stream, database, redis_state)  # fmt: skip
+                        mail, stream, database, redis_now)  # fmt: skip
 
 
-async def _database_state(database_url: str) -> dict[str, Any]:
+async def database_state(database_url: str) -> dict[str, Any]:
     """Orders by notification status, the outbox and the send ledger (whole run, best effort)."""
     try:
         conn = await asyncpg.connect(database_url, timeout=5)
@@ -211,7 +212,7 @@ async def _database_state(database_url: str) -> dict[str, Any]:
         await conn.close()
 
 
-async def _redis_state(redis: Redis) -> dict[str, Any]:
+async def redis_state(redis: Redis) -> dict[str, Any]:
     """Pending entries of both consumer groups and the dead-letter stream (whole run)."""
     state: dict[str, Any] = {}
     try:
@@ -271,7 +272,7 @@ def _order_times(m: _Measurement) -> list[_OrderTimes]:
     return rows
 
 
-def _stats_ms(values: list[float | None]) -> dict[str, float]:
+def stats_ms(values: list[float | None]) -> dict[str, float]:
     present = sorted(v for v in values if v is not None)
     out = {label: round(nearest_rank(present, f), 2) for label, f in _PERCENTILES}
     out["max"] = round(present[-1], 2) if present else math.nan
@@ -304,10 +305,10 @@ def _e2e_figures(m: _Measurement, times: list[_OrderTimes]) -> dict[str, Any]:
             round(arrivals[-1] - last_post_unix_s, 3) if arrivals else math.nan
         ),
         "emails_per_s_first_to_last": round((len(arrivals) - 1) / span_s, 2) if span_s else 0.0,
-        "e2e_ms": _stats_ms([t.e2e_ms for t in times]),
-        "e2e_from_scheduled_ms": _stats_ms([t.from_scheduled_ms for t in times]),
-        "created_to_stream_ms": _stats_ms([t.published_ms for t in times]),
-        "stream_to_smtp_ms": _stats_ms([t.stream_to_mail_ms for t in times]),
+        "e2e_ms": stats_ms([t.e2e_ms for t in times]),
+        "e2e_from_scheduled_ms": stats_ms([t.from_scheduled_ms for t in times]),
+        "created_to_stream_ms": stats_ms([t.published_ms for t in times]),
+        "stream_to_smtp_ms": stats_ms([t.stream_to_mail_ms for t in times]),
         "e2e_over_1s": sum(1 for t in times if t.e2e_ms is not None and t.e2e_ms > 1000),
         "post_latency_ms": {
             k: round(v, 2) for k, v in m.load.latency_ms().items() if k in ("p50", "p99", "max")
@@ -360,7 +361,7 @@ def _record_rows(times: list[_OrderTimes]) -> dict[str, Any] | None:
 # --- report -------------------------------------------------------------------------------
 
 
-def _logs(stack: Stack) -> dict[str, Any]:
+def child_logs(stack: Stack) -> dict[str, Any]:
     logs: dict[str, Any] = {}
     for child in stack.children:
         levels, samples = log_levels(child.log_path)
@@ -376,7 +377,6 @@ def _report(args: argparse.Namespace, m: _Measurement, stack: Stack, times: list
     return {
         **extra,
         "config": {
-            "scenario": args.scenario,
             "rate_per_s": args.rate,
             "duration_s": args.duration_s,
             "notifiers": args.notifiers,
@@ -404,7 +404,7 @@ def _report(args: argparse.Namespace, m: _Measurement, stack: Stack, times: list
         },
         "database": m.database,
         "redis": m.redis,
-        "logs": _logs(stack),
+        "logs": child_logs(stack),
         "records": _record_rows(times),
     }
 
@@ -416,11 +416,10 @@ def _fmt_stats(stats: dict[str, float]) -> str:
 def _format(report: dict[str, Any], m: _Measurement, times: list[_OrderTimes],
             result_path: Path) -> str:  # fmt: skip
     cfg, e = report["config"], report["e2e"]
-    name = cfg["scenario"] or "custom"
     verdict = "OK" if e["missing"] == 0 and e["duplicates"] == 0 else "NOT OK"
     lines = [
         "",
-        f"== e2e {name}: {cfg['rate_per_s']:g}/s for {cfg['duration_s']:g} s, "
+        f"== e2e: {cfg['rate_per_s']:g}/s for {cfg['duration_s']:g} s, "
         f"{cfg['notifiers']} notifier(s) ==",
         f"command   {report['command']}",
         f"machine   nproc {report['machine']['nproc']}, load avg before "
@@ -492,15 +491,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Start the whole system on a temporary folder and measure order-to-e-mail "
         "latency, losses, duplicates and CPU per order."
     )
-    parser.add_argument(
-        "--scenario",
-        choices=sorted(SCENARIOS),
-        default=None,
-        help=", ".join(f"{k}: {r:g}/s for {d:g} s" for k, (r, d) in SCENARIOS.items())
-        + f" (default {DEFAULT_SCENARIO} unless --rate is given)",
-    )
-    parser.add_argument("--rate", type=float, default=None, help="orders/s (overrides scenario)")
-    parser.add_argument("--duration-s", type=float, default=None, help="overrides scenario")
+    parser.add_argument("--rate", type=float, default=200.0, help="orders per second")
+    parser.add_argument("--duration-s", type=float, default=30.0, help="measured window")
     parser.add_argument("--notifiers", type=int, default=2, help="notifier replicas")
     parser.add_argument("--warmup-s", type=float, default=3.0, help="not counted; 0 to skip")
     parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS)
@@ -517,18 +509,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _resolve(args: argparse.Namespace) -> str | None:
-    """Fill rate and duration from the scenario; an error message, or None when fine."""
-    if args.scenario is None and args.rate is None:
-        args.scenario = DEFAULT_SCENARIO
-    if args.scenario is not None:
-        rate, duration = SCENARIOS[args.scenario]
-        if args.rate is not None or args.duration_s is not None:
-            # An override makes it a different run: do not label it with the scenario's name.
-            args.scenario = None
-        args.rate = rate if args.rate is None else args.rate
-        args.duration_s = duration if args.duration_s is None else args.duration_s
-    if args.duration_s is None:
-        args.duration_s = 30.0
+    """An error message for out-of-range arguments, or None when fine."""
     checks = [
         (0 < args.rate <= MAX_RATE_PER_S, f"rate must be in (0, {MAX_RATE_PER_S:g}]"),
         (0 < args.duration_s <= MAX_DURATION_S, f"duration in (0, {MAX_DURATION_S:g}]"),
@@ -592,7 +573,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = _report(args, measurement, stack, times, extra)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-    label = args.scenario or f"{args.rate:g}x{args.duration_s:g}s"
+    label = f"{args.rate:g}x{args.duration_s:g}s"
     result_path = RESULTS_DIR / f"e2e-{label}-{stamp}.json"
     result_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(_format(report, measurement, times, result_path))

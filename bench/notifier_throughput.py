@@ -12,8 +12,8 @@ Rates and CPU are taken over the *steady* part: from the first e-mails the sink 
 replica's start-up and imports excluded) to the last. The CPU of each process (notifier, sink,
 PostgreSQL, Redis, and this process, which only polls a file) comes from /proc/<pid>/stat at
 those two moments. With `--profile-s N`, py-spy samples the notifier for N seconds once it is
-sending (`--nonblocking`, so it does not pause the replica) and the top functions by own and
-by inclusive samples are printed; the flame graph and the raw stacks are kept.
+sending (bench/profiling.py; idle threads left out) and the top functions by own and by
+inclusive samples are printed; the raw folded stacks are kept in the data folder.
 
 Usage: ``.venv/bin/python bench/notifier_throughput.py --events 20000 [--profile-s 10]``
 Result: ``bench/results/notifier-throughput-<events>-<timestamp>.json`` (git-ignored).
@@ -36,9 +36,7 @@ import os
 import platform
 import random
 import shlex
-import shutil
 import signal
-import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
@@ -55,6 +53,7 @@ from acme_orders.store import OutboxEvent
 from acme_runtime.channels import EVENTS_STREAM
 from acme_runtime.ids import uuid7
 from bench.loadgen import install_uvloop, order_body
+from bench.profiling import hot_spots, start_profile, stop_profile
 from bench.stack import (
     RESULTS_DIR,
     CpuSnapshot,
@@ -80,9 +79,6 @@ READY_TIMEOUT_S: Final = 60.0
 _DRAFTS: Final = 256
 _DEDUPE_TTL_S: Final = 86_400
 _POLL_S: Final = 0.1
-_TOP_FUNCTIONS: Final = 15
-# Frames every sample passes through (the entry point, the event loop): not worth ranking.
-_PLUMBING: Final = ("(asyncio/", "(<frozen runpy>", "(acme_cli/main.py", "(selectors.py")
 
 
 # --- pre-loading the stream ---------------------------------------------------------------
@@ -137,79 +133,6 @@ async def _preload(redis_url: str, events: list[OutboxEvent], batch: int) -> dic
     }
 
 
-# --- profiling ----------------------------------------------------------------------------
-
-
-def _py_spy() -> str | None:
-    beside = Path(sys.executable).parent / "py-spy"
-    return str(beside) if beside.exists() else shutil.which("py-spy")
-
-
-def _start_profile(pid: int, seconds: float, out_dir: Path) -> subprocess.Popen[bytes] | None:
-    py_spy = _py_spy()
-    if py_spy is None:
-        print("py-spy not found (.venv/bin/pip install py-spy): not profiling", file=sys.stderr)
-        return None
-    argv = [py_spy, "record", "--pid", str(pid), "--duration", str(math.ceil(seconds)),
-            "--rate", "100", "--nonblocking", "--format", "raw",
-            "--output", str(out_dir / "notifier.folded")]  # fmt: skip
-    with (out_dir / "py-spy.log").open("ab") as log:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-        )
-
-
-def _package(frame: str) -> str:
-    """ "func (path/to/module.py:12)" -> the top-level package or stdlib module of the frame."""
-    location = frame[frame.rfind("(") + 1 :].rstrip(")")
-    path = location.rsplit(":", 1)[0]
-    if path.startswith("<"):
-        return path
-    top = path.split("/", 1)[0]
-    return top.removesuffix(".py")
-
-
-def _hot_spots(folded: Path) -> dict[str, Any]:
-    """Top functions by own and by inclusive samples, and own samples per package, from
-    py-spy's raw (folded) output. Inclusive leaves out the event loop and entry-point frames
-    that every sample passes through."""
-    own: dict[str, int] = {}
-    inclusive: dict[str, int] = {}
-    by_package: dict[str, int] = {}
-    total = 0
-    try:
-        text = folded.read_text()
-    except OSError as exc:
-        return {"error": repr(exc)}
-    for line in text.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
-            continue
-        count = int(count_text)
-        total += count
-        # py-spy's first frames name the process/thread and carry no "(file:line)": skip them.
-        functions = [f for f in stack.split(";") if f.endswith(")") and ":" in f]
-        if not functions:
-            continue
-        own[functions[-1]] = own.get(functions[-1], 0) + count
-        package = _package(functions[-1])
-        by_package[package] = by_package.get(package, 0) + count
-        for function in set(functions):
-            if not any(marker in function for marker in _PLUMBING):
-                inclusive[function] = inclusive.get(function, 0) + count
-
-    def top(counts: dict[str, int]) -> list[tuple[str, float]]:
-        ranked = sorted(counts.items(), key=lambda kv: kv[1], reverse=True)[:_TOP_FUNCTIONS]
-        return [(name, round(100 * n / max(1, total), 1)) for name, n in ranked]
-
-    return {
-        "samples": total,
-        "own_by_package_pct": top(by_package),
-        "top_own_pct": top(own),
-        "top_inclusive_pct": top(inclusive),
-    }
-
-
 # --- the run ------------------------------------------------------------------------------
 
 
@@ -249,8 +172,9 @@ async def _run(stack: Stack, args: argparse.Namespace, received: Path) -> _Run:
         await asyncio.sleep(_POLL_S / 5)
     first, first_count = stack.snapshot(roots, "bench"), mail.lines
     profiler = None
+    folded = stack.root / "notifier.folded"
     if args.profile_s > 0:
-        profiler = _start_profile(notifier.process.pid, args.profile_s, stack.root)
+        profiler = start_profile(notifier.process.pid, args.profile_s, folded, native=args.native)
     print(f"sending; waiting up to {args.timeout_s:g} s for all e-mails ...", flush=True)
     # Bounded by the deadline: one poll per _POLL_S.
     while len(wanted.intersection(mail.first_at)) < len(wanted) and time.monotonic() < deadline:
@@ -261,13 +185,9 @@ async def _run(stack: Stack, args: argparse.Namespace, received: Path) -> _Run:
     timed_out = len(wanted.intersection(mail.first_at)) < len(wanted)
     profile = None
     if profiler is not None:
-        try:
-            profiler.wait(timeout=args.profile_s + 30)
-        except subprocess.TimeoutExpired:
-            profiler.kill()
-            profiler.wait()
-        profile = _hot_spots(stack.root / "notifier.folded")
-        profile["raw_stacks"] = str(stack.root / "notifier.folded")
+        stop_profile(profiler, args.profile_s + 30)
+        profile = hot_spots(folded)
+        profile["raw_stacks"] = str(folded)
     return _Run(preload, spawned_unix_s, first, first_count, last, last_count, mail, timed_out,
                 profile)  # fmt: skip
 
@@ -356,6 +276,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=500, help="events per publish pipeline")
     parser.add_argument("--timeout-s", type=float, default=300.0)
     parser.add_argument("--profile-s", type=float, default=0.0, help="py-spy seconds; 0 = off")
+    parser.add_argument("--native", action="store_true", help="profile C frames too")
     parser.add_argument(
         "--keep-data", action="store_true", help="keep the databases too (logs always stay)"
     )

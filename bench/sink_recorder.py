@@ -14,6 +14,12 @@ Kept out of the load generator's process on purpose: receiving costs ~1 ms CPU p
 would otherwise share the generator's core and event loop (see /work/shared/MEASURING.md).
 Stops on SIGTERM/SIGINT (after a final flush) or after `--max-runtime-s`.
 
+SMTP outages on demand (bench/run.py's outage-recovery scenario): SIGUSR1 starts one, SIGUSR2
+ends it. With `--outage-mode refuse` (the default) the sink stops listening and drops its open
+sessions, so senders get "connection refused" as from a server that is down; with `421` it keeps
+listening but answers every message with `421 4.3.2`, as a server shedding load does. Each
+switch is logged with its time.
+
 Usage: ``python bench/sink_recorder.py --port 2525 --out /tmp/received.csv``
 """
 
@@ -33,16 +39,60 @@ import logging
 import signal
 import time
 from collections.abc import Sequence
-from typing import IO, Final
+from typing import IO, Final, Literal
+
+from aiosmtpd.smtp import Envelope
 
 from acme_cli.smtp_sink import MailSink
 from bench.loadgen import install_uvloop, loopback_host
 
+OutageMode = Literal["refuse", "421"]
+OUTAGE_MODES: Final = ("refuse", "421")
 DEFAULT_FLUSH_INTERVAL_MS: Final = 100
 DEFAULT_MAX_RUNTIME_S: Final = 3_600.0
 MAX_RUNTIME_S: Final = 24 * 3_600.0
 
 _log = logging.getLogger("sink_recorder")
+_OUTAGE_REPLY: Final = "421 4.3.2 service not available (benchmark outage), try again later"
+
+
+def _refuse_all(_envelope: Envelope) -> str:
+    return _OUTAGE_REPLY
+
+
+class _Outage:
+    """Switches the sink between serving and an outage; the switches run on the event loop."""
+
+    def __init__(self, sink: MailSink, mode: OutageMode) -> None:
+        self.sink = sink
+        self.mode = mode
+        self.active = False
+        self._switching: asyncio.Lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def request(self, active: bool) -> None:
+        """Called from the signal handler: switch (in order) on the loop."""
+        task = asyncio.get_running_loop().create_task(self._switch(active))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _switch(self, active: bool) -> None:
+        async with self._switching:
+            if active == self.active:
+                return
+            if self.mode == "421":
+                self.sink.policy = _refuse_all if active else None
+            elif active:
+                await self.sink.stop()
+            else:
+                await self.sink.start()
+            self.active = active
+            _log.info("outage %s (mode %s) at %.6f", "started" if active else "ended", self.mode,
+                      time.time())  # fmt: skip
+
+    async def wait(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _flush(sink: MailSink, out: IO[str]) -> int:
@@ -62,7 +112,7 @@ def _flush(sink: MailSink, out: IO[str]) -> int:
 
 
 async def record(host: str, port: int, out_path: Path, flush_interval_s: float,
-                 max_runtime_s: float) -> int:  # fmt: skip
+                 max_runtime_s: float, outage_mode: OutageMode = "refuse") -> int:  # fmt: skip
     """Run the sink until SIGTERM/SIGINT or `max_runtime_s`; the number of messages recorded."""
     sink = MailSink(None, host=host, port=port)
     await sink.start()
@@ -70,6 +120,9 @@ async def record(host: str, port: int, out_path: Path, flush_interval_s: float,
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    outage = _Outage(sink, outage_mode)
+    loop.add_signal_handler(signal.SIGUSR1, outage.request, True)
+    loop.add_signal_handler(signal.SIGUSR2, outage.request, False)
     total = 0
     deadline = time.monotonic() + max_runtime_s
     # Opened (so created) only now that the sink listens: the parent waits for this file.
@@ -80,6 +133,7 @@ async def record(host: str, port: int, out_path: Path, flush_interval_s: float,
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), flush_interval_s)
             total += _flush(sink, out)
+        await outage.wait()
         await sink.stop()
         total += _flush(sink, out)
     _log.info("stopped after recording %d messages", total)
@@ -94,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--flush-interval-ms", type=int, default=DEFAULT_FLUSH_INTERVAL_MS)
     parser.add_argument("--max-runtime-s", type=float, default=DEFAULT_MAX_RUNTIME_S)
     parser.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
+    parser.add_argument("--outage-mode", choices=OUTAGE_MODES, default="refuse",
+                        help="what SIGUSR1 does until SIGUSR2: refuse connections, or 421 "
+                        "every message")  # fmt: skip
     return parser
 
 
@@ -110,7 +167,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_uvloop:
         install_uvloop()
     asyncio.run(
-        record(host, args.port, args.out, args.flush_interval_ms / 1000, args.max_runtime_s)
+        record(
+            host,
+            args.port,
+            args.out,
+            args.flush_interval_ms / 1000,
+            args.max_runtime_s,
+            args.outage_mode,
+        )
     )
     return 0
 

@@ -57,8 +57,10 @@ __all__ = [
     "nearest_rank",
     "nproc",
     "raise_interrupt",
+    "rss_mb",
     "scan_stream",
     "signals_ignored",
+    "user_system_s",
 ]
 
 HOST: Final = "127.0.0.1"
@@ -129,6 +131,21 @@ def _tree(table: dict[int, list[str]], root: int) -> list[int]:
     return members
 
 
+def user_system_s(roots: dict[str, int]) -> dict[str, tuple[float, float]]:
+    """User and system CPU seconds so far of each root's process tree (like `snapshot`, split:
+    the system part is time in the kernel, for a service mostly its socket system calls)."""
+    table = _process_table()
+    out = {}
+    for name, pid in roots.items():
+        members = _tree(table, pid)
+        if members:
+            # After comm: utime=12 stime=13 cutime=14 cstime=15 (state=1).
+            user = sum(int(table[m][12]) + int(table[m][14]) for m in members)
+            system = sum(int(table[m][13]) + int(table[m][15]) for m in members)
+            out[name] = (user / _CLOCK_TICKS_PER_S, system / _CLOCK_TICKS_PER_S)
+    return out
+
+
 def _tree_cpu_s(table: dict[int, list[str]], root: int) -> tuple[float, int]:
     """CPU seconds of a process tree, and how many processes it has.
 
@@ -139,6 +156,18 @@ def _tree_cpu_s(table: dict[int, list[str]], root: int) -> tuple[float, int]:
     # /proc/<pid>/stat after comm: state=1 ppid=2 ... utime=12 stime=13 cutime=14 cstime=15.
     ticks = sum(sum(int(table[pid][i]) for i in (12, 13, 14, 15)) for pid in members)
     return ticks / _CLOCK_TICKS_PER_S, len(members)
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident set size of one process (VmRSS in /proc/<pid>/status), in MiB; None if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _own_cpu_s() -> float:
@@ -285,25 +314,28 @@ class Stack:
         self.spawn("smtp-sink", acme_argv("smtp-sink", "--mail-dir", mail, "--port",
                                           str(self.sink_port)))  # fmt: skip
 
-    def start_recorder_sink(self, out_path: Path, *, uvloop: bool = True) -> None:
+    def start_recorder_sink(self, out_path: Path, *, uvloop: bool = True,
+                            extra_args: list[str] | None = None) -> Child:  # fmt: skip
         """bench/sink_recorder.py: appends `order_id,received_at,message_id` per message.
 
         It creates `out_path` only once it listens: `wait_file` on it is the readiness check.
+        SIGUSR1 starts an SMTP outage in it and SIGUSR2 ends it (`--outage-mode` in
+        `extra_args` says what the outage looks like).
         """
         self.sink_port = free_port()
         self.smtp_url = f"smtp://{HOST}:{self.sink_port}"
         argv = [sys.executable, str(SINK_RECORDER), "--port", str(self.sink_port),
-                "--out", str(out_path)]  # fmt: skip
+                "--out", str(out_path), *(extra_args or [])]  # fmt: skip
         if not uvloop:
             argv.append("--no-uvloop")
-        self.spawn("sink", argv)
+        return self.spawn("sink", argv)
 
-    def start_api(self) -> None:
+    def start_api(self, extra_env: dict[str, str] | None = None) -> Child:
         self.http_port = free_port()
-        self.spawn("api", acme_argv("api"))
+        return self.spawn("api", acme_argv("api"), extra_env)
 
-    def start_relay(self) -> None:
-        self.spawn("relay", acme_argv("relay"))
+    def start_relay(self, extra_env: dict[str, str] | None = None) -> Child:
+        return self.spawn("relay", acme_argv("relay"), extra_env)
 
     def start_notifiers(self, count: int, extra_env: dict[str, str] | None = None) -> list[Child]:
         started = []
