@@ -216,9 +216,13 @@ def uuid7_from(text: str) -> Any:
 
 def test_an_envelope_whose_ids_are_not_uuids_is_poison() -> None:
     """The contract's `format: uuid` is enforced: such an entry is dead-lettered, not retried."""
-    event_id, order_id, data = envelope_for({
-        "customer": {"name": "Ana", "email": "ana@example.com"}, "currency": "BRL",
-        "items": [{"sku": "A", "name": "a", "quantity": 1, "unit_price": "1.00"}]})
+    _event_id, _order_id, data = envelope_for(
+        {
+            "customer": {"name": "Ana", "email": "ana@example.com"},
+            "currency": "BRL",
+            "items": [{"sku": "A", "name": "a", "quantity": 1, "unit_price": "1.00"}],
+        }
+    )
     envelope = json.loads(data)
     envelope["event_id"] = "42"
     fields = {b"v": b"1", b"data": json.dumps(envelope).encode()}
