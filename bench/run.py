@@ -195,7 +195,7 @@ OUTAGE_S: Final = 180.0
 #: Traffic goes on for this many times the outage after it (at least 60 s): 270 s for 180 s.
 OUTAGE_AFTER_FACTOR: Final = 1.5
 # tracing-cost: CPU per order at this rate, then the throughput when offered this much.
-TRACING_SATURATION_PER_S: Final = 1_000.0
+TRACING_SATURATION_PER_S: Final = 1_500.0
 TRACING_SATURATION_S: Final = 10.0
 
 
@@ -1020,7 +1020,14 @@ async def ramp(
             1,
             connections=options.connections,
         )
-        for index, rate in enumerate(steps):
+        # The ramp, then at most one more step halfway between the last good and the first
+        # broken rate (rounded to 50/s), to narrow the answer down.
+        planned = list(steps)
+        refined = False
+        for index in range(len(steps) + 1):
+            if index >= len(planned):
+                break
+            rate = planned[index]
             print(f"  step {index + 1}: {rate:g}/s for {options.step_s:g} s ...", flush=True)
             start_unix = time.time()
             step = await _step(run, rate, options.step_s, index, options)
@@ -1056,16 +1063,25 @@ async def ramp(
                 + ("" if row["ok"] else f"; BROKE: {'; '.join(reasons)}"),
                 flush=True,
             )
-            if reasons:
-                break
             await asyncio.sleep(2.0)
+            if reasons:
+                good = [r["rate_per_s"] for r in rows if r["ok"]]
+                middle = round((good[-1] + rate) / 2 / 50) * 50 if good else 0.0
+                if refined or not good or not good[-1] < middle < rate:
+                    break
+                # Let the broken step's queues empty before the refining step starts.
+                await asyncio.sleep(5.0)
+                planned[index + 1 :] = [middle]
+                refined = True
+            elif refined:
+                break
         samples = run.monitor.samples
     finally:
         await run.close()
     good = [r for r in rows if r["ok"]]
     return {
         "steps": rows,
-        "last_good_rate_per_s": good[-1]["rate_per_s"] if good else 0.0,
+        "last_good_rate_per_s": max((r["rate_per_s"] for r in good), default=0.0),
         "max_achieved_per_s": max((r["achieved_per_s"] for r in rows), default=0.0),
         "series": series(run.t0_unix, all_orders, run.mail),
         "samples": sample_rows(run.t0_unix, samples),
