@@ -7,12 +7,13 @@ this module is the only place that knows their argument order.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from acme_notify.keys import (
     DEAD_STREAM,
@@ -21,6 +22,7 @@ from acme_notify.keys import (
     NOTIFIER_GROUP,
     RECEIPTS_STREAM,
 )
+from acme_runtime.coalesce import Coalescer
 from acme_runtime.lua import load_script
 
 __all__ = ["ClaimResult", "RawEntry", "Streams", "now_ms"]
@@ -28,6 +30,7 @@ __all__ = ["ClaimResult", "RawEntry", "Streams", "now_ms"]
 log = structlog.get_logger(__name__)
 
 RawEntry = tuple[str, dict[bytes, bytes], int]  # entry id, fields, delivery count
+_Ack = tuple[str, dict[str, str]]  # entry id, receipt
 
 
 def now_ms() -> int:
@@ -51,6 +54,8 @@ class Streams:
         self.group = group
         self._claim_cursor = "-"
         self._reap_cursor = "-"
+        # Acknowledgements of sends that finish together go to Redis in one pipeline.
+        self._acks = Coalescer(self._ack_batch)
 
     async def ensure_group(self) -> None:
         """Creates the consumer group (and the stream) unless it exists: idempotent."""
@@ -127,13 +132,33 @@ class Streams:
         return refreshed
 
     async def ack_sent(self, entry_id: str, receipt: dict[str, str]) -> bool:
-        flat = [part for pair in receipt.items() for part in pair]
-        acked = await load_script("ack_sent").run(
-            self.redis,
-            [EVENTS_STREAM, RECEIPTS_STREAM, LAST_ERROR_HASH],
-            [self.group, entry_id, *flat],
-        )
-        return bool(acked)
+        """XACK + `sent` receipt (ack_sent.lua); False if the entry was no longer pending."""
+        return await self._acks((entry_id, receipt))
+
+    async def _ack_batch(self, acks: Sequence[_Ack]) -> list[bool]:
+        script = load_script("ack_sent")
+        keys = [EVENTS_STREAM, RECEIPTS_STREAM, LAST_ERROR_HASH]
+
+        def args(ack: _Ack) -> list[str]:
+            entry_id, receipt = ack
+            return [self.group, entry_id, *(part for pair in receipt.items() for part in pair)]
+
+        if len(acks) == 1:
+            return [bool(await script.run(self.redis, keys, args(acks[0])))]
+
+        async def run_pipeline() -> list[Any]:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for ack in acks:
+                    script.queue(pipe, keys, args(ack))
+                return await pipe.execute()
+
+        try:
+            replies = await run_pipeline()
+        except NoScriptError:
+            # ack_sent.lua is idempotent: entries acknowledged by the first try answer 0.
+            await script.ensure_loaded(self.redis)
+            replies = await run_pipeline()
+        return [bool(reply) for reply in replies]
 
     async def dead_letter(
         self,
