@@ -156,6 +156,8 @@ def relay_actors(
             clients.redis,
             consumer=settings.consumer_name,
             block_ms=max(10, settings.redis_timeout_ms // 2),
+            linger_ms=settings.receipts_linger_ms,
+            claim_idle_ms=settings.receipts_claim_idle_ms,
             applied=metrics.receipts_applied,
         ),
         OutboxProbe(clients.store, metrics, interval_s=settings.outbox_probe_interval_s),

@@ -5,6 +5,12 @@ statement: `sent` and `dead` set the order's notification status and delete the 
 (which ends its re-drive); `attempt_failed` records the try. Each timeline entry carries the
 receipt's stream id, so applying a receipt twice (after a crash, or a claim of another
 replica's pending receipts) changes nothing. A sent order never turns dead.
+
+Receipts are not on the e-mail's critical path (the e-mail has already gone), so after a read
+that did not fill a batch the consumer lingers `linger_ms` before the next one: at 200 orders/s
+a 100 ms linger applies ~20 receipts per statement instead of one or two, which is most of the
+relay's and a good part of PostgreSQL's CPU per order. Receipts a crashed replica left pending
+are claimed every `claim_interval_ms`, not on every read.
 """
 
 from __future__ import annotations
@@ -143,7 +149,9 @@ class ReceiptsConsumer:
         consumer: str,
         batch: int = 500,
         block_ms: int = 1_000,
+        linger_ms: int = 100,
         claim_idle_ms: int = 30_000,
+        claim_interval_ms: int = 5_000,
         applied: Counter | None = None,
     ) -> None:
         self._applied = applied
@@ -152,7 +160,10 @@ class ReceiptsConsumer:
         self._consumer = consumer
         self._batch = batch
         self._block_ms = block_ms
+        self._linger_s = linger_ms / 1000
         self._claim_idle_ms = claim_idle_ms
+        self._claim_interval_s = claim_interval_ms / 1000
+        self._next_claim = 0.0
 
     async def _ensure_group(self) -> None:
         try:
@@ -174,18 +185,23 @@ class ReceiptsConsumer:
             return []
 
     async def _read_or_claim(self) -> list[Receipt]:
-        # First what a crashed replica left pending for long, then new receipts.
-        autoclaimed: Any = await self._redis.xautoclaim(
-            RECEIPTS_STREAM,
-            RECEIPTS_GROUP,
-            self._consumer,
-            self._claim_idle_ms,
-            start_id="0-0",
-            count=self._batch,
-        )
-        claimed = autoclaimed[1]
-        if claimed:
-            return [(sid.decode(), fields) for sid, fields in claimed if fields]
+        # From time to time, first what a crashed replica left pending for long.
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_claim:
+            autoclaimed: Any = await self._redis.xautoclaim(
+                RECEIPTS_STREAM,
+                RECEIPTS_GROUP,
+                self._consumer,
+                self._claim_idle_ms,
+                start_id="0-0",
+                count=self._batch,
+            )
+            claimed = autoclaimed[1]
+            if len(claimed) < self._batch:
+                # Nothing more is stale: look again later. A full batch: go on claiming.
+                self._next_claim = now + self._claim_interval_s
+            if claimed:
+                return [(sid.decode(), fields) for sid, fields in claimed if fields]
         reply: Any = await self._redis.xreadgroup(
             RECEIPTS_GROUP,
             self._consumer,
@@ -223,8 +239,11 @@ class ReceiptsConsumer:
         next_prune = 0.0
         while not stop.is_set():
             try:
-                await self.consume_once()
+                read = await self.consume_once()
                 backoff_s = 0.1
+                if 0 < read < self._batch and self._linger_s > 0:
+                    # Let the next batch gather; a full batch means a backlog: no pause.
+                    await sleep_or_stop(stop, self._linger_s)
                 if asyncio.get_running_loop().time() >= next_prune:
                     next_prune = asyncio.get_running_loop().time() + 60
                     await prune_consumers(

@@ -50,6 +50,11 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
     #: Where the relay process serves /metrics (0 = off); the API serves it on its own port.
     metrics_host: str = "0.0.0.0"  # noqa: S104 - scraped by Prometheus from outside the pod
     metrics_port: int = 9100
+    #: After a read that did not fill a batch, the receipts consumer waits this long so the
+    #: next one applies more receipts per statement (order status lags by at most this much).
+    receipts_linger_ms: int = 100
+    #: Receipts pending this long with a departed relay replica are claimed by another one.
+    receipts_claim_idle_ms: int = 30_000
     #: How often the relay measures the outbox backlog for its gauges.
     outbox_probe_interval_s: float = 5.0
     #: The receipts consumer's name; unique per process.
@@ -100,6 +105,12 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             janitor_interval_s=env.integer(
                 "ACME_JANITOR_INTERVAL_S", d["janitor_interval_s"], minimum=1
+            ),
+            receipts_linger_ms=env.integer(
+                "ACME_RECEIPTS_LINGER_MS", d["receipts_linger_ms"], minimum=0, maximum=5_000
+            ),
+            receipts_claim_idle_ms=env.integer(
+                "ACME_RECEIPTS_CLAIM_IDLE_MS", d["receipts_claim_idle_ms"], minimum=1_000
             ),
             metrics_host=env.string("ACME_METRICS_HOST", d["metrics_host"]),
             metrics_port=env.integer("ACME_METRICS_PORT", d["metrics_port"], maximum=65535),

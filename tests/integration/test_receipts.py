@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any, cast
+
 import asyncpg
 from redis.asyncio import Redis
 
 from acme_orders.receipts import ReceiptsConsumer
 from acme_orders.store import OrderStore
-from acme_runtime.channels import RECEIPTS_STREAM
+from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM
+from tests.harness import eventually
 from tests.integration.test_outbox import insert_orders
 
 
 async def order_ids(pool: asyncpg.Pool) -> list[str]:
     return [str(r["order_id"]) for r in await pool.fetch("SELECT order_id FROM outbox")]
+
+
+async def one_order(pool: asyncpg.Pool) -> tuple[OrderStore, str, str]:
+    """A store over `pool` holding one freshly written order: (store, event id, order id)."""
+    store = OrderStore(pool)
+    [event_id] = await insert_orders(store, 1)
+    [order_id] = await order_ids(pool)
+    return store, str(event_id), order_id
 
 
 def receipt(
@@ -34,9 +46,7 @@ async def test_sent_receipt_marks_the_order_and_ends_the_outbox_row(
     pool: asyncpg.Pool, redis: Redis
 ) -> None:
     """After a failed try and a success, the order is sent after 2 attempts; outbox row gone."""
-    store = OrderStore(pool)
-    [event_id] = await insert_orders(store, 1)
-    [order_id] = await order_ids(pool)
+    store, event_id, order_id = await one_order(pool)
     consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=10)
     await redis.xadd(
         RECEIPTS_STREAM,
@@ -65,9 +75,7 @@ async def test_receipts_applied_twice_change_nothing(pool: asyncpg.Pool, redis: 
     """Re-applying a receipt (a crash before XACK) adds no second timeline entry."""
     from acme_orders.receipts import apply_receipts
 
-    store = OrderStore(pool)
-    [event_id] = await insert_orders(store, 1)
-    [order_id] = await order_ids(pool)
+    store, event_id, order_id = await one_order(pool)
     fields = {
         k.encode(): v.encode()
         for k, v in receipt("sent", str(event_id), order_id, 1, 1_800_000_000_000).items()
@@ -81,9 +89,7 @@ async def test_a_sent_order_never_turns_dead(pool: asyncpg.Pool, redis: Redis) -
     """A late dead receipt after a sent one leaves the order sent."""
     from acme_orders.receipts import apply_receipts
 
-    store = OrderStore(pool)
-    [event_id] = await insert_orders(store, 1)
-    [order_id] = await order_ids(pool)
+    store, event_id, order_id = await one_order(pool)
 
     def raw(kind: str, source: str) -> tuple[str, dict[bytes, bytes]]:
         return source, {
@@ -108,3 +114,82 @@ async def test_malformed_receipts_are_skipped(pool: asyncpg.Pool) -> None:
         ],
     )
     assert applied == 0
+
+
+class CountingPool:
+    """The real pool, counting the statements the receipts consumer sends through it."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.statements = 0
+
+    async def execute(self, query: str, *args: object) -> str:
+        self.statements += 1
+        result: str = await self._pool.execute(query, *args)
+        return result
+
+
+async def test_a_trickle_of_receipts_is_applied_in_few_statements_while_lingering(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    """Receipts arriving 10 ms apart for 0.6 s are applied in a few batches, not one each."""
+    store = OrderStore(pool)
+    event_ids = await insert_orders(store, 60)
+    by_event = {
+        str(r["event_id"]): str(r["order_id"])
+        for r in await pool.fetch("SELECT event_id, order_id FROM outbox")
+    }
+    counting = CountingPool(pool)
+    store.pool = cast(asyncpg.Pool, counting)
+    consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=50, linger_ms=200)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(consumer.run(stop))
+    try:
+        for n, event_id in enumerate(event_ids):
+            await redis.xadd(
+                RECEIPTS_STREAM,
+                receipt("sent", str(event_id), by_event[str(event_id)], 1, 1_800_000_000_000 + n),
+            )
+            await asyncio.sleep(0.01)
+
+        async def all_sent() -> bool:
+            n_sent = await pool.fetchval(
+                "SELECT count(*) FROM orders WHERE notification_status = 'sent'"
+            )
+            return bool(n_sent == 60)
+
+        await eventually(all_sent, what="every receipt to be applied")
+    finally:
+        stop.set()
+        await runner
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    # ~0.7 s of arrivals at one read per 200 ms linger: a handful of statements, not 60.
+    assert counting.statements <= 10, f"{counting.statements} statements for 60 receipts"
+
+
+async def test_receipts_left_pending_by_a_departed_relay_are_claimed_and_applied(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    store, event_id, order_id = await one_order(pool)
+    departed = ReceiptsConsumer(store, redis, consumer="orders-departed", block_ms=10)
+    await departed._ensure_group()
+    await redis.xadd(
+        RECEIPTS_STREAM, receipt("sent", str(event_id), order_id, 1, 1_800_000_000_000, "<m@a>")
+    )
+    # The departed replica read the receipt and died before applying it.
+    await redis.xreadgroup(RECEIPTS_GROUP, "orders-departed", {RECEIPTS_STREAM: ">"}, count=10)
+    survivor = ReceiptsConsumer(
+        store,
+        redis,
+        consumer="orders-survivor",
+        block_ms=10,
+        claim_idle_ms=1_000,
+        claim_interval_ms=500,
+    )
+    assert await survivor.consume_once() == 0  # not idle long enough yet: left alone
+    await asyncio.sleep(1.1)
+    assert await survivor.consume_once() == 1
+    status = await pool.fetchval("SELECT notification_status FROM orders")
+    assert status == "sent"
+    pending: Any = await redis.xpending(RECEIPTS_STREAM, RECEIPTS_GROUP)
+    assert int(pending["pending"]) == 0
