@@ -30,7 +30,8 @@ Scenarios (`--notifiers` replicas, 2 unless said otherwise):
                    (SLA 300 s), the drain time, and what the circuit breaker did.
   soak             200/s for ACME_BENCH_SOAK_S seconds (600): RSS of every process every 10 s,
                    the maximum and the growth slope per process.
-  tracing-cost     intake (API + relay) with tracing on (SDK, no exporter) and off
+  tracing-cost     intake (API + relay) with tracing on (SDK, no exporter, every trace
+                   recorded), sampled (parent-based 10 % ratio: OTEL_TRACES_SAMPLER) and off
                    (OTEL_SDK_DISABLED=true), interleaved, `--repeat` rounds: CPU-ms per order at
                    200/s and the throughput at saturation.
   profile-api      intake at saturation (1,000/s offered) with py-spy recording the API.
@@ -195,6 +196,16 @@ OUTAGE_S: Final = 180.0
 #: Traffic goes on for this many times the outage after it (at least 60 s): 270 s for 180 s.
 OUTAGE_AFTER_FACTOR: Final = 1.5
 # tracing-cost: CPU per order at this rate, then the throughput when offered this much.
+#: The arms: each one's environment on top of the stack's.
+TRACING_ARMS: Final = {
+    "on": {"OTEL_SDK_DISABLED": "false", "OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+    "sampled": {
+        "OTEL_SDK_DISABLED": "false",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0.1",
+    },
+    "off": {"OTEL_SDK_DISABLED": "true"},
+}
 TRACING_SATURATION_PER_S: Final = 1_500.0
 TRACING_SATURATION_S: Final = 10.0
 
@@ -1405,22 +1416,22 @@ def _stack_run(
 
 def tracing(root: Path, scenario: Scenario, options: RunOptions, rounds: int) -> dict[str, Any]:
     report = _base_report(scenario, options, 0)
-    arms: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    arms: dict[str, list[dict[str, Any]]] = {arm: [] for arm in TRACING_ARMS}
     quiet_checks = []
+    names = list(TRACING_ARMS)
     for round_index in range(rounds):
-        # Alternate which arm goes first, so a drift of the machine hits both alike.
-        order = ("on", "off") if round_index % 2 == 0 else ("off", "on")
-        for arm in order:
+        # Rotate which arm goes first, so a drift of the machine hits every arm alike.
+        shift = round_index % len(names)
+        for arm in names[shift:] + names[:shift]:
             options.quiet = wait_until_quiet(options.quiet_timeout_s)
             quiet_checks.append(options.quiet)
-            env = {"OTEL_SDK_DISABLED": "true" if arm == "off" else "false"}
             print(f"tracing-cost: round {round_index + 1}, tracing {arm} ...", flush=True)
             result = _stack_run(
                 root / f"{round_index}-{arm}",
                 0,
                 options,
                 sink=False,
-                env=env,
+                env=TRACING_ARMS[arm],
                 body=lambda stack: intake_arm(stack, scenario, options),
             )
             result["quiet"] = options.quiet
@@ -1432,19 +1443,24 @@ def tracing(root: Path, scenario: Scenario, options: RunOptions, rounds: int) ->
                 flush=True,
             )
     medians = {arm: _medians([r["headline"] for r in runs]) for arm, runs in arms.items()}
-    on, off = medians["on"], medians["off"]
+    off = medians["off"]
 
-    def ratio(key: str) -> float:
-        return round(on[key]["median"] / off[key]["median"] - 1, 4) if off[key]["median"] else 0
+    def ratio(arm: str, key: str) -> float:
+        base = off[key]["median"]
+        return round(medians[arm][key]["median"] / base - 1, 4) if base else 0.0
 
     report["quiet_checks"] = quiet_checks
     report["provisional"] = next((q["label"] for q in quiet_checks if q["label"]), None)
     report["arms"] = arms
     report["medians"] = medians
     report["tracing_overhead"] = {
-        "api_cpu_per_order": ratio("api_cpu_ms_per_order"),
-        "total_cpu_per_order": ratio("total_cpu_ms_per_order"),
-        "saturation_throughput": ratio("saturation_per_s"),
+        arm: {
+            "api_cpu_per_order": ratio(arm, "api_cpu_ms_per_order"),
+            "total_cpu_per_order": ratio(arm, "total_cpu_ms_per_order"),
+            "saturation_throughput": ratio(arm, "saturation_per_s"),
+        }
+        for arm in names
+        if arm != "off"
     }
     report["headline"] = {
         f"{key}_{arm}": medians[arm][key]["median"] for arm in arms for key in medians[arm]
@@ -1699,7 +1715,7 @@ def format_report(report: dict[str, Any]) -> str:
                 + ("" if step["ok"] else f"  BROKE: {'; '.join(step['broke_because'])}")
             )
     if "tracing_overhead" in report:
-        lines.append(f"tracing   overhead (on vs off): {report['tracing_overhead']}")
+        lines.append(f"tracing   overhead vs off: {report['tracing_overhead']}")
         for arm, med in report["medians"].items():
             lines.append(f"  {arm:<4} " + ", ".join(f"{k} {v['median']}" for k, v in med.items()))
     if "cpu" in report:
