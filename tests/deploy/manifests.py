@@ -133,9 +133,21 @@ def example_secret() -> Obj:
 _ENV_NAME = re.compile(r"""["']((?:ACME|OTEL)_[A-Z0-9_]+)["']""")
 
 
+#: Standard variables the OpenTelemetry SDK itself reads (our code never names them).
+OTEL_SDK_NAMES: Final = frozenset(
+    {
+        "OTEL_TRACES_SAMPLER",
+        "OTEL_TRACES_SAMPLER_ARG",
+        "OTEL_RESOURCE_ATTRIBUTES",
+        "OTEL_EXPORTER_OTLP_HEADERS",
+    }
+)
+
+
 def code_env_names() -> set[str]:
-    """Every ACME_* / OTEL_* variable name that appears as a string literal in src/."""
-    names: set[str] = set()
+    """Every ACME_* / OTEL_* variable name that appears as a string literal in src/, and the
+    standard ones the OpenTelemetry SDK reads on its own."""
+    names: set[str] = set(OTEL_SDK_NAMES)
     for path in (ROOT / "src").rglob("*.py"):
         names.update(_ENV_NAME.findall(path.read_text(encoding="utf-8")))
     return names

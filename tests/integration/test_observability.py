@@ -105,6 +105,37 @@ async def test_one_order_produces_one_connected_trace(
     assert order["trace_id"] == response.headers["x-trace-id"]
 
 
+async def test_an_order_sampled_out_upstream_is_traced_nowhere_but_keeps_its_trace_id(
+    api: AsyncTestClient[Any],
+    sink: MailSink,
+    database_url: str,
+    redis_url: str,
+    spans: InMemorySpanExporter,
+) -> None:
+    """Parent-based sampling: a caller's "not sampled" decision holds through API, notifier
+    and receipts (no partial trace), and the order still answers with its trace id."""
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    async with running_replica(notify_settings(database_url, redis_url, sink.url)):
+        response = await api.post(
+            "/orders", json=ORDER, headers={"traceparent": f"00-{trace_id}-00f067aa0ba902b7-00"}
+        )
+        assert response.status_code == 201
+        await sink.wait_for(1, timeout_s=10)
+        order_id = response.json()["id"]
+
+        async def receipt_applied() -> bool:
+            order = (await api.get(f"/orders/{order_id}")).json()
+            return bool(order["notification"]["status"] == "sent")
+
+        await eventually(receipt_applied, what="the sent receipt to be applied")
+    assert response.headers["x-trace-id"] == trace_id
+    assert (await api.get(f"/orders/{order_id}")).json()["trace_id"] == trace_id
+    recorded = [
+        s.name for s in spans.get_finished_spans() if s.context.trace_id == int(trace_id, 16)
+    ]
+    assert recorded == []
+
+
 async def test_metrics_count_a_known_workload(
     api: AsyncTestClient[Any],
     sink: MailSink,
