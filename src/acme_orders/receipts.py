@@ -6,6 +6,10 @@ statement: `sent` and `dead` set the order's notification status and delete the 
 receipt's stream id, so applying a receipt twice (after a crash, or a claim of another
 replica's pending receipts) changes nothing. A sent order never turns dead.
 
+Receipts this consumer has read but not applied (PostgreSQL failed mid-batch, or the process
+restarted) stay in its own pending list; it reads that list again (`XREADGROUP … 0`) first,
+at start and after every failure, so they are applied as soon as PostgreSQL answers.
+
 Receipts are not on the e-mail's critical path (the e-mail has already gone), so after a read
 that did not fill a batch the consumer lingers `linger_ms` before the next one: at 200 orders/s
 a 100 ms linger applies ~20 receipts per statement instead of one or two, which is most of the
@@ -164,6 +168,8 @@ class ReceiptsConsumer:
         self._claim_idle_ms = claim_idle_ms
         self._claim_interval_s = claim_interval_ms / 1000
         self._next_claim = 0.0
+        # Own pending receipts first: at start (a restart) and after a failed batch.
+        self._own_pending_first = True
 
     async def _ensure_group(self) -> None:
         try:
@@ -184,8 +190,23 @@ class ReceiptsConsumer:
             await self._ensure_group()
             return []
 
+    async def _read_own_pending(self) -> list[Receipt]:
+        reply: Any = await self._redis.xreadgroup(
+            RECEIPTS_GROUP, self._consumer, {RECEIPTS_STREAM: "0"}, count=self._batch
+        )
+        entries = [(sid.decode(), fields) for _s, items in reply or [] for sid, fields in items]
+        if gone := [sid for sid, fields in entries if not fields]:
+            # Deleted while pending: nothing to apply, only the pending entry to clear.
+            await self._redis.xack(RECEIPTS_STREAM, RECEIPTS_GROUP, *gone)
+        return [(sid, fields) for sid, fields in entries if fields]
+
     async def _read_or_claim(self) -> list[Receipt]:
-        # From time to time, first what a crashed replica left pending for long.
+        if self._own_pending_first:
+            own = await self._read_own_pending()
+            if own:
+                return own
+            self._own_pending_first = False
+        # From time to time, what a crashed replica left pending for long.
         now = asyncio.get_running_loop().time()
         if now >= self._next_claim:
             autoclaimed: Any = await self._redis.xautoclaim(
@@ -253,7 +274,15 @@ class ReceiptsConsumer:
                         min_idle_ms=3_600_000,
                         keep=self._consumer,
                     )
-            except (RedisError, asyncpg.PostgresError, OSError) as exc:
+            except (
+                RedisError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                OSError,
+                TimeoutError,
+            ) as exc:
+                # What was read stays pending with us: retry it before reading anything new.
+                self._own_pending_first = True
                 log.warning("receipts_failed", error=repr(exc), retry_in_s=backoff_s)
                 await sleep_or_stop(stop, backoff_s)
                 backoff_s = min(backoff_s * 2, 5.0)

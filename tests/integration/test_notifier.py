@@ -181,8 +181,12 @@ async def test_transient_refusals_are_retried_with_backoff_then_delivered(
     kinds = [e["kind"] for e in order["timeline"]]
     assert kinds.count("attempt_failed") == 2
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
-    assert gaps[0] >= 0.2, gaps
-    assert gaps[1] >= second_gap_s, gaps
+    # The backoff runs from each claim (Redis idle time); the sink sees each try a little
+    # after its claim, and the first try also opens the SMTP connection, so a gap may come out
+    # a few milliseconds under the backoff itself.
+    slack_s = 0.025
+    assert gaps[0] >= 0.2 - slack_s, gaps
+    assert gaps[1] >= second_gap_s - slack_s, gaps
 
 
 async def test_smtp_550_is_dead_lettered_at_once(

@@ -193,3 +193,38 @@ async def test_receipts_left_pending_by_a_departed_relay_are_claimed_and_applied
     assert status == "sent"
     pending: Any = await redis.xpending(RECEIPTS_STREAM, RECEIPTS_GROUP)
     assert int(pending["pending"]) == 0
+
+
+async def test_receipts_read_when_the_database_failed_are_applied_once_it_answers(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    """A batch that PostgreSQL refused stays pending with the consumer and is applied as soon as
+    PostgreSQL answers again, not after the 30 s take-over of departed replicas."""
+    store, event_id, order_id = await one_order(pool)
+    consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=20)
+    await pool.execute("ALTER TABLE order_timeline RENAME TO order_timeline_gone")
+    stop = asyncio.Event()
+    runner = asyncio.create_task(consumer.run(stop))
+    try:
+        await redis.xadd(
+            RECEIPTS_STREAM, receipt("sent", event_id, order_id, 1, 1_800_000_000_000, "<m@a>")
+        )
+
+        async def read_and_pending() -> bool:
+            pending: Any = await redis.xpending(RECEIPTS_STREAM, RECEIPTS_GROUP)
+            return int(pending["pending"]) == 1
+
+        await eventually(read_and_pending, what="the receipt to be read")
+        await asyncio.sleep(0.3)  # a failed try or two
+        await pool.execute("ALTER TABLE order_timeline_gone RENAME TO order_timeline")
+
+        async def applied() -> bool:
+            status = await pool.fetchval("SELECT notification_status FROM orders")
+            return bool(status == "sent")
+
+        await eventually(applied, timeout_s=5, what="the receipt to be applied")
+    finally:
+        stop.set()
+        await runner
+    pending: Any = await redis.xpending(RECEIPTS_STREAM, RECEIPTS_GROUP)
+    assert int(pending["pending"]) == 0
