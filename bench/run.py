@@ -67,12 +67,14 @@ import signal
 import statistics
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
 import asyncpg
+from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -849,6 +851,42 @@ async def _warm_up(run: Run, scenario: Scenario, options: RunOptions) -> list[Lo
     return loads
 
 
+async def gc_pauses_of(port: int) -> dict[str, dict[str, float]]:
+    """The API's `acme_gc_pause_seconds` per generation: count, total seconds, and the bucket
+    bound the slowest collection fell under (from its own /metrics, on loopback)."""
+
+    def scrape() -> str:
+        url = f"http://{HOST}:{port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+
+    try:
+        text = await asyncio.to_thread(scrape)
+    except OSError:
+        return {}
+    pauses: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "acme_gc_pause_seconds":
+            continue
+        buckets: dict[str, list[tuple[float, float]]] = {}
+        for sample in family.samples:
+            generation = sample.labels.get("generation", "?")
+            entry = pauses.setdefault(generation, {})
+            if sample.name.endswith("_count"):
+                entry["count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                entry["total_s"] = round(sample.value, 4)
+            elif sample.name.endswith("_bucket"):
+                buckets.setdefault(generation, []).append(
+                    (float(sample.labels["le"]), sample.value)
+                )
+        for generation, bounds in buckets.items():
+            total = pauses[generation].get("count", 0.0)
+            slowest = min((le for le, n in bounds if n >= total), default=math.inf)
+            pauses[generation]["slowest_under_s"] = slowest
+    return pauses
+
+
 async def constant(
     stack: Stack, scenario: Scenario, options: RunOptions, notifiers: int
 ) -> dict[str, Any]:
@@ -886,6 +924,7 @@ async def constant(
         await asyncio.sleep(2.0)  # late duplicates; one more monitor sample
         run.mail.poll()
         report["redis"] = await redis_state(run.redis)
+        report["api_gc"] = await gc_pauses_of(stack.http_port)
     finally:
         await run.close()
     report["database"] = await database_state(stack.database_url)
@@ -1738,6 +1777,15 @@ def format_report(report: dict[str, Any]) -> str:
             + ", ".join(
                 f"{n} max {i['max_mb']:.0f} MiB ({i['slope_mb_per_min']:+.2f} MiB/min)"
                 for n, i in sorted(report["rss"].items())
+            )
+        )
+    if report.get("api_gc"):
+        lines.append(
+            "API GC    "
+            + ", ".join(
+                f"gen {g}: {int(v.get('count', 0))} collections, {v.get('total_s', 0):.3f} s,"
+                f" slowest <= {v.get('slowest_under_s', math.inf):g} s"
+                for g, v in sorted(report["api_gc"].items())
             )
         )
     if "profile" in report and "markdown" in report["profile"]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from acme_runtime.heap import gc_pause_histogram
+
 __all__ = ["E2E_BUCKETS_S", "NotifyMetrics"]
 
 #: Order commit -> SMTP acceptance: buckets around 1 s, 10 s, 60 s and the 300 s SLA.
@@ -21,6 +23,7 @@ class NotifyMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.gc_pauses = gc_pause_histogram(r)
         self.emails_sent = Counter(
             "acme_notify_emails_sent_total", "E-mails accepted by the SMTP server.", registry=r
         )

@@ -30,6 +30,7 @@ from acme_notify.smtp import SmtpConfig, SmtpPool
 from acme_notify.streams import Streams
 from acme_notify.telemetry import CIRCUIT_STATES, NotifyMetrics
 from acme_runtime.actors import Actor, PeriodicActor, Supervisor, install_signal_handlers
+from acme_runtime.heap import freeze_startup_heap, timing_collections
 from acme_runtime.metrics_http import WorkerHttp, dependencies_answer
 from acme_runtime.pg import reset_connection
 
@@ -162,8 +163,10 @@ async def run_notifier(settings: NotifySettings) -> None:
             concurrency=settings.concurrency,
             metrics_port=port,
         )
+        freeze_startup_heap()
         try:
-            await supervisor.run()
+            with timing_collections(metrics.gc_pauses):
+                await supervisor.run()
         finally:
             await http.stop()
             await replica.delivery.pool.close()

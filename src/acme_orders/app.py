@@ -29,6 +29,7 @@ from acme_orders.settings import OrdersSettings
 from acme_orders.store import OrderStore
 from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.actors import Actor, Supervisor, install_signal_handlers
+from acme_runtime.heap import freeze_startup_heap, timing_collections
 from acme_runtime.metrics_http import WorkerHttp, dependencies_answer
 from acme_runtime.pg import reset_connection
 
@@ -112,8 +113,10 @@ def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> L
             app.state.ready_check = partial(_schema_ready, clients.store)
             supervisor = Supervisor([publisher], grace_s=5)
             runner = asyncio.create_task(supervisor.run())
+            freeze_startup_heap()
             try:
-                yield
+                with timing_collections(metrics.gc_pauses):
+                    yield
             finally:
                 supervisor.stop.set()
                 await runner
@@ -179,7 +182,9 @@ async def run_relay(settings: OrdersSettings) -> None:
         supervisor = Supervisor(relay_actors(settings, clients, metrics), grace_s=10)
         install_signal_handlers(supervisor.stop)
         log.info("relay_started", metrics_port=port)
+        freeze_startup_heap()
         try:
-            await supervisor.run()
+            with timing_collections(metrics.gc_pauses):
+                await supervisor.run()
         finally:
             await http.stop()

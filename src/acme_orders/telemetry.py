@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from acme_runtime.heap import gc_pause_histogram
+
 __all__ = ["HTTP_BUCKETS_S", "OrdersMetrics"]
 
 #: Request durations: the API's targets live between 1 ms and 50 ms.
@@ -18,6 +20,7 @@ class OrdersMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.gc_pauses = gc_pause_histogram(r)
         self.http_duration = Histogram(
             "acme_http_request_duration_seconds",
             "HTTP request duration, by route template, method and status code.",
