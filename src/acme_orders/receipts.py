@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from typing import Any
+from typing import Any, Final
 
 import asyncpg
 import structlog
@@ -108,8 +108,14 @@ def _receipt_span(fields: dict[bytes, bytes]) -> Span:
     )
 
 
+#: Receipt timestamps past the year 9999, or attempts past int4, are malformed.
+_MAX_AT_MS: Final = 253_402_300_799_999
+_MAX_ATTEMPTS: Final = 2**31 - 1
+
+
 def _field(fields: dict[bytes, bytes], name: bytes) -> str:
-    return fields.get(name, b"").decode("utf-8", "replace")
+    # PostgreSQL text cannot hold NUL; a hostile SMTP reply copied into `detail` might.
+    return fields.get(name, b"").decode("utf-8", "replace").replace("\x00", "")
 
 
 async def apply_receipts(store: OrderStore, receipts: list[Receipt]) -> int:
@@ -130,6 +136,8 @@ async def apply_receipts(store: OrderStore, receipts: list[Receipt]) -> int:
             )
             if row[1] not in ("sent", "dead", "attempt_failed"):
                 raise ValueError(f"unknown receipt type {row[1]!r}")
+            if not 0 <= int(row[4]) <= _MAX_AT_MS or not 0 <= int(row[5]) <= _MAX_ATTEMPTS:
+                raise ValueError("at_ms or attempts out of range")
             uuid.UUID(str(row[2]))
             uuid.UUID(str(row[3]))
         except ValueError as exc:
@@ -240,7 +248,12 @@ class ReceiptsConsumer:
             return 0
         spans = [_receipt_span(fields) for _sid, fields in receipts]
         try:
-            await apply_receipts(self._store, receipts)
+            try:
+                await apply_receipts(self._store, receipts)
+            except asyncpg.DataError:
+                # A value PostgreSQL refuses would fail this batch on every retry and hold up
+                # every receipt behind it: apply one by one and skip what cannot be applied.
+                await self._apply_one_by_one(receipts)
         finally:
             for span in spans:
                 span.end()
@@ -253,6 +266,13 @@ class ReceiptsConsumer:
             pipe.xdel(RECEIPTS_STREAM, *ids)
             await pipe.execute()
         return len(receipts)
+
+    async def _apply_one_by_one(self, receipts: list[Receipt]) -> None:
+        for receipt in receipts:
+            try:
+                await apply_receipts(self._store, [receipt])
+            except asyncpg.DataError as exc:
+                log.error("malformed_receipt_skipped", receipt_id=receipt[0], error=repr(exc))
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._ensure_group()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any, cast
 
 import asyncpg
@@ -226,5 +227,61 @@ async def test_receipts_read_when_the_database_failed_are_applied_once_it_answer
     finally:
         stop.set()
         await runner
+    pending: Any = await redis.xpending(RECEIPTS_STREAM, RECEIPTS_GROUP)
+    assert int(pending["pending"]) == 0
+
+
+async def test_hostile_receipts_are_skipped_and_the_good_ones_in_their_batch_applied(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    """A timestamp past year 9999 or a NUL in a detail cannot wedge the receipts stream."""
+    store, event_id, order_id = await one_order(pool)
+    consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=10)
+    await consumer._ensure_group()
+    other = str(uuid.uuid4())
+    await redis.xadd(RECEIPTS_STREAM, receipt("attempt_failed", other, other, 1, 10**18))
+    await redis.xadd(
+        RECEIPTS_STREAM, receipt("sent", event_id, order_id, 1, 1_800_000_000_000, "<m@a>\x00x")
+    )
+    assert await consumer.consume_once() == 2
+    row = await pool.fetchrow("SELECT notification_status, notification_detail FROM orders")
+    assert row is not None and (row["notification_status"], row["notification_detail"]) == (
+        "sent",
+        "<m@a>x",
+    )
+    pending: Any = await redis.xpending(RECEIPTS_STREAM, RECEIPTS_GROUP)
+    assert int(pending["pending"]) == 0
+
+
+class RefusingPool(CountingPool):
+    """The real pool, except that PostgreSQL "refuses a value" in any batch holding `bad_id`."""
+
+    def __init__(self, pool: asyncpg.Pool, bad_id: str) -> None:
+        super().__init__(pool)
+        self.bad_id = bad_id
+
+    async def execute(self, query: str, *args: object) -> str:
+        source_ids = args[0]
+        if isinstance(source_ids, list) and self.bad_id in source_ids:
+            raise asyncpg.DataError("value out of range")
+        return await super().execute(query, *args)
+
+
+async def test_a_batch_postgresql_refuses_is_applied_one_by_one_around_the_bad_receipt(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    store, event_id, order_id = await one_order(pool)
+    await redis.xgroup_create(RECEIPTS_STREAM, RECEIPTS_GROUP, id="0", mkstream=True)
+    bad_id = await redis.xadd(
+        RECEIPTS_STREAM, receipt("attempt_failed", event_id, order_id, 1, 1_800_000_000_000)
+    )
+    await redis.xadd(
+        RECEIPTS_STREAM, receipt("sent", event_id, order_id, 2, 1_800_000_001_000, "<m@a>")
+    )
+    refusing = RefusingPool(pool, bad_id.decode())
+    store.pool = cast(asyncpg.Pool, refusing)
+    consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=10)
+    assert await consumer.consume_once() == 2
+    assert await pool.fetchval("SELECT notification_status FROM orders") == "sent"
     pending: Any = await redis.xpending(RECEIPTS_STREAM, RECEIPTS_GROUP)
     assert int(pending["pending"]) == 0
