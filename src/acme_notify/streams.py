@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
 from acme_notify.keys import (
     DEAD_STREAM,
@@ -145,19 +145,9 @@ class Streams:
 
         if len(acks) == 1:
             return [bool(await script.run(self.redis, keys, args(acks[0])))]
-
-        async def run_pipeline() -> list[Any]:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for ack in acks:
-                    script.queue(pipe, keys, args(ack))
-                return await pipe.execute()
-
-        try:
-            replies = await run_pipeline()
-        except NoScriptError:
-            # ack_sent.lua is idempotent: entries acknowledged by the first try answer 0.
-            await script.ensure_loaded(self.redis)
-            replies = await run_pipeline()
+        # ack_sent.lua is idempotent: rerun after NOSCRIPT, an entry already acknowledged
+        # answers 0 and adds no second receipt.
+        replies = await script.run_many(self.redis, [(keys, args(ack)) for ack in acks])
         return [bool(reply) for reply in replies]
 
     async def dead_letter(

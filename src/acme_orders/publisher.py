@@ -21,7 +21,7 @@ import structlog
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from acme_orders.events import stream_fields
 from acme_orders.store import OrderStore, OutboxEvent
@@ -96,22 +96,13 @@ async def _publish(
     dedupe_ttl_s: int,
     traceparents: Sequence[str | None],
 ) -> list[PublishResult]:
-    script = load_script("publish_once")
     ttl_ms = dedupe_ttl_s * 1000
-
-    async def run_pipeline() -> list[list[bytes | int]]:
-        async with redis.pipeline(transaction=False) as pipe:
-            for event, traceparent in zip(events, traceparents, strict=True):
-                event_id = str(event.event_id)
-                fields = stream_fields(event_id, str(event.order_id), event.envelope, traceparent)
-                script.queue(pipe, [EVENTS_STREAM, published_key(event_id)], [ttl_ms, *fields])
-            return await pipe.execute()
-
-    try:
-        replies = await run_pipeline()
-    except NoScriptError:
-        await script.ensure_loaded(redis)
-        replies = await run_pipeline()
+    calls = []
+    for event, traceparent in zip(events, traceparents, strict=True):
+        event_id = str(event.event_id)
+        fields = stream_fields(event_id, str(event.order_id), event.envelope, traceparent)
+        calls.append(([EVENTS_STREAM, published_key(event_id)], [ttl_ms, *fields]))
+    replies = await load_script("publish_once").run_many(redis, calls)
     results: list[PublishResult] = []
     for event, (added, stream_id) in zip(events, replies, strict=True):
         sid = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)

@@ -44,6 +44,25 @@ class Script:
         except NoScriptError:
             return await redis.eval(self.source, len(keys), *keys, *args)
 
+    async def run_many(
+        self, redis: Redis, calls: Sequence[tuple[Sequence[str], Sequence[_Arg]]]
+    ) -> list[Any]:
+        """One pipeline of EVALSHA calls (keys, args), one reply each, in order. On NOSCRIPT
+        the script is loaded and the whole pipeline runs again: the script must be idempotent
+        (all of ours are), since calls before the failure may already have run."""
+
+        async def run_pipeline() -> list[Any]:
+            async with redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    self.queue(pipe, keys, args)
+                return await pipe.execute()
+
+        try:
+            return await run_pipeline()
+        except NoScriptError:
+            await self.ensure_loaded(redis)
+            return await run_pipeline()
+
     def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[_Arg]) -> None:
         """Adds an EVALSHA to a pipeline; call `ensure_loaded` before executing it."""
         pipe.evalsha(self.sha, len(keys), *keys, *args)

@@ -17,7 +17,6 @@ from typing import Any, Final
 
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
 
 from acme_notify.keys import AUDIT_STREAM, DEAD_STREAM, EVENTS_STREAM
 from acme_notify.streams import now_ms
@@ -74,23 +73,14 @@ async def _run_pages(
     """Runs `script` once per argument list, a pipeline page at a time; yields each page's
     arguments with the scripts' replies. Stops between pages once `stop` is set."""
 
-    async def page(batch: Sequence[Args]) -> list[Any]:
-        async with redis.pipeline(transaction=False) as pipe:
-            for args in batch:
-                script.queue(pipe, keys, args)
-            return list(await pipe.execute())
-
     await script.ensure_loaded(redis)
     for start in range(0, len(per_entry), PIPELINE_PAGE):
         if stop is not None and stop.is_set():
             progress.stopped = True
             return
         batch = per_entry[start : start + PIPELINE_PAGE]
-        try:
-            replies = await page(batch)
-        except NoScriptError:  # SCRIPT FLUSH or a restart mid-run: every script is re-runnable
-            await script.ensure_loaded(redis)
-            replies = await page(batch)
+        # A SCRIPT FLUSH or a restart mid-run reloads it: every admin script is re-runnable.
+        replies = await script.run_many(redis, [(keys, args) for args in batch])
         yield batch, replies
 
 
