@@ -203,6 +203,7 @@ async def test_receipts_read_when_the_database_failed_are_applied_once_it_answer
     PostgreSQL answers again, not after the 30 s take-over of departed replicas."""
     store, event_id, order_id = await one_order(pool)
     consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=20)
+    await consumer._ensure_group()  # before polling the group's pending count below
     await pool.execute("ALTER TABLE order_timeline RENAME TO order_timeline_gone")
     stop = asyncio.Event()
     runner = asyncio.create_task(consumer.run(stop))
