@@ -43,6 +43,7 @@ class Coalescer(Generic[K, V]):
         self._max_batch = max_batch
         self._waiting: list[tuple[K, asyncio.Future[V]]] = []
         self._flush_scheduled = False
+        # Strong references: the event loop keeps only weak ones to running tasks.
         self._running: set[asyncio.Task[None]] = set()
 
     async def __call__(self, key: K) -> V:
@@ -85,10 +86,3 @@ class Coalescer(Generic[K, V]):
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)
-
-    async def drain(self) -> None:
-        """Waits until every batch already started has finished (graceful shutdown)."""
-        while self._waiting or self._running:
-            if self._waiting:
-                self._flush()
-            await asyncio.gather(*self._running, return_exceptions=True)

@@ -80,15 +80,6 @@ async def test_a_batch_function_returning_the_wrong_count_is_an_error_for_its_ca
     assert all(isinstance(o, RuntimeError) for o in outcomes)
 
 
-async def test_drain_waits_for_batches_under_way() -> None:
-    recorder = Recorder(delay_s=0.05)
-    coalesce = Coalescer(recorder)
-    task = asyncio.create_task(coalesce(3))
-    await asyncio.sleep(0)
-    await coalesce.drain()
-    assert task.done() and task.result() == 6
-
-
 def test_max_batch_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         Coalescer(Recorder(), max_batch=0)
