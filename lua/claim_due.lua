@@ -1,6 +1,6 @@
 -- Claim the pending entries whose retry is due: idle longer than their backoff.
 --
--- KEYS[1]  the events stream
+-- KEYS[1]  the events stream   KEYS[2] the last-error hash
 -- ARGV[1]  group            ARGV[2] consumer claiming
 -- ARGV[3]  backoff base ms  ARGV[4] backoff cap ms   ARGV[5] jitter fraction (0..1)
 -- ARGV[6]  max deliveries   ARGV[7] how many to claim at most
@@ -12,7 +12,7 @@
 -- generator. Entries already delivered `max deliveries` times are left for the reaper.
 -- Returns {claimed, missing, cursor}: claimed = {{id, deliveries, {field, value, ...}}, ...};
 -- missing = ids that were pending but whose entry had been trimmed or deleted (acknowledged
--- here, so they stop haunting the pending list); cursor = where the next call starts, so that
+-- here, with their last-error field deleted, so they stop haunting the pending list); cursor = where the next call starts, so that
 -- a long pending list is examined window by window instead of always from its head ('-' when
 -- this call reached the end).
 local stream, group, consumer = KEYS[1], ARGV[1], ARGV[2]
@@ -43,6 +43,7 @@ for _, p in ipairs(pending) do
         claimed[#claimed + 1] = {id, deliveries + 1, entry[2]}
       else
         redis.call('XACK', stream, group, id)
+        redis.call('HDEL', KEYS[2], id)
         missing[#missing + 1] = id
       end
     end

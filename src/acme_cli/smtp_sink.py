@@ -85,7 +85,7 @@ class _Handler:
     def __init__(self, sink: MailSink) -> None:
         self._sink = sink
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str | bytes:
         return await self._sink._on_data(envelope)
 
     async def handle_RCPT(
@@ -117,6 +117,9 @@ class MailSink:
         # Decides at RCPT time, before any message data is sent: stalling here models a slow
         # server from which nothing has been delivered yet.
         self.rcpt_policy = rcpt_policy
+        #: What an accepted message is answered with: any 2xx text, or raw bytes (several
+        #: lines, NUL, bytes that are not UTF-8), as odd relays answer.
+        self.accepted_reply: str | bytes = _ACCEPTED
         self.messages: list[ReceivedMessage] = []
         self._requested_port = port
         self._port: int | None = None
@@ -198,7 +201,7 @@ class MailSink:
         envelope.rcpt_tos.append(address)
         return _ACCEPTED
 
-    async def _on_data(self, envelope: Envelope) -> str:
+    async def _on_data(self, envelope: Envelope) -> str | bytes:
         if self.policy is not None:
             verdict = self.policy(envelope)
             reply = await verdict if inspect.isawaitable(verdict) else verdict
@@ -226,7 +229,7 @@ class MailSink:
         async with self._received:
             self.messages.append(message)
             self._received.notify_all()
-        return _ACCEPTED
+        return self.accepted_reply
 
 
 async def run_sink_forever(mail_dir: Path | None, host: str = "127.0.0.1", port: int = 0) -> None:

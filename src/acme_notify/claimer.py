@@ -52,17 +52,14 @@ class Claimer(PeriodicActor):
         free = self._capacity(self._processor.free_slots)
         if free <= 0:
             return False
-        try:
-            result = await self._streams.claim_due(
-                base_ms=self._base_ms,
-                cap_ms=self._cap_ms,
-                jitter=self._jitter,
-                max_deliveries=self._max_deliveries,
-                limit=free,
-            )
-        except (RedisError, OSError) as exc:
-            log.warning("claim_failed", error=repr(exc))
-            return False
+        # A failure propagates: PeriodicActor logs it, counts it and tries again next round.
+        result = await self._streams.claim_due(
+            base_ms=self._base_ms,
+            cap_ms=self._cap_ms,
+            jitter=self._jitter,
+            max_deliveries=self._max_deliveries,
+            limit=free,
+        )
         if result.missing:
             log.warning("pending_entries_missing", entry_ids=result.missing)
         for entry in result.claimed:

@@ -1,10 +1,12 @@
 """The gate in front of SMTP: rate limit, circuit breaker, and the breaker shared by replicas.
 
-`Delivery.send` is the processor's `Sender`. When SMTP is down, the breaker opens after a few
-server-down failures; the replica then stops reading and claiming (`capacity()` is 0), so
-entries wait in the stream without burning delivery counts, and it publishes the open state in
-Redis so every replica backs off together (`BreakerSync`). After the cooldown one probe goes
-through; its success closes the breaker and the backlog drains.
+`Delivery.send` is the processor's `Sender`. When SMTP is down, or refuses *us* (a
+`ProviderError`: relay access, HELO, credentials, sender domain, TLS; or the same permanent
+refusal for most recipients, which `RefusalStorm` spots), the breaker opens after a few such
+failures; the replica then stops reading and claiming (`capacity()` is 0), so entries wait in
+the stream without burning delivery counts, and it publishes the open state in Redis so every
+replica backs off together (`BreakerSync`). After the cooldown one probe goes through; its
+success closes the breaker and the backlog drains, with no operator action.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from acme_notify.errors import TransientError
-from acme_notify.flow import CircuitBreaker, TokenBucket
+from acme_notify.errors import PermanentError, ProviderError, TransientError
+from acme_notify.flow import CircuitBreaker, RefusalStorm, TokenBucket
 from acme_notify.keys import BREAKER_KEY
+from acme_notify.replies import refusal_key
 from acme_notify.smtp import SmtpPool
 from acme_runtime.actors import PeriodicActor
 
@@ -36,9 +39,11 @@ class Delivery:
         *,
         consumer: str,
         rate: TokenBucket | None = None,
+        storm: RefusalStorm | None = None,
     ) -> None:
         self.pool = pool
         self.breaker = breaker
+        self._storm = storm or RefusalStorm()
         self._redis = redis
         self._consumer = consumer
         self._rate = rate
@@ -61,24 +66,44 @@ class Delivery:
         )
         if self._rate is not None:
             await self._rate.acquire()
+        # Any other exception (a defect of ours) says nothing about the server either way.
         try:
             reply = await self.pool.send(sender, recipients, data)
         except TransientError as exc:
-            was_open = self.breaker.state == "open"
-            self.breaker.record_failure(exc.server_down)
-            if not was_open and self.breaker.state == "open":
-                await self._publish_open()
+            await self._failed(exc)
             raise
-        except Exception:
-            # A permanent answer still proves the server is up.
+        except PermanentError as exc:
+            storm = self._storm.refused(refusal_key(exc.reason), recipients[0])
+            if storm:
+                # The same refusal for most recipients: the relay refuses us, not them.
+                provider = ProviderError(
+                    f"{exc.reason} (the same refusal for {storm} recipients within "
+                    f"{self._storm.window_s:g} s: treated as the relay refusing us)"
+                )
+                await self._failed(provider)
+                raise provider from exc
+            # An answer about this recipient proves the server is up.
             self.breaker.record_success()
             raise
         self.breaker.record_success()
+        self._storm.accepted()
         return reply
 
-    async def _publish_open(self) -> None:
+    async def _failed(self, exc: TransientError) -> None:
+        was_open = self.breaker.state == "open"
+        self.breaker.record_failure(exc.server_down)
+        if not was_open and self.breaker.state == "open":
+            await self._publish_open(exc)
+
+    async def _publish_open(self, cause: TransientError) -> None:
         cooldown_ms = max(1, int(self.breaker.cooldown_s * 1000))
-        log.warning("smtp_circuit_opened", cooldown_s=self.breaker.cooldown_s)
+        # What the relay said goes into the log line an operator reads first.
+        log.warning(
+            "smtp_circuit_opened",
+            cooldown_s=self.breaker.cooldown_s,
+            reason_class=cause.reason_class,
+            reason=cause.reason,
+        )
         try:
             await self._redis.set(BREAKER_KEY, self._consumer, px=cooldown_ms)
             self.shared_open_published += 1

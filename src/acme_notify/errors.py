@@ -1,27 +1,44 @@
 """The outcomes of handling one entry, as a small exception set.
 
 `TransientError` leaves the entry pending: the claimer retries it after its backoff.
-`PermanentError` dead-letters it now. Retry policy (how many deliveries, how long between them)
-is data in the settings, not code.
+`ProviderError` (a kind of transient error) says the relay refuses *us*, not this e-mail: the
+breaker holds every send back, the try is given back, and the e-mail goes out once the relay
+is fixed. `PermanentError` dead-letters it now. Retry policy (how many deliveries, how long
+between them) is data in the settings, not code.
 """
 
 from __future__ import annotations
 
-__all__ = ["PermanentError", "PoisonMessage", "TransientError"]
+__all__ = ["PermanentError", "PoisonMessage", "ProviderError", "TransientError"]
 
 
 class TransientError(Exception):
     """Worth retrying later: SMTP 4xx, connection refused, timeouts, TLS hiccups."""
 
+    reason_class = "smtp_transient"
+
     def __init__(self, reason: str, *, server_down: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
-        #: The server itself is unavailable (not just this message): feeds the circuit breaker.
+        #: The server itself is unavailable (not just this message): feeds the circuit breaker,
+        #: and the delivery is given back (an outage must not use up an e-mail's retries).
         self.server_down = server_down
 
 
+class ProviderError(TransientError):
+    """A permanent refusal that is about us, not the recipient: our HELO name, credentials,
+    sender domain, relay access, TLS. Every e-mail would meet it, so none is dead-lettered:
+    it counts as the server being unavailable until the relay (or our configuration) is fixed.
+    """
+
+    reason_class = "smtp_provider"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason, server_down=True)
+
+
 class PermanentError(Exception):
-    """Will never succeed as is: SMTP 5xx (unknown mailbox, bad address), invalid recipient."""
+    """Will never succeed as is: SMTP 5xx about this recipient or message, invalid recipient."""
 
     def __init__(self, reason: str, *, reason_class: str = "smtp_permanent") -> None:
         super().__init__(reason)

@@ -1,18 +1,20 @@
-"""Flow control in front of the SMTP relay: a rate limit and a circuit breaker.
+"""Flow control in front of the SMTP relay: a rate limit, a circuit breaker, a storm detector.
 
-This module owns `TokenBucket` (how fast this replica may hand messages to the relay) and
-`CircuitBreaker` (whether to try the relay at all while it looks down). Both keep time on the
-event loop's monotonic clock; neither does any I/O. Sharing the breaker's state between
+This module owns `TokenBucket` (how fast this replica may hand messages to the relay),
+`CircuitBreaker` (whether to try the relay at all while it looks down) and `RefusalStorm`
+(whether "permanent" refusals are in fact the relay refusing us). All keep time on the
+event loop's monotonic clock; none does any I/O. Sharing the breaker's state between
 replicas (e.g. via Redis) is the caller's job, through `force_open`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import Literal
 
-__all__ = ["BreakerState", "CircuitBreaker", "TokenBucket"]
+__all__ = ["BreakerState", "CircuitBreaker", "RefusalStorm", "TokenBucket"]
 
 BreakerState = Literal["closed", "open", "half_open"]
 
@@ -158,3 +160,64 @@ class CircuitBreaker:
         self._failures = 0
         self.cooldown_s = self.base_cooldown_s
         self._probe_started_at = None
+
+
+class RefusalStorm:
+    """Tells a misconfigured relay from genuine bounces.
+
+    A relay that refuses *us* (relay access, sender domain, credentials) usually says so in
+    words `acme_notify.replies` recognises; when it does not, it still gives the same refusal to
+    every recipient. Over the last `window_s`, once one refusal (by `refusal_key`) was given to
+    at least `min_recipients` different recipients and makes up at least `min_share` of all the
+    send outcomes, it is a storm: the refusal is about us, not them. Genuine bounces (a few
+    percent of recipients, each for its own reason or the same "mailbox unknown") never reach
+    the share. No I/O; time from the event loop's monotonic clock.
+    """
+
+    def __init__(
+        self,
+        *,
+        window_s: float = 60.0,
+        min_recipients: int = 5,
+        min_share: float = 0.5,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        if window_s <= 0 or min_recipients < 1 or not 0 < min_share <= 1:
+            raise ValueError("need window_s > 0, min_recipients >= 1 and 0 < min_share <= 1")
+        self.window_s = window_s
+        self.min_recipients = min_recipients
+        self.min_share = min_share
+        self._clock = clock or _loop_time
+        # (time, refusal key or None for an accepted send, recipient), oldest first.
+        self._outcomes: deque[tuple[float, str | None, str]] = deque()
+        self._by_key: dict[str, Counter[str]] = {}
+
+    def accepted(self) -> None:
+        """A send was accepted."""
+        self._add(None, "")
+
+    def refused(self, key: str, recipient: str) -> int:
+        """A send met the permanent refusal `key`; returns how many different recipients met
+        it in the window when that makes a storm, else 0."""
+        self._add(key, recipient)
+        recipients = self._by_key[key]
+        share = recipients.total() / len(self._outcomes)
+        if len(recipients) >= self.min_recipients and share >= self.min_share:
+            return len(recipients)
+        return 0
+
+    def _add(self, key: str | None, recipient: str) -> None:
+        now = self._clock()
+        outcomes = self._outcomes
+        while outcomes and outcomes[0][0] <= now - self.window_s:
+            _at, old_key, old_recipient = outcomes.popleft()
+            if old_key is not None:
+                counts = self._by_key[old_key]
+                counts[old_recipient] -= 1
+                if counts[old_recipient] <= 0:
+                    del counts[old_recipient]
+                if not counts:
+                    del self._by_key[old_key]
+        outcomes.append((now, key, recipient))
+        if key is not None:
+            self._by_key.setdefault(key, Counter())[recipient] += 1

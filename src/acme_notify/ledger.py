@@ -9,6 +9,12 @@ round trip.
 Look-ups and inserts made by concurrent sends in the same event-loop turn are coalesced into one
 statement each (`acme_runtime.coalesce`): a busy notifier pays one round trip per batch, not per
 e-mail, and every caller still returns only once its own row is committed.
+
+What the server said is stored cleaned (`acme_runtime.text.printable`: one line, no NUL, no
+undecodable bytes, at most `SMTP_REPLY_MAX_CHARS`). Should PostgreSQL still refuse a batch
+with a data error, its rows are inserted one by one, so one row can never fail its neighbours,
+and a row refused alone goes in without the server's words. Only a row refused even then (a
+defect, not an outage) reaches the caller as an error.
 """
 
 from __future__ import annotations
@@ -19,9 +25,13 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 import asyncpg
+import structlog
 
+from acme_notify.smtp import SMTP_REPLY_MAX_CHARS
 from acme_runtime.coalesce import Coalescer
+from acme_runtime.failures import is_outage
 from acme_runtime.migrate import Migration, discover
+from acme_runtime.text import printable
 
 __all__ = ["SendLedger", "migrations"]
 
@@ -30,8 +40,10 @@ def migrations() -> list[Migration]:
     return discover("notify", Path(__file__).parent / "migrations")
 
 
-#: Longest SMTP reply kept (the column holds what the server said, for `acme trace`).
-SMTP_REPLY_MAX_CHARS: Final = 500
+log = structlog.get_logger(__name__)
+
+#: Stored instead of a server reply that PostgreSQL refused even cleaned.
+UNSTORABLE_REPLY: Final = "250 (reply not storable)"
 
 _SQL_LOOKUP: Final = (
     "SELECT event_id, message_id FROM notify.sent_ledger WHERE event_id = ANY($1::uuid[])"
@@ -72,28 +84,58 @@ class SendLedger:
         consumer: str,
         deliveries: int,
     ) -> None:
-        """Records an accepted e-mail; returns once the row is committed (first one wins)."""
-        await self._records(
+        """Records an accepted e-mail; returns once the row is committed (first one wins).
+        Raises what PostgreSQL answered: an outage, or a refusal of this very row."""
+        refused = await self._records(
             _Sent(
                 uuid.UUID(event_id),
                 uuid.UUID(order_id),
                 message_id,
-                smtp_reply[:SMTP_REPLY_MAX_CHARS],
+                printable(smtp_reply, SMTP_REPLY_MAX_CHARS),
                 consumer,
                 deliveries,
             )
         )
+        if refused is not None:
+            raise refused
 
     async def _lookup_batch(self, event_ids: Sequence[uuid.UUID]) -> list[str | None]:
         rows = await self._pool.fetch(_SQL_LOOKUP, list(event_ids))
         found: dict[uuid.UUID, str] = {row["event_id"]: row["message_id"] for row in rows}
         return [found.get(event_id) for event_id in event_ids]
 
-    async def _record_batch(self, records: Sequence[_Sent]) -> list[None]:
+    async def _record_batch(self, records: Sequence[_Sent]) -> list[asyncpg.PostgresError | None]:
+        try:
+            await self._insert(records)
+        except asyncpg.PostgresError as exc:
+            if is_outage(exc):
+                raise
+            return [await self._insert_alone(record) for record in records]
+        return [None] * len(records)
+
+    async def _insert(self, records: Sequence[_Sent]) -> None:
         # One column per array: unnest() zips them back into rows.
         columns = list(zip(*records, strict=True))
         await self._pool.execute(_SQL_RECORD, *(list(column) for column in columns))
-        return [None] * len(records)
+
+    async def _insert_alone(self, record: _Sent) -> asyncpg.PostgresError | None:
+        """One row of a refused batch; refused alone, it goes in without the server's reply.
+        Returns the refusal of a row that cannot go in at all."""
+        for attempt in (record, record._replace(smtp_reply=UNSTORABLE_REPLY)):
+            try:
+                await self._insert([attempt])
+                return None
+            except asyncpg.PostgresError as exc:
+                if is_outage(exc):
+                    raise
+                log.error(
+                    "ledger_row_refused",
+                    event_id=str(record.event_id),
+                    smtp_reply=attempt.smtp_reply,
+                    error=repr(exc),
+                )
+                refusal = exc
+        return refusal
 
     async def delete_older_than(self, retention_s: int, limit: int = 5_000) -> int:
         result: str = await self._pool.execute(

@@ -8,8 +8,19 @@ one stream operation:
 * accepted by SMTP  -> ledger row, then XACK + `sent` receipt (ack_sent.lua)
 * already in ledger -> XACK + `sent` receipt, no e-mail (a redelivery or a re-drive)
 * TransientError    -> stays pending; last error kept; `attempt_failed` receipt; the claimer
-                       retries it after its backoff
+                       retries it after its backoff (a `ProviderError` or a server that is
+                       down gives the try back: the relay's problem is not this e-mail's)
 * PermanentError    -> dead-letter now with the reason (dead_letter.lua) + `dead` receipt
+
+Our own storage failing is handled by what it can cost. Before the e-mail is sent, an outage of
+PostgreSQL or Redis leaves the entry pending and gives its try back; a refusal (a defect, not
+an outage) uses the try up, so the reaper ends it instead of it looping for ever. After SMTP
+accepted the e-mail nothing is given back, ever: the ledger row is retried through an outage
+for `record_patience_s`, then the entry is acknowledged anyway, and a failure to record or to
+acknowledge is counted (`acme_notify_bookkeeping_failures_total`) and logged as an error. An
+e-mail that went out can therefore be sent again only within the delivery budget, never in a
+loop. This replica also remembers the e-mails it could not record, so it never sends those
+again itself.
 """
 
 from __future__ import annotations
@@ -17,14 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final
 
-import asyncpg
 import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from redis.exceptions import RedisError
 
 from acme_notify.envelope import StreamEntry, decode_entry
 from acme_notify.errors import PermanentError, PoisonMessage, TransientError
@@ -33,6 +43,7 @@ from acme_notify.ledger import SendLedger
 from acme_notify.render import RenderedMessage, Renderer
 from acme_notify.streams import RawEntry, Streams, now_ms
 from acme_notify.telemetry import NotifyMetrics
+from acme_runtime.failures import is_outage, retry_outages
 from acme_runtime.logs import mask_email
 from acme_runtime.tracing import context_from_traceparent, current_traceparent, tracer
 
@@ -40,14 +51,8 @@ __all__ = ["Processor", "Sender"]
 
 log = structlog.get_logger(__name__)
 
-#: Failures of our own dependencies, as opposed to defects met with one entry.
-_INFRASTRUCTURE_ERRORS: Final = (
-    RedisError,
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-    TimeoutError,
-)
+#: How many e-mails sent but not recorded in the ledger a replica remembers (oldest forgotten).
+UNRECORDED_MEMORY: Final = 10_000
 
 _SMTP_ATTRIBUTES: Final = {"network.protocol.name": "smtp"}
 
@@ -65,6 +70,7 @@ class Processor:
         send: Sender,
         concurrency: int,
         max_deliveries: int,
+        record_patience_s: float = 30.0,
         metrics: NotifyMetrics | None = None,
     ) -> None:
         self._streams = streams
@@ -72,6 +78,9 @@ class Processor:
         self._renderer = renderer
         self._send = send
         self._max_deliveries = max_deliveries
+        self._record_patience_s = record_patience_s
+        # event id -> Message-ID of e-mails SMTP accepted whose ledger row could not be written.
+        self._unrecorded: OrderedDict[str, str] = OrderedDict()
         self._metrics = metrics or NotifyMetrics()
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
@@ -104,16 +113,19 @@ class Processor:
         async with self._slots:
             try:
                 await self.handle(raw)
-            except _INFRASTRUCTURE_ERRORS as exc:
-                # Redis or PostgreSQL failed mid-way: the entry stays pending and is retried,
-                # and the try is given back, so an outage of ours never dead-letters an e-mail.
-                log.warning("entry_handling_failed", entry_id=raw[0], error=repr(exc))
-                self._metrics.send_failures.labels("error").inc()
-                with contextlib.suppress(*_INFRASTRUCTURE_ERRORS):
-                    await self._streams.refund(raw[0])
             except Exception as exc:
-                # A defect met with this entry: it stays pending and uses up its deliveries,
-                # so the reaper dead-letters it in the end instead of it looping forever.
+                if is_outage(exc):
+                    # Redis or PostgreSQL is unavailable before anything was sent: the entry
+                    # stays pending and its try is given back, so an outage of ours never
+                    # dead-letters an e-mail.
+                    log.warning("entry_handling_failed", entry_id=raw[0], error=repr(exc))
+                    self._metrics.send_failures.labels("outage").inc()
+                    with contextlib.suppress(Exception):
+                        await self._streams.refund(raw[0])
+                    return
+                # A defect, or a refusal of our storage, met with this entry: it stays pending
+                # and uses up its deliveries, so the reaper dead-letters it in the end instead
+                # of it looping for ever.
                 log.exception("entry_handling_crashed", entry_id=raw[0], error=repr(exc))
                 self._metrics.send_failures.labels("error").inc()
 
@@ -169,10 +181,14 @@ class Processor:
 
     async def _deliver(self, entry: StreamEntry) -> None:
         envelope = entry.envelope
-        already = await self._ledger.already_sent(envelope.event_id)
+        already = self._unrecorded.get(envelope.event_id)
+        if already is None:
+            already = await self._ledger.already_sent(envelope.event_id)
         if already is not None:
             await self._streams.ack_sent(
-                entry.entry_id, self._receipt(entry, "sent", already, reason_class="duplicate")
+                entry.entry_id,
+                self._receipt(entry, "sent", already, reason_class="duplicate"),
+                emailed=False,
             )
             log.info("duplicate_suppressed", message_id=already)
             self._metrics.duplicates_suppressed.inc()
@@ -181,13 +197,18 @@ class Processor:
             message = self._renderer.render(envelope)
             reply = await self._smtp_send(message)
         except TransientError as exc:
-            log.warning("send_failed_transient", reason=exc.reason, server_down=exc.server_down)
+            log.warning(
+                "send_failed_transient",
+                reason=exc.reason,
+                reason_class=exc.reason_class,
+                server_down=exc.server_down,
+            )
             await self._streams.record_failure(
                 entry.entry_id,
-                self._receipt(entry, "attempt_failed", exc.reason, reason_class="smtp_transient"),
+                self._receipt(entry, "attempt_failed", exc.reason, reason_class=exc.reason_class),
                 refund=exc.server_down,
             )
-            self._metrics.send_failures.labels("smtp_transient").inc()
+            self._metrics.send_failures.labels(exc.reason_class).inc()
             return
         except PermanentError as exc:
             log.warning(
@@ -218,22 +239,44 @@ class Processor:
                 self._metrics.send_duration.observe(time.perf_counter() - started)
 
     async def _sent(self, entry: StreamEntry, message: RenderedMessage, reply: str) -> None:
+        """The bookkeeping of an accepted e-mail; never raises, never gives the try back."""
         envelope = entry.envelope
-        # The ledger first, at once: the only duplicate window is a crash before this commits.
-        await self._ledger.record_sent(
-            event_id=envelope.event_id,
-            order_id=envelope.order_id,
-            message_id=message.message_id,
-            smtp_reply=reply,
-            consumer=self._streams.consumer,
-            deliveries=entry.deliveries,
-        )
-        await self._streams.ack_sent(
-            entry.entry_id, self._receipt(entry, "sent", message.message_id)
-        )
+        await self._record(entry, message, reply)
+        try:
+            await self._streams.ack_sent(
+                entry.entry_id, self._receipt(entry, "sent", message.message_id), emailed=True
+            )
+        except Exception as exc:  # noqa: BLE001 - whatever failed, the e-mail went out
+            # The entry stays pending with this try counted; a redelivery finds the ledger row
+            # (or this replica's memory) and acknowledges it without a second e-mail.
+            log.error("sent_not_acknowledged", message_id=message.message_id, error=repr(exc))
+            self._metrics.bookkeeping_failures.labels("ack").inc()
         self._metrics.emails_sent.inc()
         latency_s = (datetime.now(UTC) - envelope.payload.created_at).total_seconds()
         self._metrics.e2e_latency.observe(max(0.0, latency_s))
+
+    async def _record(self, entry: StreamEntry, message: RenderedMessage, reply: str) -> None:
+        """The ledger row, at once (the only duplicate window is a crash before it commits),
+        waiting out a short outage; what cannot be recorded is remembered here and reported."""
+        envelope = entry.envelope
+        try:
+            await retry_outages(
+                lambda: self._ledger.record_sent(
+                    event_id=envelope.event_id,
+                    order_id=envelope.order_id,
+                    message_id=message.message_id,
+                    smtp_reply=reply,
+                    consumer=self._streams.consumer,
+                    deliveries=entry.deliveries,
+                ),
+                patience_s=self._record_patience_s,
+            )
+        except Exception as exc:  # noqa: BLE001 - an outage outlasting the patience, or a refusal
+            log.error("sent_not_recorded", message_id=message.message_id, error=repr(exc))
+            self._metrics.bookkeeping_failures.labels("ledger").inc()
+            self._unrecorded[envelope.event_id] = message.message_id
+            while len(self._unrecorded) > UNRECORDED_MEMORY:
+                self._unrecorded.popitem(last=False)
 
     def _span_attributes(self, entry_id: str, deliveries: int) -> dict[str, str | int]:
         return {

@@ -12,7 +12,6 @@ import asyncio
 
 import structlog
 from prometheus_client import Counter
-from redis.exceptions import RedisError
 
 from acme_notify.keys import EVENTS_STREAM, REAPER_LOCK
 from acme_notify.streams import Streams
@@ -65,32 +64,28 @@ class Reaper(PeriodicActor):
             log.info("departed_consumers_pruned", consumers=gone)
 
     async def _reap(self) -> bool:
+        # A failure propagates: PeriodicActor logs it, counts it and tries again next round.
         redis = self._streams.redis
-        try:
-            if not await redis.set(
-                REAPER_LOCK, self._streams.consumer, nx=True, px=self._interval_ms
-            ):
-                return False
-            exhausted = await self._streams.exhausted(self._max_deliveries, self._min_idle_ms)
-            for entry_id in exhausted:
-                dead_id = await self._streams.dead_letter(
-                    entry_id,
+        if not await redis.set(REAPER_LOCK, self._streams.consumer, nx=True, px=self._interval_ms):
+            return False
+        exhausted = await self._streams.exhausted(self._max_deliveries, self._min_idle_ms)
+        for entry_id in exhausted:
+            dead_id = await self._streams.dead_letter(
+                entry_id,
+                reason_class="max_deliveries",
+                reason=f"not delivered after {self._max_deliveries} attempts",
+                min_deliveries=self._max_deliveries,
+            )
+            if dead_id is not None:
+                self.dead_lettered += 1
+                if self._dead_counter is not None:
+                    self._dead_counter.inc()
+                log.warning(
+                    "entry_dead_lettered",
+                    entry_id=entry_id,
+                    dead_id=dead_id,
                     reason_class="max_deliveries",
-                    reason=f"not delivered after {self._max_deliveries} attempts",
-                    min_deliveries=self._max_deliveries,
                 )
-                if dead_id is not None:
-                    self.dead_lettered += 1
-                    if self._dead_counter is not None:
-                        self._dead_counter.inc()
-                    log.warning(
-                        "entry_dead_lettered",
-                        entry_id=entry_id,
-                        dead_id=dead_id,
-                        reason_class="max_deliveries",
-                    )
-            await self._streams.trim_acknowledged(self._retention_ms)
-            await self._prune_departed()
-        except (RedisError, OSError) as exc:
-            log.warning("reap_failed", error=repr(exc))
+        await self._streams.trim_acknowledged(self._retention_ms)
+        await self._prune_departed()
         return False

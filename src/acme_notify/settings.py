@@ -12,7 +12,13 @@ from collections.abc import Mapping
 
 import msgspec
 
-from acme_runtime.env import EnvReader, SettingsError, default_consumer_name, struct_defaults
+from acme_runtime.env import (
+    EnvReader,
+    SettingsError,
+    default_consumer_name,
+    default_helo_name,
+    struct_defaults,
+)
 
 __all__ = ["NotifySettings", "SettingsError"]
 
@@ -46,6 +52,18 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
     smtp_timeout_s: float = 10.0
     #: E-mails per second per replica (0 = unlimited): real providers throttle.
     smtp_rate_per_s: float = 0.0
+    #: The name given in EHLO. Strict relays (Postfix `reject_non_fqdn_helo_hostname`) refuse a
+    #: name that is not fully qualified; default: this host's fully qualified name.
+    smtp_helo_name: str = "localhost"
+    #: A permanent refusal given to this many different recipients ...
+    storm_recipients: int = 5
+    #: ... within this window, and making up at least this share of the window's outcomes, is
+    #: the relay refusing us (a misconfiguration), not them: nothing is dead-lettered for it.
+    storm_window_s: float = 60.0
+    storm_share: float = 0.5
+    #: After SMTP accepted an e-mail, how long its ledger row is retried through a PostgreSQL
+    #: outage before the entry is acknowledged anyway (and the miss counted and logged).
+    ledger_patience_s: float = 30.0
     breaker_failures: int = 5
     breaker_cooldown_s: float = 5.0
     breaker_max_cooldown_s: float = 30.0
@@ -76,7 +94,7 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
                 if value is None
             ]
             raise SettingsError(f"{missing[0]}: not set (or run `acme up` for an embedded stack)")
-        return cls(
+        settings = cls(
             redis_url=redis_url,
             database_url=database_url,
             smtp_url=smtp_url,
@@ -123,4 +141,42 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
             probe_interval_s=env.number(
                 "ACME_PROBE_INTERVAL_S", d["probe_interval_s"], minimum=0.1
             ),
+            smtp_helo_name=env.hostname("ACME_SMTP_HELO_NAME", default_helo_name),
+            storm_recipients=env.integer(
+                "ACME_SMTP_STORM_RECIPIENTS", d["storm_recipients"], minimum=2
+            ),
+            storm_window_s=env.number("ACME_SMTP_STORM_WINDOW_S", d["storm_window_s"], minimum=1),
+            storm_share=env.number("ACME_SMTP_STORM_SHARE", d["storm_share"], minimum=0.01),
+            ledger_patience_s=env.number("ACME_LEDGER_PATIENCE_S", d["ledger_patience_s"]),
         )
+        settings.check_invariants()
+        return settings
+
+    def check_invariants(self) -> None:
+        """Refuses settings under which the design could send an e-mail twice, or lose one;
+        each message names the variables to change."""
+        if self.heartbeat_interval_ms * 3 > self.backoff_base_ms * 2:
+            raise SettingsError(
+                "ACME_HEARTBEAT_INTERVAL_MS must be at most 2/3 of ACME_BACKOFF_BASE_MS "
+                f"(got {self.heartbeat_interval_ms} and {self.backoff_base_ms}): an entry being "
+                "sent must be refreshed before a claimer may take it as abandoned and send it "
+                "a second time"
+            )
+        if self.backoff_max_ms < self.backoff_base_ms:
+            raise SettingsError(
+                f"ACME_BACKOFF_MAX_MS ({self.backoff_max_ms}) must be at least "
+                f"ACME_BACKOFF_BASE_MS ({self.backoff_base_ms})"
+            )
+        if self.grace_s <= self.smtp_timeout_s:
+            raise SettingsError(
+                f"ACME_NOTIFY_GRACE_S ({self.grace_s:g}) must exceed ACME_SMTP_TIMEOUT_S "
+                f"({self.smtp_timeout_s:g}): a send cut off by shutdown may have been "
+                "accepted unrecorded, and another replica would send it again"
+            )
+        if not 0 < self.storm_share <= 1:
+            raise SettingsError(f"ACME_SMTP_STORM_SHARE must be in (0, 1], got {self.storm_share}")
+        if self.breaker_max_cooldown_s < self.breaker_cooldown_s:
+            raise SettingsError(
+                f"ACME_BREAKER_MAX_COOLDOWN_S ({self.breaker_max_cooldown_s:g}) must be at "
+                f"least ACME_BREAKER_COOLDOWN_S ({self.breaker_cooldown_s:g})"
+            )

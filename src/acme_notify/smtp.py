@@ -1,17 +1,17 @@
-"""The notifier's SMTP client: relay settings, a pool of persistent connections, and the
-mapping from every SMTP or network failure to `TransientError` / `PermanentError`.
+"""The notifier's SMTP client: relay settings and a pool of persistent connections.
 
-Rate limiting and the circuit breaker live in `acme_notify.flow`; this module only talks SMTP.
+What a failure means (retry, dead-letter, or the relay refusing us) is decided in
+`acme_notify.replies`; rate limiting and the circuit breaker live in `acme_notify.flow`; this
+module only talks SMTP. A session we end ourselves ends with QUIT, and a session whose server
+refused one message (and whose envelope aiosmtplib reset) goes back to the pool.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-import socket
 import ssl
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import aiosmtplib
@@ -19,11 +19,15 @@ from aiosmtplib import SMTPResponse
 
 from acme_notify.errors import PermanentError, TransientError
 from acme_notify.flow import TokenBucket
+from acme_notify.replies import classify
+from acme_runtime.text import printable
 
-__all__ = ["SmtpConfig", "SmtpPool", "classify"]
+__all__ = ["SMTP_REPLY_MAX_CHARS", "SmtpConfig", "SmtpPool", "classify"]
 
-# RFC 3463 enhanced status code at the start of a reply text: class.subject.detail.
-_ENHANCED = re.compile(r"([245])\.(\d{1,3})\.(\d{1,3})(?![\d.])")
+#: Longest server reply kept (the ledger holds what the server said, for `acme trace`).
+SMTP_REPLY_MAX_CHARS: Final = 500
+#: A polite QUIT may take this long before the connection is simply closed.
+_QUIT_TIMEOUT_S: Final = 1.0
 _STARTTLS = {"true": True, "false": False, "opportunistic": None}
 _BOOL = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
@@ -49,7 +53,8 @@ class SmtpConfig:
     verify_certs: bool = True
     username: str | None = None
     password: str | None = field(default=None, repr=False)
-    local_hostname: str | None = None
+    #: The name we give in EHLO: strict relays refuse one that is not fully qualified.
+    helo_name: str = "localhost"
 
     @property
     def peer(self) -> str:
@@ -57,7 +62,9 @@ class SmtpConfig:
         return f"{host}:{self.port}"
 
     @classmethod
-    def from_url(cls, url: str, *, timeout_s: float, pool_size: int) -> SmtpConfig:
+    def from_url(
+        cls, url: str, *, timeout_s: float, pool_size: int, helo_name: str = "localhost"
+    ) -> SmtpConfig:
         """smtp://[user:pass@]host[:port][?starttls=true|false|opportunistic][&verify=false],
         or smtps://… for implicit TLS."""
 
@@ -98,81 +105,8 @@ class SmtpConfig:
             verify_certs=_BOOL[verify.lower()],
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password is not None else None,
+            helo_name=helo_name,
         )
-
-
-def _first_line(text: str, limit: int = 200) -> str:
-    return text.strip().splitlines()[0][:limit] if text.strip() else ""
-
-
-def _by_reply(
-    code: int, message: str, *, recipient: bool = False
-) -> TransientError | PermanentError:
-    reason = f"{code} {_first_line(message)}".strip()
-    enhanced = _ENHANCED.match(message.lstrip())
-    status_class = int(enhanced.group(1)) if enhanced else 0
-    # The enhanced code is the more specific verdict, so it wins when it has one.
-    permanent = status_class == 5 if status_class in (4, 5) else 500 <= code <= 599
-    if not permanent:
-        return TransientError(reason, server_down=code == 421)
-    if enhanced:
-        # 5.1.x is "addressing status"; 5.1.7/5.1.8 are about our sender, not the recipient.
-        bad_address = enhanced.group(2) == "1" and enhanced.group(3) not in ("7", "8")
-    else:
-        bad_address = recipient and code in (550, 551, 553)
-    return PermanentError(
-        reason, reason_class="invalid_recipient" if bad_address else "smtp_permanent"
-    )
-
-
-def classify(exc: BaseException, *, peer: str | None = None) -> TransientError | PermanentError:
-    """Map a failure from sending to the retry verdict; `peer` ("host:port") goes into
-    network-error reasons. Reasons never carry credentials."""
-    if isinstance(exc, TransientError | PermanentError):
-        return exc
-    where = f" ({peer})" if peer else ""
-    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused) and exc.recipients:
-        verdicts = [_by_reply(r.code, r.message, recipient=True) for r in exc.recipients]
-        # If any recipient may succeed later, retry rather than dead-letter the message.
-        return next((v for v in verdicts if isinstance(v, TransientError)), verdicts[0])
-    if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
-        return _by_reply(exc.code, exc.message, recipient=True)
-    if isinstance(
-        exc,
-        aiosmtplib.SMTPConnectResponseError
-        | aiosmtplib.SMTPHeloError
-        | aiosmtplib.SMTPAuthenticationError,
-    ):
-        # Refused greeting, EHLO or AUTH: the session failed, not this message, so
-        # dead-lettering would be wrong; the breaker holds everything until it is fixed.
-        kind = type(exc).__name__.removeprefix("SMTP").removesuffix("Error").lower()
-        return TransientError(
-            f"{kind} refused: {exc.code} {_first_line(exc.message)}{where}", server_down=True
-        )
-    if isinstance(exc, aiosmtplib.SMTPResponseException):
-        return _by_reply(exc.code, exc.message)
-    if isinstance(exc, TimeoutError):  # SMTPTimeoutError and asyncio's are TimeoutErrors
-        return TransientError(f"timed out{where}", server_down=True)
-    if isinstance(exc, aiosmtplib.SMTPServerDisconnected):
-        return TransientError(f"connection lost{where}", server_down=True)
-    if isinstance(exc, aiosmtplib.SMTPConnectError):
-        cause = exc.__cause__
-        if isinstance(cause, OSError):
-            return classify(cause, peer=peer)
-        return TransientError(
-            f"connect failed{where}: {_first_line(exc.message)}", server_down=True
-        )
-    if isinstance(exc, ssl.SSLError):
-        detail = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
-        return TransientError(f"tls error{where}: {detail}", server_down=True)
-    if isinstance(exc, ConnectionRefusedError):
-        return TransientError(f"connection refused{where}", server_down=True)
-    if isinstance(exc, OSError):
-        return TransientError(f"network error{where}: {exc.strerror or exc}", server_down=True)
-    if isinstance(exc, aiosmtplib.SMTPNotSupported):
-        # e.g. STARTTLS required but not offered: a relay/config problem, not the message's.
-        return TransientError(f"not supported by server{where}: {exc.message}", server_down=True)
-    return TransientError(f"unexpected {type(exc).__name__}: {_first_line(str(exc))}")
 
 
 class _Client(aiosmtplib.SMTP):
@@ -200,8 +134,6 @@ class SmtpPool:
         self._opened = 0
         self._closed = False
         self._tls_context: ssl.SSLContext | None = None
-        # An explicit EHLO name: aiosmtplib's default, socket.getfqdn(), can stall on DNS.
-        self._helo = config.local_hostname or socket.gethostname() or "localhost"
 
     @property
     def in_use(self) -> int:
@@ -266,18 +198,39 @@ class SmtpPool:
         try:
             _refused, message = await client.sendmail(sender, recipients, data)
         except ValueError as exc:  # aiosmtplib refused an address before sending anything
-            self._discard(client)
-            raise PermanentError(str(exc), reason_class="invalid_recipient") from exc
+            await self._release(client)
+            raise PermanentError(
+                printable(str(exc), SMTP_REPLY_MAX_CHARS), reason_class="invalid_recipient"
+            ) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            # The server answered, and aiosmtplib reset the envelope (RSET): the session is
+            # good for the next message, unless the server is closing it (421).
+            if exc.code == 421:
+                await self._quit(client)
+            else:
+                await self._release(client)
+            raise
+        except aiosmtplib.SMTPRecipientsRefused:
+            await self._release(client)
+            raise
         except BaseException:
-            # Includes cancellation by the timeout: the session state is unknown now.
+            # Includes cancellation by the timeout: the session state is unknown, and a QUIT
+            # could land inside a half-sent message, so the connection is just closed.
             self._discard(client)
             raise
-        if self._closed or not client.is_connected:
+        await self._release(client)
+        # sendmail only returns when DATA was answered 250; it hands back the text alone,
+        # which may hold any bytes and lines: what we keep of it must fit every store.
+        return printable(f"250 {message}", SMTP_REPLY_MAX_CHARS)
+
+    async def _release(self, client: _Client) -> None:
+        """A connection in a known state after a transaction: back to the pool, or QUIT."""
+        if not client.is_connected:
             self._discard(client)
+        elif self._closed:
+            await self._quit(client)
         else:
             self._idle.append(client)
-        # sendmail only returns when DATA was answered 250; it hands back the text alone.
-        return f"250 {message}"
 
     def _take_idle(self) -> _Client | None:
         while self._idle:
@@ -296,7 +249,8 @@ class SmtpPool:
             port=config.port,
             username=config.username,
             password=config.password,
-            local_hostname=self._helo,
+            # Always explicit: aiosmtplib's default, socket.getfqdn(), can stall on DNS.
+            local_hostname=config.helo_name,
             timeout=config.timeout_s,
             use_tls=config.use_tls,
             start_tls=config.start_tls,
@@ -306,15 +260,21 @@ class SmtpPool:
         self._opened += 1
         try:
             await client.connect()
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # Python 3.11's asyncio.wait_for (used by aiosmtplib's connect) can swallow a
-                # cancellation that lands as the connection completes (CPython gh-86296). Left
-                # alone, a "cancelled" send would go on to deliver: honour the cancel here.
-                raise asyncio.CancelledError
+        except aiosmtplib.SMTPResponseException as exc:
+            # Refused while opening the session (greeting, EHLO, STARTTLS, AUTH): the server
+            # is talking, so say goodbye properly.
+            await self._quit(client)
+            raise classify(exc, peer=config.peer, session=True) from exc
         except BaseException:
             self._discard(client)
             raise
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Python 3.11's asyncio.wait_for (used by aiosmtplib's connect) can swallow a
+            # cancellation that lands as the connection completes (CPython gh-86296). Left
+            # alone, a "cancelled" send would go on to deliver: honour the cancel here.
+            self._discard(client)
+            raise asyncio.CancelledError
         return client
 
     def _build_tls_context(self) -> ssl.SSLContext:
@@ -331,7 +291,7 @@ class SmtpPool:
 
     async def _quit(self, client: _Client) -> None:
         try:
-            async with asyncio.timeout(min(self.config.timeout_s, 1.0)):
+            async with asyncio.timeout(min(self.config.timeout_s, _QUIT_TIMEOUT_S)):
                 await client.quit()
         except (aiosmtplib.SMTPException, OSError, TimeoutError):
             pass  # closing anyway; a polite QUIT is best effort

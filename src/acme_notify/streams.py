@@ -30,7 +30,7 @@ __all__ = ["ClaimResult", "RawEntry", "Streams", "now_ms"]
 log = structlog.get_logger(__name__)
 
 RawEntry = tuple[str, dict[bytes, bytes], int]  # entry id, fields, delivery count
-_Ack = tuple[str, dict[str, str]]  # entry id, receipt
+_Ack = tuple[str, dict[str, str], bool]  # entry id, receipt, e-mailed just now
 
 
 def now_ms() -> int:
@@ -102,7 +102,7 @@ class Streams:
         the previous call stopped, so entries deep in a long list are reached on schedule."""
         reply = await load_script("claim_due").run(
             self.redis,
-            [EVENTS_STREAM],
+            [EVENTS_STREAM, LAST_ERROR_HASH],
             [
                 self.group,
                 self.consumer,
@@ -131,22 +131,26 @@ class Streams:
         )
         return refreshed
 
-    async def ack_sent(self, entry_id: str, receipt: dict[str, str]) -> bool:
-        """XACK + `sent` receipt (ack_sent.lua); False if the entry was no longer pending."""
-        return await self._acks((entry_id, receipt))
+    async def ack_sent(self, entry_id: str, receipt: dict[str, str], *, emailed: bool) -> bool:
+        """XACK + `sent` receipt (ack_sent.lua); False if the entry was no longer pending.
+        `emailed`: SMTP accepted this entry's e-mail just now, so the receipt goes out even if
+        the entry is no longer pending (a sent e-mail is never left reported as dead)."""
+        return await self._acks((entry_id, receipt, emailed))
 
     async def _ack_batch(self, acks: Sequence[_Ack]) -> list[bool]:
         script = load_script("ack_sent")
         keys = [EVENTS_STREAM, RECEIPTS_STREAM, LAST_ERROR_HASH]
 
         def args(ack: _Ack) -> list[str]:
-            entry_id, receipt = ack
-            return [self.group, entry_id, *(part for pair in receipt.items() for part in pair)]
+            entry_id, receipt, emailed = ack
+            flat = (part for pair in receipt.items() for part in pair)
+            return [self.group, entry_id, "1" if emailed else "0", *flat]
 
         if len(acks) == 1:
             return [bool(await script.run(self.redis, keys, args(acks[0])))]
-        # ack_sent.lua is idempotent: rerun after NOSCRIPT, an entry already acknowledged
-        # answers 0 and adds no second receipt.
+        # After NOSCRIPT the whole pipeline runs again. An entry already acknowledged answers
+        # 0; only an e-mail sent just now would be reported a second time, which the order
+        # service ignores (a sent order stays as it was).
         replies = await script.run_many(self.redis, [(keys, args(ack)) for ack in acks])
         return [bool(reply) for reply in replies]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from acme_runtime.actors import tick_failures_counter
 from acme_runtime.heap import gc_pause_histogram
 
 __all__ = ["E2E_BUCKETS_S", "NotifyMetrics"]
@@ -29,11 +30,20 @@ class NotifyMetrics:
         )
         self.send_failures = Counter(
             "acme_notify_send_failures_total",
-            "Failed delivery attempts, by reason class (smtp_transient, smtp_permanent, "
-            "invalid_recipient, poison, error).",
+            "Failed delivery attempts, by reason class (smtp_transient, smtp_provider: the "
+            "relay refuses us, smtp_permanent, invalid_recipient, poison, outage: our "
+            "PostgreSQL or Redis unavailable, error: a defect or a refusal of our storage).",
             ["reason_class"],
             registry=r,
         )
+        self.bookkeeping_failures = Counter(
+            "acme_notify_bookkeeping_failures_total",
+            "E-mails SMTP accepted whose send-ledger row (stage=ledger) or acknowledgement "
+            "(stage=ack) could not be written: each may be sent again once.",
+            ["stage"],
+            registry=r,
+        )
+        self.actor_tick_failures = tick_failures_counter(r)
         self.delivery_attempts = Counter(
             "acme_notify_delivery_attempts_total",
             "Entries handled (each try counts once).",

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from acme_notify.claimer import Claimer, Heartbeat
 from acme_notify.consumer import Consumer
 from acme_notify.delivery import BreakerSync, Delivery
-from acme_notify.flow import CircuitBreaker, TokenBucket
+from acme_notify.flow import CircuitBreaker, RefusalStorm, TokenBucket
 from acme_notify.ledger import SendLedger
 from acme_notify.probe import StreamProbe
 from acme_notify.processor import Processor
@@ -62,7 +62,10 @@ def build_replica(
     ledger = SendLedger(pool)
     smtp = SmtpPool(
         SmtpConfig.from_url(
-            settings.smtp_url, timeout_s=settings.smtp_timeout_s, pool_size=settings.smtp_pool_size
+            settings.smtp_url,
+            timeout_s=settings.smtp_timeout_s,
+            pool_size=settings.smtp_pool_size,
+            helo_name=settings.smtp_helo_name,
         )
     )
     breaker = CircuitBreaker(
@@ -75,7 +78,14 @@ def build_replica(
         if settings.smtp_rate_per_s > 0
         else None
     )
-    delivery = Delivery(smtp, breaker, redis, consumer=settings.consumer_name, rate=rate)
+    storm = RefusalStorm(
+        window_s=settings.storm_window_s,
+        min_recipients=settings.storm_recipients,
+        min_share=settings.storm_share,
+    )
+    delivery = Delivery(
+        smtp, breaker, redis, consumer=settings.consumer_name, rate=rate, storm=storm
+    )
     processor = Processor(
         streams=streams,
         ledger=ledger,
@@ -83,6 +93,7 @@ def build_replica(
         send=delivery.send,
         concurrency=settings.concurrency,
         max_deliveries=settings.max_deliveries,
+        record_patience_s=settings.ledger_patience_s,
         metrics=metrics,
     )
     # Read at scrape time: always current, no bookkeeping in the hot path.
@@ -155,14 +166,23 @@ async def run_notifier(settings: NotifySettings) -> None:
         http = WorkerHttp(metrics.registry, settings.metrics_host, settings.metrics_port, ready)
         port = await http.start()
         replica = build_replica(settings, redis, pool, metrics)
-        supervisor = Supervisor(replica.actors, grace_s=settings.grace_s)
+        supervisor = Supervisor(
+            replica.actors, grace_s=settings.grace_s, tick_failures=metrics.actor_tick_failures
+        )
         install_signal_handlers(supervisor.stop)
         log.info(
             "notifier_started",
             consumer=settings.consumer_name,
             concurrency=settings.concurrency,
             metrics_port=port,
+            helo_name=settings.smtp_helo_name,
         )
+        if "." not in settings.smtp_helo_name.strip("[]"):
+            log.warning(
+                "smtp_helo_name_not_fully_qualified",
+                helo_name=settings.smtp_helo_name,
+                hint="strict relays refuse it: set ACME_SMTP_HELO_NAME to this host's FQDN",
+            )
         freeze_startup_heap()
         try:
             with timing_collections(metrics.gc_pauses):

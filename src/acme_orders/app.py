@@ -179,7 +179,11 @@ async def run_relay(settings: OrdersSettings) -> None:
 
         http = WorkerHttp(metrics.registry, settings.metrics_host, settings.metrics_port, ready)
         port = await http.start()
-        supervisor = Supervisor(relay_actors(settings, clients, metrics), grace_s=10)
+        supervisor = Supervisor(
+            relay_actors(settings, clients, metrics),
+            grace_s=10,
+            tick_failures=metrics.actor_tick_failures,
+        )
         install_signal_handlers(supervisor.stop)
         log.info("relay_started", metrics_port=port)
         freeze_startup_heap()

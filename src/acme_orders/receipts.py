@@ -4,7 +4,8 @@ Reads the notifier's receipts stream in its own consumer group and applies a bat
 statement: `sent` and `dead` set the order's notification status and delete the outbox row
 (which ends its re-drive); `attempt_failed` records the try. Each timeline entry carries the
 receipt's stream id, so applying a receipt twice (after a crash, or a claim of another
-replica's pending receipts) changes nothing. A sent order never turns dead.
+replica's pending receipts) changes nothing. Receipts only move an order forward: a sent order
+stays sent, a dead one may still turn sent, and an older receipt never moves it back.
 
 Receipts this consumer has read but not applied (PostgreSQL failed mid-batch, or the process
 restarted) stay in its own pending list; it reads that list again (`XREADGROUP … 0`) first,
@@ -50,6 +51,8 @@ WITH r AS (
         AS r(source_id, kind, event_id, order_id, at_ms, attempts, consumer, reason_class,
              detail)
 ),
+-- A receipt's stream id is unique in the timeline: one applied before (a retry after a crash,
+-- a claim of another replica's pending receipts) inserts no row here.
 t AS (
     INSERT INTO order_timeline (order_id, at, kind, detail, source_id)
     SELECT r.order_id, to_timestamp(r.at_ms / 1000.0), r.kind,
@@ -59,36 +62,65 @@ t AS (
            r.source_id
     FROM r
     ON CONFLICT (source_id) WHERE source_id IS NOT NULL DO NOTHING
-    RETURNING order_id, kind, detail->>'reason_class' AS reason_class
+    RETURNING source_id
 ),
--- Real SMTP tries among the receipts applied now (a duplicate suppressed by the ledger and a
--- dead letter for an exhausted budget are not tries), so re-applied receipts count nothing.
+-- The receipts applied now. Everything below reads these alone, so a receipt applied again
+-- changes nothing at all: no status, detail, time or attempt.
+applied AS (
+    SELECT r.* FROM r JOIN t USING (source_id)
+),
+-- Real SMTP tries (a duplicate suppressed by the ledger and a dead letter for an exhausted
+-- budget are not tries). They count whatever the order's state: a late try of a dead order
+-- did happen.
 tries AS (
-    SELECT order_id, count(*) AS n FROM t
+    SELECT order_id, count(*) AS n FROM applied
     WHERE (kind IN ('attempt_failed', 'sent') AND reason_class IS DISTINCT FROM 'duplicate')
        OR (kind = 'dead' AND reason_class IS DISTINCT FROM 'max_deliveries')
     GROUP BY order_id
 ),
+-- Per order, the receipt that speaks for the batch: sent over dead over attempt_failed; the
+-- first sent (when the customer got the e-mail), else the latest (the last error).
 final AS (
-    SELECT DISTINCT ON (order_id) * FROM r
-    ORDER BY order_id, (kind = 'sent') DESC, (kind = 'dead') DESC, at_ms DESC
+    SELECT DISTINCT ON (order_id)
+           order_id, kind, to_timestamp(at_ms / 1000.0) AS at, nullif(detail, '') AS detail
+    FROM applied
+    ORDER BY order_id, (kind = 'sent') DESC, (kind = 'dead') DESC,
+             CASE WHEN kind = 'sent' THEN -at_ms ELSE at_ms END DESC
 ),
+-- Forward only: pending/published -> (attempt_failed keeps it there) -> sent | dead, and
+-- dead -> sent (a replayed dead letter sent, or an e-mail that did go out). Sent is final: a
+-- duplicate send keeps the first one's detail and time. The decision reads `orders` inside
+-- the UPDATE, so a concurrent writer's row is re-read (READ COMMITTED), not a stale snapshot.
 o AS (
     UPDATE orders SET
         notification_status = CASE
             WHEN orders.notification_status = 'sent' THEN 'sent'
             WHEN final.kind IN ('sent', 'dead') THEN final.kind
             ELSE orders.notification_status END,
-        notification_updated_at = to_timestamp(final.at_ms / 1000.0),
-        delivery_attempts = orders.delivery_attempts + coalesce(tries.n, 0),
-        notification_detail = CASE
-            WHEN orders.notification_status = 'sent' THEN orders.notification_detail
-            ELSE nullif(final.detail, '') END
+        (notification_detail, notification_updated_at) = (
+            SELECT CASE WHEN w.rewrites THEN final.detail ELSE orders.notification_detail END,
+                   CASE WHEN w.rewrites
+                        -- An older receipt never moves the time back.
+                        THEN greatest(orders.notification_updated_at, final.at)
+                        ELSE orders.notification_updated_at END
+            FROM (SELECT CASE
+                WHEN orders.notification_status = 'sent' THEN false
+                WHEN final.kind = 'sent' THEN true
+                WHEN orders.notification_status = 'dead' AND final.kind = 'attempt_failed'
+                    THEN false
+                WHEN orders.notification_status <> 'dead' AND final.kind = 'dead' THEN true
+                -- Staying put (another try's error; a replayed dead letter dead again): the
+                -- newer receipt wins. With no error shown yet, any: `published` is stamped
+                -- by PostgreSQL's clock, maybe just after the notifier's first try.
+                ELSE orders.notification_detail IS NULL
+                     OR final.at >= orders.notification_updated_at
+                END) AS w(rewrites)),
+        delivery_attempts = orders.delivery_attempts + coalesce(tries.n, 0)
     FROM final LEFT JOIN tries USING (order_id)
     WHERE orders.id = final.order_id
 )
-DELETE FROM outbox USING r
-WHERE outbox.event_id = r.event_id AND r.kind IN ('sent', 'dead')
+DELETE FROM outbox USING applied
+WHERE outbox.event_id = applied.event_id AND applied.kind IN ('sent', 'dead')
 """
 
 

@@ -72,7 +72,7 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if redis_url is None:
             raise SettingsError("ACME_REDIS_URL: not set (or run `acme up` for an embedded stack)")
-        return cls(
+        settings = cls(
             database_url=database_url,
             redis_url=redis_url,
             http_host=env.string("ACME_HTTP_HOST", d["http_host"]),
@@ -119,3 +119,10 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
             ),
             consumer_name=env.string("ACME_CONSUMER_NAME", default_consumer_name(env)),
         )
+        if settings.dedupe_ttl_s <= settings.redrive_after_s:
+            raise SettingsError(
+                f"ACME_DEDUPE_TTL_S ({settings.dedupe_ttl_s}) must exceed ACME_REDRIVE_AFTER_S "
+                f"({settings.redrive_after_s}): a re-drive would otherwise publish an event "
+                "still in flight a second time, and two notifiers could send it at once"
+            )
+        return settings

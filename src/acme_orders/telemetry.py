@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from acme_runtime.actors import tick_failures_counter
 from acme_runtime.heap import gc_pause_histogram
 
 __all__ = ["HTTP_BUCKETS_S", "OrdersMetrics"]
@@ -20,6 +21,7 @@ class OrdersMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.actor_tick_failures = tick_failures_counter(r)
         self.gc_pauses = gc_pause_histogram(r)
         self.http_duration = Histogram(
             "acme_http_request_duration_seconds",

@@ -16,8 +16,16 @@ from collections.abc import Awaitable, Callable, Collection
 from typing import Protocol
 
 import structlog
+from prometheus_client import CollectorRegistry, Counter
 
-__all__ = ["Actor", "PeriodicActor", "Supervisor", "install_signal_handlers", "sleep_or_stop"]
+__all__ = [
+    "Actor",
+    "PeriodicActor",
+    "Supervisor",
+    "install_signal_handlers",
+    "sleep_or_stop",
+    "tick_failures_counter",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -44,13 +52,29 @@ async def sleep_or_stop(
             wake.clear()
 
 
+def tick_failures_counter(registry: CollectorRegistry) -> Counter:
+    """`acme_actor_tick_failures_total{actor}`, registered with a process's metrics."""
+    return Counter(
+        "acme_actor_tick_failures_total",
+        "Rounds of a periodic actor (claimer, reaper, relay, probes, janitors) that failed: "
+        "its work, and any gauge it keeps, is stale until a round succeeds again.",
+        ["actor"],
+        registry=registry,
+    )
+
+
 class PeriodicActor:
     """Runs `tick()` every `interval_s` (sooner when `wake` is set) until stopped.
 
-    A failing tick is logged and retried after the interval: a periodic sweep never dies of one
-    bad round. `tick` returns True when it did a full batch, meaning more work is probably
-    waiting, and then runs again at once.
+    A failing tick is logged, counted in `failures` (the supervisor hands every periodic actor
+    its `acme_actor_tick_failures_total` child) and retried after the interval: a periodic
+    sweep never dies of one bad round, and never fails silently either. `tick` returns True
+    when it did a full batch, meaning more work is probably waiting, and then runs again at
+    once.
     """
+
+    #: Counts failed ticks; set by the `Supervisor` when it has a counter.
+    failures: Counter | None = None
 
     def __init__(
         self,
@@ -71,8 +95,10 @@ class PeriodicActor:
                 busy = await self._tick()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - a sweep logs and carries on
+            except Exception as exc:  # noqa: BLE001 - a sweep logs, counts and carries on
                 log.warning("periodic_tick_failed", actor=self.name, error=repr(exc))
+                if self.failures is not None:
+                    self.failures.inc()
             if not busy:
                 await sleep_or_stop(stop, self._interval_s, self._wake)
 
@@ -87,8 +113,13 @@ class Supervisor:
         grace_s: float = 10.0,
         restart_initial_s: float = 0.5,
         restart_max_s: float = 30.0,
+        tick_failures: Counter | None = None,
     ) -> None:
         self._actors = actors
+        if tick_failures is not None:
+            for actor in actors:
+                if isinstance(actor, PeriodicActor):
+                    actor.failures = tick_failures.labels(actor.name)
         self._grace_s = grace_s
         self._restart_initial_s = restart_initial_s
         self._restart_max_s = restart_max_s

@@ -6,9 +6,10 @@ Each service's `Settings.from_env()` uses these readers; nothing here is called 
 from __future__ import annotations
 
 import os
+import re
 import socket
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -17,9 +18,18 @@ __all__ = [
     "EnvReader",
     "SettingsError",
     "default_consumer_name",
+    "default_helo_name",
     "redact_url",
     "struct_defaults",
 ]
+
+
+#: RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME: Final = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
+)
+_ADDRESS_LITERAL: Final = re.compile(r"\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]")
 
 
 class SettingsError(ValueError):
@@ -37,6 +47,19 @@ class EnvReader:
         if value is None or value.strip() == "":
             return None
         return value.strip()
+
+    def hostname(self, name: str, default: Callable[[], str]) -> str:
+        """A host name as given in SMTP's EHLO: a domain name, or an address literal such as
+        `[192.0.2.1]`; `default()` is called only when the variable is not set."""
+        value = self.raw(name)
+        if value is None:
+            return default()
+        if not _HOSTNAME.fullmatch(value) and not _ADDRESS_LITERAL.fullmatch(value):
+            raise SettingsError(
+                f"{name}: expected a host name such as mail.example.com or an address literal "
+                f"such as [192.0.2.1], got {value!r}"
+            )
+        return value
 
     def string(self, name: str, default: str) -> str:
         value = self.raw(name)
@@ -117,6 +140,13 @@ def redact_url(url: str) -> str:
     if parts.port is not None:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def default_helo_name() -> str:
+    """This host's fully qualified name (`socket.getfqdn()`), or its bare name when it has none;
+    `acme notifier` warns at start when the name is not fully qualified."""
+    name = socket.getfqdn() or socket.gethostname() or "localhost"
+    return name if _HOSTNAME.fullmatch(name) else "localhost"
 
 
 def default_consumer_name(env: EnvReader) -> str:

@@ -17,7 +17,8 @@ reply), `drop` (connection closed before any reply, nothing stored), `accept_clo
 then closed before the reply: the client cannot know, so a retry duplicates it; the one
 duplicate window SMTP itself has) or `stall` (no reply for `stall_s`, longer than the client's
 timeout; nothing is stored because the client hangs up first). `reject_rcpt` (a regex) gives
-550 5.1.1 at RCPT to matching recipients.
+`reject_reply` (550 5.1.1 by default) at RCPT to matching recipients; `accept_replies` answers
+stored messages with odd 250 replies (NUL, Latin-1 bytes, several lines, very long).
 
 Usage: ``python tests/chaos/faulty_smtp.py --port P --control C --received R --faults F``
 """
@@ -71,8 +72,14 @@ class FaultPlan(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     accept_close: float = 0.0
     stall: float = 0.0
     stall_s: float = 5.0
-    #: Recipients matching this regex (search) get 550 5.1.1 at RCPT; "" = none.
+    #: Recipients matching this regex (search) get `reject_reply` at RCPT; "" = none.
     reject_rcpt: str = ""
+    #: The refusal those recipients get; `{address}` is replaced by the recipient.
+    reject_reply: str = "550 5.1.1 <{address}>: mailbox unavailable"
+    #: What a stored message is answered with, in turn; "" = "250 OK". Each is sent as its
+    #: Latin-1 bytes, so "\u0000" is a NUL byte and "\u00e9" a lone 0xE9 (not UTF-8), and
+    #: "\r\n250 " makes a multi-line reply.
+    accept_replies: tuple[str, ...] = ()
     seed: int = 7
 
 
@@ -96,6 +103,7 @@ class FaultyServer:
         self.plan = FaultPlan()
         self._rng = random.Random(self.plan.seed)
         self._reject: re.Pattern[str] | None = None
+        self._accepted = 0
         self._received = received
         self._faults = faults
         self._listener: asyncio.Server | None = None
@@ -159,10 +167,10 @@ class FaultyServer:
     def on_rcpt(self, address: str) -> str | None:
         if self._reject is not None and self._reject.search(address):
             self._log_fault("reject_rcpt", address=address)
-            return f"550 5.1.1 <{address}>: mailbox unavailable"
+            return self.plan.reject_reply.replace("{address}", address)
         return None
 
-    async def on_data(self, server: SMTP, envelope: Envelope) -> str:
+    async def on_data(self, server: SMTP, envelope: Envelope) -> str | bytes:
         plan = self.plan
         data = envelope.original_content or b""
         headers = BytesHeaderParser().parsebytes(data)
@@ -195,6 +203,10 @@ class FaultyServer:
             return "451 4.4.2 timed out locally"
         self._store(order_id, message_id)
         # Nothing awaits between storing and this reply: no fault can slip in between.
+        if plan.accept_replies:
+            self._accepted += 1
+            reply = plan.accept_replies[self._accepted % len(plan.accept_replies)]
+            return reply.encode("latin-1")
         return "250 OK"
 
     def _store(self, order_id: str, message_id: str) -> None:
@@ -229,7 +241,7 @@ class _Handler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str | bytes:
         return await self._server.on_data(server, envelope)
 
 

@@ -76,6 +76,7 @@ async def test_slow_smtp_keeps_throughput_and_nothing_is_claimed_twice(
         notifiers=2,
         env={
             "ACME_SMTP_TIMEOUT_S": "10",
+            "ACME_NOTIFY_GRACE_S": "15",
             "ACME_NOTIFY_CONCURRENCY": per_replica,
             "ACME_SMTP_POOL_SIZE": per_replica,
         },

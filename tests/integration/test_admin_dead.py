@@ -26,7 +26,7 @@ from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP
 from acme_runtime.ids import uuid7
 from tests.integration.test_api import ORDER
 
-RELAY_DENIED = "550 5.7.1 Relay access denied"
+CONTENT_REJECTED = "554 5.6.0 Message content rejected by the content filter"
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
@@ -59,7 +59,7 @@ def dead_fields(
     data: bytes,
     dead_at_ms: int,
     reason_class: str = "smtp_permanent",
-    reason: str = RELAY_DENIED,
+    reason: str = CONTENT_REJECTED,
     replays: int | None = None,
 ) -> dict[str, str | bytes]:
     """A dead entry in dead_letter.lua's layout: its 8 fields first, then the original's."""
@@ -156,7 +156,7 @@ async def test_list_shows_newest_first_with_masked_emails(
         out.index(seeded[2].dead_id) < out.index(seeded[1].dead_id) < out.index(seeded[0].dead_id)
     )
     assert "a***@example.com" in out and "ana@example.com" not in out
-    assert "smtp_permanent" in out and "Relay access denied" in out
+    assert "smtp_permanent" in out and "content rejected" in out
     code, out, _ = await acme(capsys, "dead", "list", "--show-pii")
     assert code == 0 and "ana@example.com" in out
 
@@ -269,10 +269,10 @@ async def test_show_explains_an_entry_with_envelope_and_order_timeline(
         "v": "1",
         "data": envelope(event_id, order_id),
     }
-    dead_id = await dead_letter_for_real(redis, original, RELAY_DENIED)  # type: ignore[arg-type]
+    dead_id = await dead_letter_for_real(redis, original, CONTENT_REJECTED)  # type: ignore[arg-type]
     code, out, _ = await acme(capsys, "dead", "show", dead_id)
     assert code == 0
-    assert RELAY_DENIED in out and "a***@example.com" in out and "ana@example.com" not in out
+    assert CONTENT_REJECTED in out and "a***@example.com" in out and "ana@example.com" not in out
     assert "Caneca" in out and "4bf92f3577b34da6a3ce929d0e0e4736" in out
     code, out, _ = await acme(capsys, "dead", "show", dead_id, "--json", "--show-pii")
     document = json.loads(out)

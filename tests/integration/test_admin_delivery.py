@@ -1,5 +1,6 @@
-"""The incident, end to end on real services: a relay rejects a batch with 550, the orders go
-dead, the relay is fixed, `acme dead replay` puts them back, the notifier delivers them once,
+"""The incident, end to end on real services: the relay's content filter rejects a batch with
+554 5.6.0 (a misfiring rule: about these messages, so they are dead-lettered), the orders go
+dead, the filter is fixed, `acme dead replay` puts them back, the notifier delivers them once,
 the orders end `sent`, and `acme trace` shows the whole path. An event whose e-mail was sent
 in the meantime is acknowledged without a second e-mail."""
 
@@ -26,7 +27,7 @@ from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP, RE
 from acme_runtime.ids import uuid7
 from tests.harness import eventually, notify_settings, running_order_workers, running_replica
 from tests.integration.test_admin_dead import (
-    RELAY_DENIED,
+    CONTENT_REJECTED,
     admin_env,  # noqa: F401 - a fixture, used through `usefixtures`
     dead_fields,
     envelope,
@@ -74,9 +75,9 @@ async def test_replayed_dead_letters_are_delivered_once_and_orders_end_sent(
     database_url: str,
     redis_url: str,
 ) -> None:
-    """550 from a misconfigured relay -> dead; relay fixed -> replay -> one e-mail each, the
-    orders turn sent, the audit trail names the operator, trace tells the story in order."""
-    sink.policy = lambda _envelope: RELAY_DENIED
+    """554 5.6.0 from a misfiring content filter -> dead; fixed -> replay -> one e-mail each,
+    the orders turn sent, the audit trail names the operator, trace tells the story in order."""
+    sink.policy = lambda _envelope: CONTENT_REJECTED
     settings = notify_settings(database_url, redis_url, sink.url)
     async with running_replica(settings):
         order_ids = sorted([(await api.post("/orders", json=ORDER)).json()["id"] for _ in range(3)])
@@ -84,13 +85,13 @@ async def test_replayed_dead_letters_are_delivered_once_and_orders_end_sent(
         async def all_dead() -> bool:
             return await statuses(pool, order_ids) == ["dead"] * 3
 
-        await eventually(all_dead, what="the 550s to be dead-lettered and their receipts applied")
+        await eventually(all_dead, what="the 554s to be dead-lettered and their receipts applied")
         code, out, _ = await acme_process("dead", "list", "--reason", "smtp_permanent", "--json")
         assert code == 0 and sorted(e["order_id"] for e in json.loads(out)["entries"]) == order_ids
 
-        sink.policy = None  # the relay is fixed
+        sink.policy = None  # the content filter is fixed
         code, out, _ = await acme_process(
-            "dead", "replay", "--reason", "smtp_permanent", "--yes", "--why", "relay fixed"
+            "dead", "replay", "--reason", "smtp_permanent", "--yes", "--why", "rule fixed"
         )
         assert code == 0 and "3 replayed" in out
         messages = await sink.wait_for(3, timeout_s=15)
@@ -112,12 +113,12 @@ async def test_replayed_dead_letters_are_delivered_once_and_orders_end_sent(
     assert kinds.index("email_accepted") < kinds.index("sent")
     replayed = next(s for s in trace["steps"] if s["kind"] == "replayed")
     assert replayed["detail"]["who"] == "ops-tester@host-1"
-    assert replayed["detail"]["why"] == "relay fixed"
+    assert replayed["detail"]["why"] == "rule fixed"
     new_entry = trace["stream_entries"][-1]
     assert new_entry["stream_id"] == replayed["detail"]["new_stream_id"]
     assert new_entry["state"] == "acknowledged"
     code, out, _ = await acme_process("trace", order_ids[0])
-    assert code == 0 and "replayed" in out and "relay fixed" in out and "a***@example.com" in out
+    assert code == 0 and "replayed" in out and "rule fixed" in out and "a***@example.com" in out
 
 
 async def test_a_replayed_event_already_emailed_is_not_sent_again(

@@ -23,7 +23,7 @@ from acme_notify.streams import Streams, now_ms
 from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP
 from acme_runtime.ids import uuid7
 from tests.integration.test_admin_dead import (
-    RELAY_DENIED,
+    CONTENT_REJECTED,
     acme,
     admin_env,  # noqa: F401 - a fixture, used through `usefixtures`
     dead_letter_for_real,
@@ -86,7 +86,7 @@ async def test_replay_is_refused_past_the_cap_unless_forced(
     event_id, order_id = str(uuid7()), str(uuid7())
     original = {"event_id": event_id, "order_id": order_id, "v": "1"}
     dead_id = await dead_letter_for_real(
-        redis, {**original, "data": envelope(event_id, order_id)}, RELAY_DENIED
+        redis, {**original, "data": envelope(event_id, order_id)}, CONTENT_REJECTED
     )
     assert (await acme(capsys, "dead", "replay", dead_id))[0] == 0
 
@@ -95,7 +95,7 @@ async def test_replay_is_refused_past_the_cap_unless_forced(
         NOTIFIER_GROUP, "n2", {EVENTS_STREAM: ">"}, count=1
     )
     again = await Streams(redis, "n2").dead_letter(
-        entry_id.decode(), reason_class="smtp_permanent", reason=RELAY_DENIED
+        entry_id.decode(), reason_class="smtp_permanent", reason=CONTENT_REJECTED
     )
     assert again is not None
     code, out, err = await acme(capsys, "dead", "replay", again, "--json")

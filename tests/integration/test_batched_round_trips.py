@@ -76,7 +76,7 @@ async def test_a_ledger_batch_that_fails_fails_each_of_its_callers(pool: asyncpg
         )
     finally:
         await pool.execute("ALTER TABLE notify.sent_ledger_gone RENAME TO sent_ledger")
-    assert all(isinstance(o, asyncpg.UndefinedTableError) for o in outcomes)
+    assert all(isinstance(o, asyncpg.UndefinedTableError) for o in outcomes), outcomes
 
 
 async def test_acknowledgements_that_finish_together_ack_exactly_their_entries(
@@ -93,7 +93,7 @@ async def test_acknowledgements_that_finish_together_ack_exactly_their_entries(
     to_ack, to_keep = entries[:20], entries[20:]
     acked = await asyncio.gather(
         *(
-            streams.ack_sent(entry_id, {"type": "sent", "entry": entry_id})
+            streams.ack_sent(entry_id, {"type": "sent", "entry": entry_id}, emailed=True)
             for entry_id, _fields, _n in to_ack
         )
     )
@@ -104,9 +104,12 @@ async def test_acknowledgements_that_finish_together_ack_exactly_their_entries(
     assert sorted(fields[b"entry"].decode() for _id, fields in receipts) == sorted(
         e[0] for e in to_ack
     )
-    # Acknowledging again is a no-op that says so, and adds no receipt.
+    # Acknowledging a redelivery again is a no-op that says so, and adds no receipt.
     again = await asyncio.gather(
-        *(streams.ack_sent(entry_id, {"type": "sent"}) for entry_id, _f, _n in to_ack[:5])
+        *(
+            streams.ack_sent(entry_id, {"type": "sent"}, emailed=False)
+            for entry_id, _f, _n in to_ack[:5]
+        )
     )
     assert again == [False] * 5
     assert await redis.xlen(RECEIPTS_STREAM) == 20

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any, cast
 
 import asyncpg
+import pytest
 from redis.asyncio import Redis
 
-from acme_orders.receipts import ReceiptsConsumer
+from acme_orders.receipts import Receipt, ReceiptsConsumer, apply_receipts
 from acme_orders.store import OrderStore
 from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM
 from tests.harness import eventually
@@ -43,6 +45,40 @@ def receipt(
     }
 
 
+#: A receipt time (ms since the epoch) the tests count from.
+T = 1_800_000_000_000
+
+
+def entry(
+    source_id: str,
+    kind: str,
+    event_id: str,
+    order_id: str,
+    at_ms: int,
+    detail: str = "",
+    reason_class: str = "",
+) -> Receipt:
+    """A receipt as the consumer reads it from the stream: (stream id, fields)."""
+    fields = receipt(kind, event_id, order_id, 1, at_ms, detail) | {"reason_class": reason_class}
+    return source_id, {k.encode(): v.encode() for k, v in fields.items()}
+
+
+async def notification(pool: asyncpg.Pool) -> tuple[str, str | None, int | None, int]:
+    """The one order's (status, detail, updated_at in ms, delivery attempts)."""
+    row = await pool.fetchrow(
+        "SELECT notification_status, notification_detail, delivery_attempts,"
+        " (extract(epoch FROM notification_updated_at) * 1000)::bigint AS updated_ms"
+        " FROM orders"
+    )
+    assert row is not None
+    return (
+        row["notification_status"],
+        row["notification_detail"],
+        row["updated_ms"],
+        row["delivery_attempts"],
+    )
+
+
 async def test_sent_receipt_marks_the_order_and_ends_the_outbox_row(
     pool: asyncpg.Pool, redis: Redis
 ) -> None:
@@ -74,8 +110,6 @@ async def test_sent_receipt_marks_the_order_and_ends_the_outbox_row(
 
 async def test_receipts_applied_twice_change_nothing(pool: asyncpg.Pool, redis: Redis) -> None:
     """Re-applying a receipt (a crash before XACK) adds no second timeline entry."""
-    from acme_orders.receipts import apply_receipts
-
     store, event_id, order_id = await one_order(pool)
     fields = {
         k.encode(): v.encode()
@@ -88,8 +122,6 @@ async def test_receipts_applied_twice_change_nothing(pool: asyncpg.Pool, redis: 
 
 async def test_a_sent_order_never_turns_dead(pool: asyncpg.Pool, redis: Redis) -> None:
     """A late dead receipt after a sent one leaves the order sent."""
-    from acme_orders.receipts import apply_receipts
-
     store, event_id, order_id = await one_order(pool)
 
     def raw(kind: str, source: str) -> tuple[str, dict[bytes, bytes]]:
@@ -103,9 +135,119 @@ async def test_a_sent_order_never_turns_dead(pool: asyncpg.Pool, redis: Redis) -
     assert await pool.fetchval("SELECT notification_status FROM orders") == "sent"
 
 
+async def test_a_late_attempt_failed_leaves_a_dead_order_as_it_was(pool: asyncpg.Pool) -> None:
+    """A try that fails after the order died changes neither status, detail nor time."""
+    store, event_id, order_id = await one_order(pool)
+    await apply_receipts(store, [entry("1-1", "dead", event_id, order_id, T, "550 no such user")])
+    await apply_receipts(
+        store, [entry("1-2", "attempt_failed", event_id, order_id, T + 1_000, "421 try later")]
+    )
+    # The late try did happen, so it counts.
+    assert await notification(pool) == ("dead", "550 no such user", T, 2)
+
+
+async def test_a_late_attempt_failed_leaves_a_sent_order_as_it_was(pool: asyncpg.Pool) -> None:
+    """A try that fails after the order was sent changes neither status, detail nor time."""
+    store, event_id, order_id = await one_order(pool)
+    await apply_receipts(store, [entry("1-1", "sent", event_id, order_id, T, "<m@acme>")])
+    await apply_receipts(
+        store, [entry("1-2", "attempt_failed", event_id, order_id, T + 1_000, "421 try later")]
+    )
+    assert await notification(pool) == ("sent", "<m@acme>", T, 2)
+
+
+async def test_a_receipt_applied_again_after_a_newer_one_changes_nothing(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    """A receipt re-read from a crashed consumer's pending list after a newer one changes
+    nothing: not the status, the detail, the time nor the attempts."""
+    store, event_id, order_id = await one_order(pool)
+    crashed = ReceiptsConsumer(store, redis, consumer="orders-crashed", block_ms=10)
+    await crashed._ensure_group()
+    await redis.xadd(
+        RECEIPTS_STREAM, receipt("attempt_failed", event_id, order_id, 1, T, "421 first")
+    )
+    # The consumer reads and applies the first receipt, and dies before its XACK.
+    reply: Any = await redis.xreadgroup(
+        RECEIPTS_GROUP, "orders-crashed", {RECEIPTS_STREAM: ">"}, count=10
+    )
+    [(_stream, [(first_id, first_fields)])] = reply
+    assert await apply_receipts(store, [(first_id.decode(), first_fields)]) == 1
+    # Another replica applies the next try's receipt.
+    await redis.xadd(
+        RECEIPTS_STREAM, receipt("attempt_failed", event_id, order_id, 2, T + 1_000, "450 second")
+    )
+    other = ReceiptsConsumer(store, redis, consumer="orders-other", block_ms=10)
+    assert await other.consume_once() == 1
+    before = await notification(pool)
+    assert before == ("pending", "450 second", T + 1_000, 2)
+    # The crashed consumer restarts: its pending receipt is read and applied again.
+    restarted = ReceiptsConsumer(store, redis, consumer="orders-crashed", block_ms=10)
+    assert await restarted.consume_once() == 1
+    assert await notification(pool) == before
+    assert await pool.fetchval("SELECT count(*) FROM order_timeline") == 3
+    pending: Any = await redis.xpending(RECEIPTS_STREAM, RECEIPTS_GROUP)
+    assert int(pending["pending"]) == 0
+
+
+async def test_a_sent_after_a_dead_turns_the_order_sent(pool: asyncpg.Pool) -> None:
+    """A dead order whose e-mail is sent after all (a replayed dead letter) turns sent."""
+    store, event_id, order_id = await one_order(pool)
+    await apply_receipts(store, [entry("1-1", "dead", event_id, order_id, T, "421 max tries")])
+    await apply_receipts(store, [entry("1-2", "sent", event_id, order_id, T + 60_000, "<m@a>")])
+    assert await notification(pool) == ("sent", "<m@a>", T + 60_000, 2)
+
+
+async def test_a_dead_after_a_sent_leaves_the_order_sent_with_its_detail(
+    pool: asyncpg.Pool,
+) -> None:
+    """A later dead receipt leaves a sent order's status, detail and time."""
+    store, event_id, order_id = await one_order(pool)
+    await apply_receipts(store, [entry("1-1", "sent", event_id, order_id, T, "<m@a>")])
+    await apply_receipts(
+        store,
+        [entry("1-2", "dead", event_id, order_id, T + 1_000, "gone", "max_deliveries")],
+    )
+    assert await notification(pool) == ("sent", "<m@a>", T, 1)
+
+
+async def test_a_second_sent_keeps_the_first_ones_detail_and_time(pool: asyncpg.Pool) -> None:
+    """A duplicate send adds its timeline row but the order keeps the first send's data."""
+    store, event_id, order_id = await one_order(pool)
+    await apply_receipts(store, [entry("1-1", "sent", event_id, order_id, T, "<m1@a>")])
+    await apply_receipts(store, [entry("1-2", "sent", event_id, order_id, T + 1_000, "<m2@a>")])
+    assert await notification(pool) == ("sent", "<m1@a>", T, 2)
+    assert await pool.fetchval("SELECT count(*) FROM order_timeline WHERE kind = 'sent'") == 2
+
+
+@pytest.mark.parametrize("kind", ["attempt_failed", "dead"])
+async def test_an_older_receipt_applied_after_a_newer_one_leaves_detail_and_time(
+    pool: asyncpg.Pool, kind: str
+) -> None:
+    """An older receipt of the same kind applied late never moves the order back in time."""
+    store, event_id, order_id = await one_order(pool)
+    await apply_receipts(store, [entry("1-2", kind, event_id, order_id, T + 1_000, "newer")])
+    await apply_receipts(store, [entry("1-1", kind, event_id, order_id, T, "older")])
+    status = "dead" if kind == "dead" else "pending"
+    assert await notification(pool) == (status, "newer", T + 1_000, 2)
+
+
+async def test_the_first_error_shows_even_if_older_than_the_publish_stamp(
+    pool: asyncpg.Pool,
+) -> None:
+    """PostgreSQL's publish stamp may follow the notifier's first try: its error still shows."""
+    store, event_id, order_id = await one_order(pool)
+    await pool.execute(
+        "UPDATE orders SET notification_status = 'published',"
+        " notification_updated_at = to_timestamp($1 / 1000.0)",
+        T + 50,
+    )
+    await apply_receipts(store, [entry("1-1", "attempt_failed", event_id, order_id, T, "421")])
+    assert await notification(pool) == ("published", "421", T + 50, 1)
+
+
 async def test_malformed_receipts_are_skipped(pool: asyncpg.Pool) -> None:
     """A receipt with a bad id or type is logged and skipped, not fatal."""
-    from acme_orders.receipts import apply_receipts
 
     applied = await apply_receipts(
         OrderStore(pool),
@@ -254,23 +396,39 @@ async def test_hostile_receipts_are_skipped_and_the_good_ones_in_their_batch_app
     assert int(pending["pending"]) == 0
 
 
-class RefusingPool(CountingPool):
-    """The real pool, except that PostgreSQL "refuses a value" in any batch holding `bad_id`."""
+async def refuse_in_postgresql(pool: asyncpg.Pool, source_id: str) -> None:
+    """PostgreSQL itself refuses the timeline row of receipt `source_id` with a data exception
+    (SQLSTATE 22023, class 22, which asyncpg raises as a `DataError` subclass)."""
+    assert re.fullmatch(r"\d+-\d+", source_id), source_id  # a stream id: safe in the DDL
+    await pool.execute(f"""
+        CREATE FUNCTION refuse_receipt() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NEW.source_id = '{source_id}' THEN
+                RAISE EXCEPTION 'receipt % refused', NEW.source_id USING ERRCODE = '22023';
+            END IF;
+            RETURN NEW;
+        END $$;
+        CREATE TRIGGER refuse_receipt BEFORE INSERT ON order_timeline
+            FOR EACH ROW EXECUTE FUNCTION refuse_receipt();
+    """)
 
-    def __init__(self, pool: asyncpg.Pool, bad_id: str) -> None:
-        super().__init__(pool)
-        self.bad_id = bad_id
 
-    async def execute(self, query: str, *args: object) -> str:
-        source_ids = args[0]
-        if isinstance(source_ids, list) and self.bad_id in source_ids:
-            raise asyncpg.DataError("value out of range")
-        return await super().execute(query, *args)
+async def test_postgresql_refusing_a_receipt_raises_the_data_error_the_consumer_catches(
+    pool: asyncpg.Pool,
+) -> None:
+    """The refusal the next test relies on is an asyncpg.DataError, as `consume_once` expects."""
+
+    store, event_id, order_id = await one_order(pool)
+    await refuse_in_postgresql(pool, "1-1")
+    with pytest.raises(asyncpg.DataError) as refused:
+        await apply_receipts(store, [entry("1-1", "sent", event_id, order_id, T)])
+    assert isinstance(refused.value, asyncpg.InvalidParameterValueError)
 
 
 async def test_a_batch_postgresql_refuses_is_applied_one_by_one_around_the_bad_receipt(
     pool: asyncpg.Pool, redis: Redis
 ) -> None:
+    """A receipt PostgreSQL refuses is skipped and acknowledged; the rest of its batch applied."""
     store, event_id, order_id = await one_order(pool)
     await redis.xgroup_create(RECEIPTS_STREAM, RECEIPTS_GROUP, id="0", mkstream=True)
     bad_id = await redis.xadd(
@@ -279,10 +437,18 @@ async def test_a_batch_postgresql_refuses_is_applied_one_by_one_around_the_bad_r
     await redis.xadd(
         RECEIPTS_STREAM, receipt("sent", event_id, order_id, 2, 1_800_000_001_000, "<m@a>")
     )
-    refusing = RefusingPool(pool, bad_id.decode())
-    store.pool = cast(asyncpg.Pool, refusing)
+    await refuse_in_postgresql(pool, bad_id.decode())
+    counting = CountingPool(pool)
+    store.pool = cast(asyncpg.Pool, counting)
     consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=10)
     assert await consumer.consume_once() == 2
+    # The batch, refused whole; then each receipt on its own.
+    assert counting.statements == 3
     assert await pool.fetchval("SELECT notification_status FROM orders") == "sent"
+    kinds = [
+        r["kind"] for r in await pool.fetch("SELECT kind FROM order_timeline ORDER BY at, seq")
+    ]
+    assert kinds == ["created", "sent"], "the refused receipt left no timeline row"
     pending: Any = await redis.xpending(RECEIPTS_STREAM, RECEIPTS_GROUP)
     assert int(pending["pending"]) == 0
+    assert await redis.xlen(RECEIPTS_STREAM) == 0
