@@ -27,6 +27,7 @@ from acme_orders.app import init_connection
 from acme_orders.settings import OrdersSettings
 from acme_runtime.ids import uuid7
 from acme_runtime.tracing import configure_tracing
+from tests.postfix import INSTALL_HINT, PostfixUnavailableError, ensure_postfix_installed
 
 TEMPLATE_DB = "acme_test_template"
 
@@ -178,3 +179,18 @@ def spans(span_store: InMemorySpanExporter) -> InMemorySpanExporter:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def postfix_installed() -> None:
+    """Postfix present (installed here if we are root with apt); else skip, or fail under CI."""
+    try:
+        ensure_postfix_installed()
+        if os.geteuid() != 0:
+            raise PostfixUnavailableError(
+                f"a private Postfix must be started as root; {INSTALL_HINT}"
+            )
+    except PostfixUnavailableError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the Postfix tests: {exc}")
+        pytest.skip(str(exc))

@@ -17,9 +17,11 @@ import os
 import shutil
 import signal
 import socket
+import socketserver
 import ssl
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -179,14 +181,11 @@ def ensure_postfix_installed() -> None:
 
 
 MTA_HOSTNAME = "mta.acme.test"
-# Relaying is decided by the client's address alone: loopback is "our network" until
-# deny_relay() swaps in a documentation prefix (RFC 5737) that no test client comes from.
+# Loopback is "our network", allowed to relay, unless the relay policy service says otherwise.
 _TRUSTED_NETWORKS = "127.0.0.0/8"
-_UNTRUSTED_NETWORKS = "192.0.2.0/24"
 _PROBE_HELO = "probe.acme.test"
 _READY_TIMEOUT_S = 20.0
 _STOP_TIMEOUT_S = 15.0
-_FLIP_TIMEOUT_S = 10.0
 _SOCKET_TIMEOUT_S = 5.0
 _LOG_TAIL_LINES = 30
 # The queue folders a message lives in between acceptance and delivery (or bounce).
@@ -227,7 +226,13 @@ smtpd_tls_security_level = encrypt
 smtpd_tls_chain_files = {chain}
 smtpd_helo_required = yes
 smtpd_helo_restrictions = reject_non_fqdn_helo_hostname
-smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+# The policy service (Postfix's policy delegation, SMTPD_POLICY_README) is asked at every RCPT:
+# it answers DUNNO, or, while the test has "misconfigured" the relay, the restriction
+# reject_unauth_destination, so that Postfix itself refuses with its own "Relay access denied"
+# in every session, including the ones a client opened before (as a changed IP allowlist or
+# lost credentials would on a real relay).
+smtpd_relay_restrictions = check_policy_service inet:{host}:{policy_port},
+    permit_mynetworks, reject_unauth_destination
 smtpd_data_restrictions = reject_unauth_pipelining
 # "yes" only means "normalize" here (a bare LF is taken as CRLF and the mail accepted).
 smtpd_forbid_bare_newline = reject
@@ -339,6 +344,48 @@ def _alive(pid: int) -> bool:
     return True
 
 
+class _RelayPolicy(socketserver.ThreadingTCPServer):
+    """A Postfix policy service on 127.0.0.1: DUNNO (let the other restrictions decide), or,
+    while `deny` is set, the restriction `reject_unauth_destination` for every recipient."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, port: int, *, deny: bool) -> None:
+        super().__init__((LOCALHOST, port), _PolicyHandler)
+        self.deny = deny
+        self._thread = threading.Thread(target=self.serve_forever, name="relay-policy")
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _PolicyHandler(socketserver.StreamRequestHandler):
+    """One connection from Postfix: requests of name=value lines ending with an empty line,
+    each answered `action=...` and an empty line."""
+
+    server: _RelayPolicy
+
+    def handle(self) -> None:
+        while True:
+            line = self.rfile.readline()
+            if not line:
+                return
+            if line.strip():
+                continue  # an attribute of the request; only its end matters here
+            action = "reject_unauth_destination" if self.server.deny else "DUNNO"
+            self.wfile.write(f"action={action}\n\n".encode())
+            self.wfile.flush()
+
+
 class PostfixServer:
     """A private Postfix on 127.0.0.1:`port`, relaying what it accepts to 127.0.0.1:
     `next_hop_port`, with every file under `root` (a folder the caller made, e.g. with
@@ -367,6 +414,11 @@ class PostfixServer:
         self._ca_path = root / "ca.pem"
         self._chain_path = self.config_dir / "tls-chain.pem"
         self._started = False
+        # The policy service's port is written into main.cf once; a restart keeps it, and
+        # keeps the relay denied or allowed as it was.
+        self._policy_port = free_port()
+        self._deny = False
+        self._policy: _RelayPolicy | None = None
 
     @property
     def port(self) -> int:
@@ -411,6 +463,8 @@ class PostfixServer:
         self._postfix("check")
         self._started = True  # from here on stop() has something to clean up
         try:
+            self._policy = _RelayPolicy(self._policy_port, deny=self._deny)
+            self._policy.start()
             self._postfix("start", timeout_s=_READY_TIMEOUT_S)
             self._wait_until_ready(time.monotonic() + _READY_TIMEOUT_S)
         except BaseException:
@@ -429,17 +483,19 @@ class PostfixServer:
         if master is not None:
             self._kill([master])
         self._kill(self._instance_pids())
+        if self._policy is not None:
+            self._policy.stop()
+            self._policy = None
         self._started = False
 
     def deny_relay(self) -> None:
-        """Misconfigure the relay: from the next session on, every RCPT gets
-        `554 5.7.1 <addr>: Relay access denied`. A session open before the call keeps the
-        old setting until it ends (smtpd reads main.cf once, when its process starts)."""
-        self._set_mynetworks(_UNTRUSTED_NETWORKS, relaying=False)
+        """Misconfigure the relay: from now on every RCPT, in every session (open ones too),
+        gets Postfix's own `554 5.7.1 <addr>: Relay access denied`."""
+        self._set_relaying(False)
 
     def allow_relay(self) -> None:
-        """Undo deny_relay(): new sessions may relay again."""
-        self._set_mynetworks(_TRUSTED_NETWORKS, relaying=True)
+        """Undo deny_relay(): every session may relay again."""
+        self._set_relaying(True)
 
     @contextlib.contextmanager
     def raw_session(self, helo: str | None = "client.acme.test") -> Iterator[RawSmtpSession]:
@@ -520,6 +576,7 @@ class PostfixServer:
                 hostname=self.hostname,
                 host=LOCALHOST,
                 networks=_TRUSTED_NETWORKS,
+                policy_port=self._policy_port,
                 next_hop_port=self.next_hop_port,
                 chain=self._chain_path,
             )
@@ -588,23 +645,17 @@ class PostfixServer:
             session.command("MAIL FROM:<relay-probe@acme.test>")
             return session.command("RCPT TO:<relay-probe@example.org>")
 
-    def _set_mynetworks(self, networks: str, *, relaying: bool) -> None:
-        self._postconf(f"mynetworks = {networks}")
-        # Without the reload, an idle smtpd process from before the edit would serve the next
-        # session with the old setting. The reload retires idle ones at once; the probe below
-        # waits for the master to have handled the signal (`postfix reload` does not wait).
-        self._postfix("reload")
-        deadline = time.monotonic() + _FLIP_TIMEOUT_S
-        while True:
-            reply = self._probe_rcpt()
-            if reply.startswith("250") == relaying:
-                return
-            if time.monotonic() > deadline:
-                raise PostfixError(
-                    f"mynetworks = {networks}, yet a new session still gets {reply!r} after "
-                    f"{_FLIP_TIMEOUT_S:g} s\n--- maillog tail ---\n{self.maillog_tail()}"
-                )
-            time.sleep(_POLL_INTERVAL_S)
+    def _set_relaying(self, relaying: bool) -> None:
+        self._deny = not relaying
+        if self._policy is None:
+            return  # applied at the next start
+        self._policy.deny = self._deny
+        reply = self._probe_rcpt()
+        if reply.startswith("250") != relaying:
+            raise PostfixError(
+                f"relaying {'allowed' if relaying else 'denied'}, yet a new session gets "
+                f"{reply!r}\n--- maillog tail ---\n{self.maillog_tail()}"
+            )
 
     def _master_pid(self) -> int | None:
         """The master's pid from its pid file, if that process is still ours."""

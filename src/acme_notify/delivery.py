@@ -73,12 +73,17 @@ class Delivery:
             await self._failed(exc)
             raise
         except PermanentError as exc:
-            storm = self._storm.refused(refusal_key(exc.reason), recipients[0])
+            key = refusal_key(exc.reason)
+            storm = self._storm.refused(key, recipients[0])
             if storm:
                 # The same refusal for most recipients: the relay refuses us, not them.
+                # Inferred, not certain: the try is not given back, so a relay that only
+                # seems to refuse us can hold an e-mail no longer than its retry budget.
                 provider = ProviderError(
                     f"{exc.reason} (the same refusal for {storm} recipients within "
-                    f"{self._storm.window_s:g} s: treated as the relay refusing us)"
+                    f"{self._storm.window_s:g} s: treated as the relay refusing us)",
+                    refund=False,
+                    storm_key=key,
                 )
                 await self._failed(provider)
                 raise provider from exc

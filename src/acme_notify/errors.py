@@ -17,12 +17,16 @@ class TransientError(Exception):
 
     reason_class = "smtp_transient"
 
-    def __init__(self, reason: str, *, server_down: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, server_down: bool = False, refund: bool | None = None
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
-        #: The server itself is unavailable (not just this message): feeds the circuit breaker,
-        #: and the delivery is given back (an outage must not use up an e-mail's retries).
+        #: The server itself is unavailable (not just this message): feeds the circuit breaker.
         self.server_down = server_down
+        #: The delivery is given back (an outage must not use up an e-mail's retries): by
+        #: default when the server is down, the one failure that is certainly not the e-mail's.
+        self.refund = server_down if refund is None else refund
 
 
 class ProviderError(TransientError):
@@ -33,8 +37,11 @@ class ProviderError(TransientError):
 
     reason_class = "smtp_provider"
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason, server_down=True)
+    def __init__(self, reason: str, *, refund: bool = True, storm_key: str | None = None) -> None:
+        super().__init__(reason, server_down=True, refund=refund)
+        #: Set when a storm of one refusal (this key) revealed it: the e-mails dead-lettered
+        #: for that refusal before the storm was recognised were the relay's fault too.
+        self.storm_key = storm_key
 
 
 class PermanentError(Exception):

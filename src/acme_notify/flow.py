@@ -167,11 +167,12 @@ class RefusalStorm:
 
     A relay that refuses *us* (relay access, sender domain, credentials) usually says so in
     words `acme_notify.replies` recognises; when it does not, it still gives the same refusal to
-    every recipient. Over the last `window_s`, once one refusal (by `refusal_key`) was given to
-    at least `min_recipients` different recipients and makes up at least `min_share` of all the
-    send outcomes, it is a storm: the refusal is about us, not them. Genuine bounces (a few
-    percent of recipients, each for its own reason or the same "mailbox unknown") never reach
-    the share. No I/O; time from the event loop's monotonic clock.
+    every recipient. A refusal (by `refusal_key`) is a storm once it was given to at least
+    `min_recipients` different recipients within `window_s` **and** makes up at least
+    `min_share` of the last `2 * min_recipients` send outcomes: the relay is refusing us, not
+    them. Genuine bounces (a few percent of recipients, each for its own reason or the same
+    "mailbox unknown") almost never reach the share, and when they do for a moment, the one
+    bounce caught is only retried later. No I/O; time from the event loop's monotonic clock.
     """
 
     def __init__(
@@ -188,36 +189,37 @@ class RefusalStorm:
         self.min_recipients = min_recipients
         self.min_share = min_share
         self._clock = clock or _loop_time
-        # (time, refusal key or None for an accepted send, recipient), oldest first.
-        self._outcomes: deque[tuple[float, str | None, str]] = deque()
+        # The latest outcomes: a refusal's key, or None for an accepted send.
+        self._recent: deque[str | None] = deque(maxlen=2 * min_recipients)
+        # (time, key, recipient) of the refusals within the window, oldest first.
+        self._refusals: deque[tuple[float, str, str]] = deque()
         self._by_key: dict[str, Counter[str]] = {}
 
     def accepted(self) -> None:
         """A send was accepted."""
-        self._add(None, "")
+        self._recent.append(None)
 
     def refused(self, key: str, recipient: str) -> int:
         """A send met the permanent refusal `key`; returns how many different recipients met
         it in the window when that makes a storm, else 0."""
-        self._add(key, recipient)
-        recipients = self._by_key[key]
-        share = recipients.total() / len(self._outcomes)
+        now = self._clock()
+        self._forget_before(now - self.window_s)
+        self._recent.append(key)
+        self._refusals.append((now, key, recipient))
+        recipients = self._by_key.setdefault(key, Counter())
+        recipients[recipient] += 1
+        share = self._recent.count(key) / len(self._recent)
         if len(recipients) >= self.min_recipients and share >= self.min_share:
             return len(recipients)
         return 0
 
-    def _add(self, key: str | None, recipient: str) -> None:
-        now = self._clock()
-        outcomes = self._outcomes
-        while outcomes and outcomes[0][0] <= now - self.window_s:
-            _at, old_key, old_recipient = outcomes.popleft()
-            if old_key is not None:
-                counts = self._by_key[old_key]
-                counts[old_recipient] -= 1
-                if counts[old_recipient] <= 0:
-                    del counts[old_recipient]
-                if not counts:
-                    del self._by_key[old_key]
-        outcomes.append((now, key, recipient))
-        if key is not None:
-            self._by_key.setdefault(key, Counter())[recipient] += 1
+    def _forget_before(self, oldest: float) -> None:
+        refusals = self._refusals
+        while refusals and refusals[0][0] < oldest:
+            _at, key, recipient = refusals.popleft()
+            counts = self._by_key[key]
+            counts[recipient] -= 1
+            if counts[recipient] <= 0:
+                del counts[recipient]
+            if not counts:
+                del self._by_key[key]

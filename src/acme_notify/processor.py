@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final
@@ -37,10 +37,11 @@ import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from acme_notify.envelope import StreamEntry, decode_entry
-from acme_notify.errors import PermanentError, PoisonMessage, TransientError
+from acme_notify.errors import PermanentError, PoisonMessage, ProviderError, TransientError
 from acme_notify.keys import EVENTS_STREAM
 from acme_notify.ledger import SendLedger
 from acme_notify.render import RenderedMessage, Renderer
+from acme_notify.replies import refusal_key
 from acme_notify.streams import RawEntry, Streams, now_ms
 from acme_notify.telemetry import NotifyMetrics
 from acme_runtime.failures import is_outage, retry_outages
@@ -53,6 +54,9 @@ log = structlog.get_logger(__name__)
 
 #: How many e-mails sent but not recorded in the ledger a replica remembers (oldest forgotten).
 UNRECORDED_MEMORY: Final = 10_000
+#: Dead letters of SMTP refusals remembered for rescinding, and for how long.
+RESCIND_MEMORY: Final = 256
+RESCIND_WINDOW_S: Final = 300.0
 
 _SMTP_ATTRIBUTES: Final = {"network.protocol.name": "smtp"}
 
@@ -81,6 +85,9 @@ class Processor:
         self._record_patience_s = record_patience_s
         # event id -> Message-ID of e-mails SMTP accepted whose ledger row could not be written.
         self._unrecorded: OrderedDict[str, str] = OrderedDict()
+        # (refusal key, loop time, dead id) of the e-mails SMTP refused lately, in case a storm
+        # of that refusal shows it was the relay refusing us.
+        self._recent_dead: deque[tuple[str, float, str]] = deque(maxlen=RESCIND_MEMORY)
         self._metrics = metrics or NotifyMetrics()
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
@@ -206,9 +213,11 @@ class Processor:
             await self._streams.record_failure(
                 entry.entry_id,
                 self._receipt(entry, "attempt_failed", exc.reason, reason_class=exc.reason_class),
-                refund=exc.server_down,
+                refund=exc.refund,
             )
             self._metrics.send_failures.labels(exc.reason_class).inc()
+            if isinstance(exc, ProviderError) and exc.storm_key is not None:
+                await self._rescind(exc.storm_key, exc.reason)
             return
         except PermanentError as exc:
             log.warning(
@@ -216,9 +225,12 @@ class Processor:
                 reason=exc.reason,
                 to=mask_email(envelope.payload.customer.email),
             )
-            await self._streams.dead_letter(
+            dead_id = await self._streams.dead_letter(
                 entry.entry_id, reason_class=exc.reason_class, reason=exc.reason
             )
+            if dead_id is not None:
+                now = asyncio.get_running_loop().time()
+                self._recent_dead.append((refusal_key(exc.reason), now, dead_id))
             self._metrics.send_failures.labels(exc.reason_class).inc()
             self._metrics.dead_lettered.labels(exc.reason_class).inc()
             return
@@ -277,6 +289,29 @@ class Processor:
             self._unrecorded[envelope.event_id] = message.message_id
             while len(self._unrecorded) > UNRECORDED_MEMORY:
                 self._unrecorded.popitem(last=False)
+
+    async def _rescind(self, storm_key: str, reason: str) -> None:
+        """A storm of one refusal was recognised: the e-mails this replica dead-lettered for it
+        shortly before were refused because of us too. They go back on the stream (audited),
+        so a misconfigured relay costs no dead letter at all once it is fixed."""
+        now = asyncio.get_running_loop().time()
+        mine = [
+            dead_id
+            for key, at, dead_id in self._recent_dead
+            if key == storm_key and now - at <= RESCIND_WINDOW_S
+        ]
+        if not mine:
+            return
+        self._recent_dead = deque(
+            (item for item in self._recent_dead if item[2] not in mine), maxlen=RESCIND_MEMORY
+        )
+        try:
+            replayed = await self._streams.rescind(mine, why=f"refusal storm: {reason}")
+        except Exception as exc:  # noqa: BLE001 - they stay dead, for `acme dead replay`
+            log.error("dead_letters_not_rescinded", dead_ids=mine, error=repr(exc))
+            return
+        log.warning("dead_letters_rescinded", dead_ids=mine, new_ids=replayed, reason=reason)
+        self._metrics.rescinded.inc(len(replayed))
 
     def _span_attributes(self, entry_id: str, deliveries: int) -> dict[str, str | int]:
         return {

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from acme_notify.keys import (
+    AUDIT_STREAM,
     DEAD_STREAM,
     EVENTS_STREAM,
     LAST_ERROR_HASH,
@@ -30,6 +31,8 @@ __all__ = ["ClaimResult", "RawEntry", "Streams", "now_ms"]
 log = structlog.get_logger(__name__)
 
 RawEntry = tuple[str, dict[bytes, bytes], int]  # entry id, fields, delivery count
+#: The audit stream's approximate length bound when the notifier itself adds to it.
+RESCIND_AUDIT_MAXLEN = 100_000
 _Ack = tuple[str, dict[str, str], bool]  # entry id, receipt, e-mailed just now
 
 
@@ -177,6 +180,21 @@ class Streams:
             ],
         )
         return None if not dead_id else _text(dead_id)
+
+    async def rescind(self, dead_ids: Sequence[str], *, why: str) -> list[str]:
+        """Puts dead letters this replica now knows were not the e-mails' fault back on the
+        stream (replay_dead.lua, with an audit record naming this consumer); returns the ids
+        of the new entries."""
+        script = load_script("replay_dead")
+        keys = [DEAD_STREAM, EVENTS_STREAM, AUDIT_STREAM]
+        at = now_ms()
+        calls: list[tuple[Sequence[str], Sequence[str | int]]] = [
+            (keys, [dead_id, 0, "1", at, self.consumer, why[:1000], RESCIND_AUDIT_MAXLEN])
+            for dead_id in dead_ids
+        ]
+        # replay_dead.lua is re-runnable: a dead id already replayed answers not_found.
+        replies = await script.run_many(self.redis, calls)
+        return [_text(new_id) for status, new_id, _n in replies if _text(status) == "replayed"]
 
     async def record_failure(self, entry_id: str, receipt: dict[str, str], *, refund: bool) -> int:
         """Keeps the last error, tells the order service of the try and, when the server was

@@ -55,6 +55,12 @@ class NotifyMetrics:
             ["reason_class"],
             registry=r,
         )
+        self.rescinded = Counter(
+            "acme_notify_dead_letters_rescinded_total",
+            "Dead letters put back on the stream by the notifier itself: refused by SMTP just "
+            "before a storm of the same refusal showed the relay was refusing us.",
+            registry=r,
+        )
         self.duplicates_suppressed = Counter(
             "acme_notify_duplicates_suppressed_total",
             "Redelivered events acknowledged without a second e-mail (send ledger hit).",

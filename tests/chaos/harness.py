@@ -34,10 +34,13 @@ from bench.stack import HOST, Child, MailLog, Stack, acme_argv, log_tail
 
 from acme_cli.embedded import EmbeddedRedis, free_port
 from tests.chaos.faulty_smtp import FaultPlan, ack_path
+from tests.postfix import PostfixServer
 
 __all__ = ["CHAOS_ENV", "ChaosSystem", "FaultControl", "FaultEvent", "Scale", "chaos_scale"]
 
 FAULTY_SMTP: Final = Path(__file__).resolve().parent / "faulty_smtp.py"
+#: The notifiers' EHLO name when a strict relay (Postfix) stands in front of the SMTP server.
+NOTIFIER_HELO: Final = "notifier.acme.test"
 _POLL_S: Final = 0.05
 _READY_TIMEOUT_S: Final = 60.0
 _EXIT_TIMEOUT_S: Final = 30.0
@@ -161,6 +164,9 @@ class ChaosSystem:
     root: Path
     notifiers: int = 2
     redis_appendonly: bool = True
+    #: Put a real, strict Postfix (STARTTLS required, FQDN HELO, relay policy) between the
+    #: notifiers and the recording SMTP server, as production relays through one.
+    mta: bool = False
     env: dict[str, str] = field(default_factory=dict)
     stack: Stack = field(init=False)
     smtp: FaultControl = field(init=False)
@@ -169,6 +175,7 @@ class ChaosSystem:
     api: Child | None = None
     relay: Child | None = None
     slots: dict[int, Child] = field(default_factory=dict)
+    postfix: PostfixServer | None = None
     started_at: float = 0.0
     _incarnations: dict[str, int] = field(default_factory=dict)
 
@@ -193,6 +200,8 @@ class ChaosSystem:
         self.stack.spawn("sink", [sys.executable, str(FAULTY_SMTP), "--port", str(port),
                                   "--control", str(self.smtp.control), "--received",
                                   str(received), "--faults", str(self.smtp.faults)])  # fmt: skip
+        if self.mta:
+            await self._start_postfix(next_hop_port=port)
         self.stack.http_port = free_port()
         self.api = self._spawn("api", acme_argv("api"))
         self.relay = self._spawn("relay", acme_argv("relay"))
@@ -206,6 +215,23 @@ class ChaosSystem:
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.stack.stop)
+        if self.postfix is not None:
+            await asyncio.to_thread(self.postfix.stop)
+
+    async def _start_postfix(self, next_hop_port: int) -> None:
+        # The `postfix` user must reach its queue under our folder (mkdtemp makes it 0700).
+        for folder in (self.root.parent, self.root):
+            folder.chmod(0o755)
+        (self.root / "postfix").mkdir(exist_ok=True)
+        self.postfix = PostfixServer(self.root / "postfix", next_hop_port=next_hop_port)
+        await asyncio.to_thread(self.postfix.start)
+        # The notifiers relay through it: STARTTLS with its certificate verified, an FQDN.
+        self.env = {
+            "ACME_SMTP_URL": self.postfix.url,
+            "SSL_CERT_FILE": str(self.postfix.ca_path),
+            "ACME_SMTP_HELO_NAME": NOTIFIER_HELO,
+            **self.env,
+        }
 
     def _spawn(self, role: str, argv: list[str], extra: dict[str, str] | None = None) -> Child:
         incarnation = self._incarnations.get(role, 0) + 1
@@ -339,6 +365,18 @@ class ChaosSystem:
         await asyncio.sleep(down_s)
         await asyncio.to_thread(self.stack.redis.start)
         self.record("up", "redis")
+
+    async def misconfigure_relay(self) -> None:
+        """The relay (Postfix) refuses us from now on: `554 5.7.1 <addr>: Relay access denied`
+        to every RCPT, in every session, as after a changed IP allowlist or lost credentials."""
+        assert self.postfix is not None, "start the system with mta=True"
+        await asyncio.to_thread(self.postfix.deny_relay)
+        self.record("misconfigured", "relay", "554 5.7.1 Relay access denied")
+
+    async def fix_relay(self) -> None:
+        assert self.postfix is not None, "start the system with mta=True"
+        await asyncio.to_thread(self.postfix.allow_relay)
+        self.record("fixed", "relay")
 
     async def set_smtp(self, **faults: Any) -> None:
         await self.smtp.set(**faults)

@@ -7,10 +7,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from acme_cli.smtp_sink import MailSink
 from acme_notify.errors import PermanentError, TransientError
 from acme_notify.smtp import SmtpConfig, SmtpPool
+from tests.harness import eventually
 
 SENDER = "orders@acme.example"
 RECIPIENT = "customer@example.org"
@@ -31,8 +33,13 @@ def message(n: int) -> bytes:
 async def make_pool() -> AsyncIterator[MakePool]:
     pools: list[SmtpPool] = []
 
-    def make(url: str, *, timeout_s: float = 5.0, pool_size: int = 1) -> SmtpPool:
-        pool = SmtpPool(SmtpConfig.from_url(url, timeout_s=timeout_s, pool_size=pool_size))
+    def make(
+        url: str, *, timeout_s: float = 5.0, pool_size: int = 1, helo_name: str = "localhost"
+    ) -> SmtpPool:
+        config = SmtpConfig.from_url(
+            url, timeout_s=timeout_s, pool_size=pool_size, helo_name=helo_name
+        )
+        pool = SmtpPool(config)
         pools.append(pool)
         return pool
 
@@ -278,3 +285,137 @@ async def test_a_cancelled_send_is_never_delivered_behind_the_callers_back(
     assert all(isinstance(o, asyncio.CancelledError) or o.startswith("250") for o in outcomes)
     await asyncio.sleep(0.5)  # stalled RCPTs end; a cancelled send sends no message data
     assert len(sink.messages) == len(delivered)
+
+
+async def test_a_refused_recipient_leaves_the_session_for_the_next_message(
+    sink: MailSink, make_pool: MakePool
+) -> None:
+    """A 550 at RCPT fails that message alone: the next one goes over the same connection."""
+    unknown = "nobody@example.org"
+    sink.rcpt_policy = lambda address: (
+        f"550 5.1.1 <{address}>: unknown" if address == unknown else None
+    )
+    pool = make_pool(sink.url)
+    with pytest.raises(PermanentError) as caught:
+        await pool.send(SENDER, [unknown], message(1))
+    assert caught.value.reason_class == "invalid_recipient"
+    assert await pool.send(SENDER, [RECIPIENT], message(2)) == "250 OK"
+    [received] = await sink.wait_for(1, timeout_s=2.0)
+    assert received.data == message(2)
+    assert (pool.opened, pool.size, pool.in_use) == (1, 1, 0)
+
+
+class CountingHandler:
+    """aiosmtpd hooks: accepts each message (or answers `data_reply`), remembers the EHLO name
+    each message came under, and counts the QUITs it receives."""
+
+    def __init__(self) -> None:
+        self.quits = 0
+        self.delivered = 0
+        self.helo_names: list[str | None] = []
+        self.data_reply: str | None = None
+        self.hold: asyncio.Event | None = None  # while set, DATA waits before answering
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.helo_names.append(session.host_name)
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.data_reply is not None:
+            return self.data_reply
+        self.delivered += 1
+        return "250 OK"
+
+    async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.quits += 1
+        return "221 Bye"
+
+
+@pytest.fixture
+async def counting() -> AsyncIterator[tuple[CountingHandler, str]]:
+    """A real aiosmtpd server on 127.0.0.1 with a `CountingHandler`: (handler, smtp URL)."""
+    handler = CountingHandler()
+    loop = asyncio.get_running_loop()
+    sessions: list[SMTP] = []
+
+    def protocol() -> SMTP:
+        smtp = SMTP(handler, hostname="counting-server", loop=loop)
+        sessions.append(smtp)
+        return smtp
+
+    server = await loop.create_server(protocol, host="127.0.0.1", port=0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield handler, f"smtp://127.0.0.1:{port}"
+    finally:
+        server.close()
+        for smtp in sessions:
+            if smtp.transport is not None:
+                smtp.transport.close()
+        await server.wait_closed()
+        # As MailSink.stop: aiosmtpd keeps each session's task privately.
+        tasks = [getattr(smtp, "_handler_coroutine", None) for smtp in sessions]
+        await asyncio.gather(*(task for task in tasks if task is not None), return_exceptions=True)
+
+
+async def test_close_quits_every_idle_session(
+    counting: tuple[CountingHandler, str], make_pool: MakePool
+) -> None:
+    """close() ends each idle pooled connection with a QUIT the server receives."""
+    handler, url = counting
+    pool = make_pool(url, pool_size=2)
+    await asyncio.gather(*(pool.send(SENDER, [RECIPIENT], message(n)) for n in range(2)))
+    assert (pool.opened, pool.size, handler.delivered) == (2, 2, 2)
+    await pool.close()
+    assert handler.quits == 2
+    assert pool.size == 0
+
+
+async def test_a_session_busy_at_close_is_quit_when_its_send_ends(
+    counting: tuple[CountingHandler, str], make_pool: MakePool
+) -> None:
+    """close() during a send lets it finish, then ends its connection with a QUIT."""
+    handler, url = counting
+    handler.hold = asyncio.Event()
+    pool = make_pool(url)
+    send = asyncio.create_task(pool.send(SENDER, [RECIPIENT], message(1)))
+
+    async def at_data() -> bool:
+        return len(handler.helo_names) == 1
+
+    try:
+        await eventually(at_data, timeout_s=5, what="the send to reach DATA")
+        await pool.close()
+        assert handler.quits == 0, "a busy session is not interrupted"
+    finally:
+        handler.hold.set()
+    assert await send == "250 OK"
+    assert (handler.delivered, handler.quits, pool.size) == (1, 1, 0)
+
+
+async def test_a_421_at_data_quits_that_session_and_the_next_send_reconnects(
+    counting: tuple[CountingHandler, str], make_pool: MakePool
+) -> None:
+    """A server closing the session (421) is answered with QUIT, not a dropped socket; the next
+    message goes over a new connection."""
+    handler, url = counting
+    handler.data_reply = "421 4.3.0 closing this session"
+    pool = make_pool(url)
+    with pytest.raises(TransientError) as caught:
+        await pool.send(SENDER, [RECIPIENT], message(1))
+    assert caught.value.server_down is True
+    assert handler.quits == 1
+    assert pool.size == 0
+    handler.data_reply = None
+    assert await pool.send(SENDER, [RECIPIENT], message(2)) == "250 OK"
+    assert (handler.delivered, pool.opened, pool.size) == (1, 2, 1)
+
+
+async def test_ehlo_gives_the_configured_helo_name(
+    counting: tuple[CountingHandler, str], make_pool: MakePool
+) -> None:
+    """The name the server hears in EHLO is the configured `helo_name`, on every connection."""
+    handler, url = counting
+    pool = make_pool(url, pool_size=2, helo_name="notifier.acme.test")
+    await asyncio.gather(*(pool.send(SENDER, [RECIPIENT], message(n)) for n in range(2)))
+    assert pool.opened == 2
+    assert handler.helo_names == ["notifier.acme.test", "notifier.acme.test"]

@@ -58,3 +58,14 @@ def test_refusals_older_than_the_window_are_forgotten() -> None:
     for n in range(3):
         storm.refused(DENIED, f"new{n}@example.com")
     assert storm.refused(DENIED, "last@example.com") == 5
+
+
+def test_a_busy_past_does_not_delay_recognising_the_storm() -> None:
+    """A minute of accepted mail before the relay breaks: still a storm at the fifth refusal."""
+    clock = Clock()
+    storm = RefusalStorm(window_s=60, min_recipients=5, min_share=0.5, clock=clock)
+    for n in range(3_000):
+        clock.now = n / 50
+        storm.accepted()
+    verdicts = [storm.refused(DENIED, f"customer{n}@example.com") for n in range(6)]
+    assert verdicts == [0, 0, 0, 0, 5, 6]

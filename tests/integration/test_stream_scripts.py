@@ -1,0 +1,172 @@
+"""The notifier's stream scripts on a real Redis: what each one writes, and what it leaves alone.
+
+Each test drives `Streams` (the scripts' typed wrappers) into the state a race leaves behind
+(acknowledged, deleted, dead-lettered while a send was in flight) and asserts on the keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from acme_notify.keys import (
+    DEAD_STREAM,
+    EVENTS_STREAM,
+    LAST_ERROR_HASH,
+    NOTIFIER_GROUP,
+    RECEIPTS_STREAM,
+)
+from acme_notify.streams import ClaimResult, Streams
+from acme_runtime.ids import uuid7
+from tests.harness import eventually
+
+
+async def add_entry(redis: Redis) -> str:
+    """One event on the stream, with the flat ids the scripts read; returns its entry id."""
+    fields = {"event_id": str(uuid7()), "order_id": str(uuid7()), "data": "{}"}
+    entry_id: Any = await redis.xadd(EVENTS_STREAM, fields)
+    return str(entry_id.decode())
+
+
+async def read_one(streams: Streams) -> str:
+    """Reads the next entry as `streams`' consumer; it is then pending (delivered once)."""
+    await streams.ensure_group()
+    [(entry_id, _fields, _deliveries)] = await streams.read_new(1, 10)
+    return entry_id
+
+
+def receipt(kind: str, entry_id: str, detail: str = "") -> dict[str, str]:
+    return {
+        "type": kind,
+        "event_id": str(uuid7()),
+        "order_id": str(uuid7()),
+        "at_ms": "1800000000000",
+        "attempts": "1",
+        "consumer": "a",
+        "reason_class": "",
+        "detail": detail or f"{kind} of {entry_id}",
+    }
+
+
+async def receipt_kinds(redis: Redis) -> list[str]:
+    """The receipts stream's `type` fields, oldest first."""
+    entries: Any = await redis.xrange(RECEIPTS_STREAM)
+    return [fields[b"type"].decode() for _id, fields in entries]
+
+
+async def is_pending(redis: Redis, entry_id: str) -> bool:
+    rows: Any = await redis.xpending_range(EVENTS_STREAM, NOTIFIER_GROUP, entry_id, entry_id, 1)
+    return bool(rows)
+
+
+@pytest.mark.parametrize("refund", [False, True])
+async def test_a_failure_of_an_acknowledged_entry_writes_nothing(
+    redis: Redis, refund: bool
+) -> None:
+    """record_failure for an entry acknowledged meanwhile returns 0 and writes neither a
+    last-error field nor a receipt; a pending neighbour gets both."""
+    streams = Streams(redis, "a")
+    acked_id = await add_entry(redis)
+    pending_id = await add_entry(redis)
+    await streams.ensure_group()
+    await streams.read_new(2, 10)
+    assert await redis.xack(EVENTS_STREAM, streams.group, acked_id) == 1
+
+    failure = receipt("attempt_failed", acked_id, "451 4.3.0 try later")
+    assert await streams.record_failure(acked_id, failure, refund=refund) == 0
+    assert not await redis.hexists(LAST_ERROR_HASH, acked_id)
+    assert await receipt_kinds(redis) == []
+
+    control = receipt("attempt_failed", pending_id, "451 4.3.0 try later")
+    assert await streams.record_failure(pending_id, control, refund=refund) == 1
+    assert await redis.hget(LAST_ERROR_HASH, pending_id) == b"451 4.3.0 try later"
+    assert await receipt_kinds(redis) == ["attempt_failed"]
+    assert await redis.hkeys(LAST_ERROR_HASH) == [pending_id.encode()]
+
+
+async def test_a_claim_acknowledges_a_deleted_entry_and_forgets_its_last_error(
+    redis: Redis,
+) -> None:
+    """A pending entry deleted from the stream (XDEL) after a failed try: another consumer's
+    claim_due reports it missing, acknowledges it and deletes its last-error field."""
+    a, b = Streams(redis, "a"), Streams(redis, "b")
+    entry_id = await add_entry(redis)
+    assert await read_one(a) == entry_id
+    failure = receipt("attempt_failed", entry_id, "450 4.2.0 mailbox busy")
+    assert await a.record_failure(entry_id, failure, refund=False) == 1
+    assert await redis.hexists(LAST_ERROR_HASH, entry_id)
+    assert await redis.xdel(EVENTS_STREAM, entry_id) == 1
+
+    claims: list[ClaimResult] = []
+
+    async def claimed_something() -> bool:
+        # Nothing is examined before the entry sat idle `base_ms`: calling early is harmless.
+        result = await b.claim_due(base_ms=20, cap_ms=100, jitter=0.0, max_deliveries=5, limit=10)
+        claims.append(result)
+        return bool(result.claimed or result.missing)
+
+    await eventually(claimed_something, timeout_s=5, what="claim_due to reach the entry")
+    assert claims[-1].claimed == []
+    assert claims[-1].missing == [entry_id]
+    assert not await is_pending(redis, entry_id)
+    assert not await redis.hexists(LAST_ERROR_HASH, entry_id)
+    assert await redis.hlen(LAST_ERROR_HASH) == 0
+
+
+async def test_a_redelivery_ack_of_an_entry_no_longer_pending_sends_no_receipt(
+    redis: Redis,
+) -> None:
+    """ack_sent(emailed=False) (the ledger already knew the e-mail) for an entry another
+    replica acknowledged first returns False and adds no receipt."""
+    streams = Streams(redis, "a")
+    entry_id = await add_entry(redis)
+    await read_one(streams)
+    assert await streams.ack_sent(entry_id, receipt("sent", entry_id), emailed=False) is True
+    assert await receipt_kinds(redis) == ["sent"]
+
+    again = await streams.ack_sent(entry_id, receipt("sent", entry_id), emailed=False)
+    assert again is False
+    assert await receipt_kinds(redis) == ["sent"], "no second receipt for one e-mail"
+
+
+async def test_an_email_sent_after_its_entry_was_dead_lettered_is_still_reported(
+    redis: Redis,
+) -> None:
+    """ack_sent(emailed=True) for an entry the reaper dead-lettered during the send returns
+    False but adds the `sent` receipt after the `dead` one."""
+    streams = Streams(redis, "a")
+    entry_id = await add_entry(redis)
+    await read_one(streams)
+    dead_id = await streams.dead_letter(
+        entry_id, reason_class="max_deliveries", reason="not delivered", min_deliveries=1
+    )
+    assert dead_id is not None
+    assert await redis.xlen(DEAD_STREAM) == 1
+    assert await receipt_kinds(redis) == ["dead"]
+
+    sent = receipt("sent", entry_id, "<m1@acme.example>")
+    assert await streams.ack_sent(entry_id, sent, emailed=True) is False
+    assert await receipt_kinds(redis) == ["dead", "sent"]
+    [_dead, (_sid, fields)] = await redis.xrange(RECEIPTS_STREAM)
+    assert fields[b"detail"] == b"<m1@acme.example>"
+    assert not await is_pending(redis, entry_id)
+
+
+async def test_an_email_sent_for_a_pending_entry_acks_it_once_and_clears_its_error(
+    redis: Redis,
+) -> None:
+    """ack_sent(emailed=True) for a pending entry acknowledges it, adds one `sent` receipt
+    and deletes the last-error field an earlier failed try left."""
+    streams = Streams(redis, "a")
+    entry_id = await add_entry(redis)
+    await read_one(streams)
+    failure = receipt("attempt_failed", entry_id, "451 4.3.0 try later")
+    assert await streams.record_failure(entry_id, failure, refund=False) == 1
+    assert await redis.hexists(LAST_ERROR_HASH, entry_id)
+
+    assert await streams.ack_sent(entry_id, receipt("sent", entry_id), emailed=True) is True
+    assert not await is_pending(redis, entry_id)
+    assert await receipt_kinds(redis) == ["attempt_failed", "sent"]
+    assert not await redis.hexists(LAST_ERROR_HASH, entry_id)
