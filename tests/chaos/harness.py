@@ -36,7 +36,15 @@ from acme_cli.embedded import EmbeddedRedis, free_port
 from tests.chaos.faulty_smtp import FaultPlan, ack_path
 from tests.postfix import PostfixServer
 
-__all__ = ["CHAOS_ENV", "ChaosSystem", "FaultControl", "FaultEvent", "Scale", "chaos_scale"]
+__all__ = [
+    "CHAOS_ENV",
+    "ChaosSystem",
+    "FaultControl",
+    "FaultEvent",
+    "Scale",
+    "chaos_scale",
+    "until",
+]
 
 FAULTY_SMTP: Final = Path(__file__).resolve().parent / "faulty_smtp.py"
 #: The notifiers' EHLO name when a strict relay (Postfix) stands in front of the SMTP server.
@@ -101,7 +109,7 @@ class FaultEvent:
     detail: str = ""
 
 
-async def _until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
+async def until(check: Callable[[], bool], timeout_s: float, what: str) -> float:
     """Polls `check` every 50 ms; seconds waited, or AssertionError after `timeout_s`."""
     start = time.monotonic()
     while not check():
@@ -148,7 +156,7 @@ class FaultControl:
             except (OSError, ValueError, KeyError):
                 return False
 
-        await _until(applied, 10.0, f"the SMTP server to apply plan {wanted}")
+        await until(applied, 10.0, f"the SMTP server to apply plan {wanted}")
 
     def injected(self) -> list[dict[str, Any]]:
         """Every fault the server injected so far, one dict per event."""
@@ -207,7 +215,7 @@ class ChaosSystem:
         self.relay = self._spawn("relay", acme_argv("relay"))
         for slot in range(1, self.notifiers + 1):
             self.start_notifier(slot)
-        await _until(received.exists, _READY_TIMEOUT_S, "the SMTP server")
+        await until(received.exists, _READY_TIMEOUT_S, "the SMTP server")
         await self.wait_api_ready()
         await self.wait_started(self.relay, "relay_started")
         for child in self.slots.values():
@@ -264,7 +272,7 @@ class ChaosSystem:
             except OSError:
                 return False
 
-        return await _until(logged, _READY_TIMEOUT_S, f"{child.name} to log {text!r}")
+        return await until(logged, _READY_TIMEOUT_S, f"{child.name} to log {text!r}")
 
     async def wait_api_ready(self, timeout_s: float = _READY_TIMEOUT_S) -> float:
         start = time.monotonic()
@@ -284,7 +292,7 @@ class ChaosSystem:
     # --- process faults --------------------------------------------------------------------
 
     async def _wait_exit(self, child: Child, timeout_s: float = _EXIT_TIMEOUT_S) -> int:
-        await _until(lambda: child.process.poll() is not None, timeout_s, f"{child.name} to exit")
+        await until(lambda: child.process.poll() is not None, timeout_s, f"{child.name} to exit")
         return int(child.process.returncode)
 
     async def kill(self, child: Child) -> None:
