@@ -6,8 +6,9 @@ one real Redis, one real PostgreSQL and one real SMTP sink, step by step instead
 actors, so that a run is fast and does not depend on timing (the breakers run on a manual clock,
 and a claim first waits out the longest backoff). Rules publish events (and re-driven duplicates
 and poison), deliver, crash after reading, claim due retries, reap exhausted entries, and break
-or heal SMTP. At the end SMTP comes back, everything is drained, and every event must have
-ended exactly once: one e-mail and one ledger row, or a dead letter.
+or heal SMTP (down, greylisting, rejecting one message, refusing us with `Relay access denied`,
+accepting with odd `250` replies). At the end SMTP comes back, everything is drained, and
+every event must have ended exactly once: one e-mail and one ledger row, or a dead letter.
 
 The machine is synchronous: it owns one event loop (created in `__init__`, closed in
 `teardown`), runs each async step with `run_until_complete`, and creates its clients inside it.
@@ -102,6 +103,13 @@ POISON_KINDS: dict[str, dict[str, bytes | str]] = {
 DOWN_REPLY = "421 4.3.0 down"
 REJECT_REPLY = "550 5.1.1 mailbox unknown"
 GREYLIST_REPLY = "450 4.2.0 greylisted, try later"
+#: 250 replies real relays send that once made the notifier resend for ever.
+ODD_250S = (
+    b"250 2.0.0 Ok: queued as \x00ABC",
+    b"250 2.0.0 accept\xe9",
+    b"250-2.0.0 first\r\n250 2.0.0 second",
+    b"250 2.0.0 " + b"x" * 900,
+)
 
 
 def _draft(order: dict[str, Any]) -> OrderDraft:
@@ -164,6 +172,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.relay_down = False
         self.reject_next = False
         self.greylisting = False
+        self.refusing_us = False
         # The breakers' clock: a manual one, so that a run does not depend on how fast it runs.
         self.now = 0.0
         try:
@@ -238,7 +247,9 @@ class DeliveryMachine(RuleBasedStateMachine):
             return REJECT_REPLY
         return None
 
-    def _rcpt_policy(self, _address: str) -> str | None:
+    def _rcpt_policy(self, address: str) -> str | None:
+        if self.refusing_us:
+            return f"554 5.7.1 <{address}>: Relay access denied"
         return GREYLIST_REPLY if self.greylisting else None
 
     @property
@@ -426,6 +437,17 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.reject_next = True
 
     @rule(on=st.booleans())
+    def relay_refuses_us(self, on: bool) -> None:
+        """The relay starts or stops refusing us (554 5.7.1 Relay access denied at every RCPT):
+        a refusal about us, which must never dead-letter an event."""
+        self.refusing_us = on
+
+    @rule(reply=st.sampled_from(ODD_250S))
+    def smtp_answers_oddly(self, reply: bytes) -> None:
+        """From now on the relay accepts with an odd 250 (NUL, Latin-1, lines, 900 chars)."""
+        self._sink.accepted_reply = reply
+
+    @rule(on=st.booleans())
     def smtp_greylist(self, on: bool) -> None:
         """The relay starts or stops refusing recipients for now (450 at RCPT, server up)."""
         self.greylisting = on
@@ -446,7 +468,7 @@ class DeliveryMachine(RuleBasedStateMachine):
 
     async def _drain(self) -> None:
         """SMTP up; claim, deliver and reap until nothing is pending and nothing is unread."""
-        self.relay_down = self.reject_next = self.greylisting = False
+        self.relay_down = self.reject_next = self.greylisting = self.refusing_us = False
         for _round in range(DRAIN_ROUNDS):
             if await self._pending() == 0 and not await self._unread():
                 return
@@ -532,7 +554,7 @@ def test_every_event_ends_sent_once_or_dead(database_url: str, redis_url: str) -
     run_state_machine_as_test(
         functools.partial(DeliveryMachine, Urls(database_url, redis_url)),  # type: ignore[arg-type]
         settings=settings(
-            max_examples=15,
+            max_examples=40,
             stateful_step_count=25,
             deadline=None,
             suppress_health_check=[HealthCheck.too_slow],
