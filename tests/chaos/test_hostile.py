@@ -24,6 +24,7 @@ from tests.chaos.client import post_order
 from tests.chaos.conftest import StartSystem
 from tests.chaos.harness import ChaosSystem, Scale
 from tests.chaos.verdict import Intake, conclude
+from tests.harness import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -122,7 +123,7 @@ async def _dead_letters(redis_url: str) -> dict[str, dict[str, str]]:
 
 async def _hostile(system: ChaosSystem, written: dict[str, tuple[str, str]]) -> Intake:
     """Writes the poison entries and places the hostile and odd orders; the odd ones' intake."""
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(2.0)  # the schedule: hostile input 2 s into the load, while orders flow
     redis = Redis.from_url(system.stack.redis_url)
     try:
         for fields, reason_class, fragment in POISON:
@@ -182,11 +183,10 @@ async def test_envelope_with_a_non_uuid_event_id_is_dead_lettered_as_poison(
     finally:
         await redis.aclose()
     entry_id = added.decode()
-    dead: dict[str, dict[str, str]] = {}
-    # Bounded: at most 10 s, one look per 200 ms.
-    for _ in range(50):
-        dead = await _dead_letters(system.stack.redis_url)
-        if entry_id in dead:
-            break
-        await asyncio.sleep(0.2)
-    assert dead.get(entry_id, {}).get("reason_class") == "poison"
+
+    async def dead_lettered() -> bool:
+        return entry_id in await _dead_letters(system.stack.redis_url)
+
+    await eventually(dead_lettered, timeout_s=10, what=f"entry {entry_id} to be dead-lettered")
+    dead = await _dead_letters(system.stack.redis_url)
+    assert dead[entry_id]["reason_class"] == "poison"

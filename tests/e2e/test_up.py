@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,13 +22,17 @@ from tests.integration.test_api import ORDER
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
-def _wait_for(predicate: object, timeout_s: float, what: str) -> None:
+def _wait_for(
+    predicate: Callable[[], bool], timeout_s: float, what: str | Callable[[], str]
+) -> None:
+    """`tests.harness.eventually` for this synchronous test: polls `predicate` until it is true;
+    fails after `timeout_s`, describing `what` (a callable: described at that moment)."""
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if callable(predicate) and predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+    while not predicate():
+        if time.monotonic() > deadline:
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {described}")
+        time.sleep(0.2)  # the poll interval: each look is an HTTP request or a Redis read
 
 
 def _alive(pid: int) -> bool:
@@ -80,7 +85,7 @@ def test_acme_up_serves_orders_and_stops_cleanly(tmp_path: Path) -> None:
             except httpx.HTTPError:
                 return False
 
-        _wait_for(ready, 90, f"the API to be ready; log:\n{log_path.read_text()}")
+        _wait_for(ready, 90, lambda: f"the API to be ready; log:\n{log_path.read_text()}")
         response = httpx.post(f"{base}/orders", json=ORDER, timeout=5)
         assert response.status_code == 201, response.text
         order_id = response.json()["id"]

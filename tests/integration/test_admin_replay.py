@@ -22,6 +22,7 @@ from acme_notify.keys import AUDIT_STREAM
 from acme_notify.streams import Streams, now_ms
 from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP
 from acme_runtime.ids import uuid7
+from tests.harness import eventually
 from tests.integration.test_admin_dead import (
     CONTENT_REJECTED,
     acme,
@@ -184,6 +185,17 @@ async def test_unknown_or_malformed_ids_change_nothing(
     assert await stream_sizes(redis) == (1, 0, 0)
 
 
+async def read_until(stream: asyncio.StreamReader, needle: bytes) -> bytes:
+    """What `stream` gives, up to and including the line holding `needle`."""
+    read = b""
+    while needle not in read:
+        line = await stream.readline()
+        if not line:
+            raise AssertionError(f"{needle!r} never came; the stream ended after {read!r}")
+        read += line
+    return read
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 async def test_interrupted_replay_leaves_each_entry_in_exactly_one_stream(
@@ -199,17 +211,30 @@ async def test_interrupted_replay_leaves_each_entry_in_exactly_one_stream(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
+    assert process.stderr is not None
+    noted = b""
     try:
-        async with asyncio.timeout(30):  # the first page lands within a second or so
-            while not await redis.xlen(EVENTS_STREAM):  # noqa: ASYNC110 - another process's effect
-                await asyncio.sleep(0.001)
+
+        async def first_page_replayed() -> bool:
+            return bool(await redis.xlen(EVENTS_STREAM))
+
+        # The first page lands within a second or so; the run has a hundred pages.
+        await eventually(first_page_replayed, timeout_s=30, what="the first page to be replayed")
         # Freeze writes: the signal surely lands mid-way, with a page of scripts in flight.
         await redis.client_pause(10_000, all=False)
         process.send_signal(sig)
-        await asyncio.sleep(0.2)  # a stop request is seen before the page in flight completes
+        # Only then let the page in flight complete: once the process is gone, or once it
+        # says (on stderr, as it sets its stop event) that it will stop after that page.
+        if sig == signal.SIGKILL:
+            await asyncio.wait_for(process.wait(), timeout=10)
+        else:
+            noted = await asyncio.wait_for(
+                read_until(process.stderr, b"acme: stopping after"), timeout=10
+            )
     finally:
         await redis.client_unpause()
-        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        _, rest = await asyncio.wait_for(process.communicate(), timeout=30)
+    stderr = noted + rest
     # One MULTI/EXEC snapshot: after a SIGKILL, Redis may still run scripts the dead client
     # had already sent, and separate reads could straddle one of them.
     async with redis.pipeline(transaction=True) as pipe:

@@ -7,6 +7,7 @@ import itertools
 import signal
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from typing import Any
 
 import asyncpg
@@ -47,6 +48,12 @@ async def api(orders_settings: OrdersSettings) -> AsyncIterator[AsyncTestClient[
         running_order_workers(orders_settings),
     ):
         yield client
+
+
+async def nothing_pending(redis: Redis) -> bool:
+    """Every entry the notifiers read is acknowledged: none is left to claim and send."""
+    summary: Any = await redis.xpending(EVENTS_STREAM, "notifier")
+    return int(summary["pending"]) == 0
 
 
 async def order_status(api: AsyncTestClient[Any], order_id: str) -> dict[str, Any]:
@@ -99,8 +106,15 @@ async def test_replica_killed_mid_batch_loses_nothing_and_sends_once(
 ) -> None:
     """A replica SIGKILLed mid-send loses nothing: another claims its entries, each sent once."""
 
+    held = released = 0  # RCPTs the slow server holds, and those that have ended
+
     async def slow(_address: str) -> None:
-        await asyncio.sleep(3)
+        nonlocal held, released
+        held += 1
+        try:
+            await asyncio.sleep(3)  # the fault: a slow server holding each send at RCPT
+        finally:
+            released += 1  # answered, or cut off when the connection died
 
     sink.rcpt_policy = slow  # stalls before any message data is sent
     order_ids = [(await api.post("/orders", json=ORDER)).json()["id"] for _ in range(10)]
@@ -124,19 +138,31 @@ async def test_replica_killed_mid_batch_loses_nothing_and_sends_once(
                 summary: Any = await redis.xpending(EVENTS_STREAM, "notifier")
             except ResponseError:  # the group is not created yet
                 return False
-            return int(summary["pending"]) == 10
+            return int(summary["pending"]) == 10 and held == 10
 
-        await eventually(all_in_flight, timeout_s=20, what="the doomed replica to hold all ten")
+        await eventually(
+            all_in_flight, timeout_s=20, what="the doomed replica to hold all ten at RCPT"
+        )
     finally:
         doomed.send_signal(signal.SIGKILL)
         doomed.wait(timeout=10)
-    await asyncio.sleep(3.5)  # the stalled RCPTs finish server-side, with no DATA to follow
+
+    async def sessions_over() -> bool:
+        return released == held
+
+    # Each of the doomed replica's sessions ended server-side (its RCPT cut off when the kill
+    # closed the connection), so the sink has seen all that replica will ever send.
+    await eventually(sessions_over, what="the stalled RCPTs to end server-side")
     assert len(sink.messages) == 0, "the kill came before any message data was sent"
     sink.rcpt_policy = None
     survivor = notify_settings(database_url, redis_url, sink.url, ACME_CONSUMER_NAME="survivor")
     async with running_replica(survivor):
         await sink.wait_for(10, timeout_s=15)
-        await asyncio.sleep(0.5)  # would any duplicate still arrive?
+        await eventually(
+            partial(nothing_pending, redis), what="the survivor to acknowledge all ten"
+        )
+    # No entry is left to claim and send again, and leaving the block drained the survivor's
+    # sends in flight: a duplicate would be in the sink by now.
     assert sorted(m.order_id for m in sink.messages) == sorted(order_ids)
 
 
@@ -257,7 +283,9 @@ async def test_redelivered_event_already_sent_is_not_sent_again(
             return int(summary["pending"]) == 0 and info[0]["last-delivered-id"] == again
 
         await eventually(all_acked, what="the duplicate to be acknowledged")
-        await asyncio.sleep(0.3)
+    # The notifier acknowledges an entry only after SMTP answered its e-mail, the sink keeps a
+    # message before answering, and leaving the block drained any send in flight: a second
+    # e-mail would be in the sink by now.
     assert len(sink.messages) == 1
     assert await pool.fetchval("SELECT count(*) FROM notify.sent_ledger") == 1
 
@@ -276,7 +304,9 @@ async def test_smtp_outage_burns_no_delivery_budget_and_the_backlog_drains(
     )
     order_ids = [(await api.post("/orders", json=ORDER)).json()["id"] for _ in range(20)]
     async with running_replica(settings) as replica:
-        await asyncio.sleep(4.0)  # the schedule (200, 400, 800 ms ... 4 deliveries) fits 3x
+        # The outage itself: SMTP stays down for 4 s, ~3x the whole retry schedule (200, 400,
+        # 800 ms between 4 deliveries), so without the breaker all would be dead-lettered by now.
+        await asyncio.sleep(4.0)
         assert replica.delivery.breaker.state in ("open", "half_open")
         assert await redis.xlen(DEAD_STREAM) == 0
         pending: Any = await redis.xpending_range(EVENTS_STREAM, "notifier", "-", "+", 100)
@@ -285,7 +315,12 @@ async def test_smtp_outage_burns_no_delivery_budget_and_the_backlog_drains(
         await back.start()
         try:
             await back.wait_for(20, timeout_s=15)
-            await asyncio.sleep(0.3)
+
+            async def all_done() -> bool:
+                return not replica.processor.in_flight and await nothing_pending(redis)
+
+            # Nothing left to claim and no send in flight: no e-mail can reach `back` any more.
+            await eventually(all_done, what="all twenty acknowledged and no send in flight")
         finally:
             await back.stop()
     assert sorted(m.order_id for m in back.messages) == sorted(order_ids)
@@ -304,6 +339,7 @@ async def test_due_retries_deep_in_a_long_pending_list_are_claimed(redis: Redis)
     await owner.read_new(30, 10)
     claimed: set[str] = set()
     for _ in range(10):
+        # The retry backoff: longer than its 1 ms cap, so every pending entry is due again.
         await asyncio.sleep(0.02)
         result = await streams.claim_due(
             base_ms=1, cap_ms=1, jitter=0, max_deliveries=9, limit=4, scan=5

@@ -260,15 +260,21 @@ async def test_malformed_receipts_are_skipped(pool: asyncpg.Pool) -> None:
 
 
 class CountingPool:
-    """The real pool, counting the statements the receipts consumer sends through it."""
+    """The real pool, counting the statements the receipts consumer sends through it, and
+    those PostgreSQL refused."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self.statements = 0
+        self.refused = 0
 
     async def execute(self, query: str, *args: object) -> str:
         self.statements += 1
-        result: str = await self._pool.execute(query, *args)
+        try:
+            result: str = await self._pool.execute(query, *args)
+        except asyncpg.PostgresError:
+            self.refused += 1
+            raise
         return result
 
 
@@ -293,7 +299,7 @@ async def test_a_trickle_of_receipts_is_applied_in_few_statements_while_lingerin
                 RECEIPTS_STREAM,
                 receipt("sent", str(event_id), by_event[str(event_id)], 1, 1_800_000_000_000 + n),
             )
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the trickle itself: one receipt every 10 ms
 
         async def all_sent() -> bool:
             n_sent = await pool.fetchval(
@@ -330,7 +336,16 @@ async def test_receipts_left_pending_by_a_departed_relay_are_claimed_and_applied
         claim_interval_ms=500,
     )
     assert await survivor.consume_once() == 0  # not idle long enough yet: left alone
-    await asyncio.sleep(1.1)
+
+    async def idle_long_enough() -> bool:
+        # Redis's own idle time, the one XAUTOCLAIM compares with claim_idle_ms. By then the
+        # survivor's 500 ms claim interval, started just after the departed read, is over too.
+        stale: Any = await redis.xpending_range(
+            RECEIPTS_STREAM, RECEIPTS_GROUP, "-", "+", 10, idle=1_000
+        )
+        return len(stale) == 1
+
+    await eventually(idle_long_enough, timeout_s=5, what="the receipt to be idle for 1 s")
     assert await survivor.consume_once() == 1
     status = await pool.fetchval("SELECT notification_status FROM orders")
     assert status == "sent"
@@ -344,6 +359,8 @@ async def test_receipts_read_when_the_database_failed_are_applied_once_it_answer
     """A batch that PostgreSQL refused stays pending with the consumer and is applied as soon as
     PostgreSQL answers again, not after the 30 s take-over of departed replicas."""
     store, event_id, order_id = await one_order(pool)
+    counting = CountingPool(pool)
+    store.pool = cast(asyncpg.Pool, counting)
     consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=20)
     await consumer._ensure_group()  # before polling the group's pending count below
     await pool.execute("ALTER TABLE order_timeline RENAME TO order_timeline_gone")
@@ -359,7 +376,12 @@ async def test_receipts_read_when_the_database_failed_are_applied_once_it_answer
             return int(pending["pending"]) == 1
 
         await eventually(read_and_pending, what="the receipt to be read")
-        await asyncio.sleep(0.3)  # a failed try or two
+
+        async def refused_twice() -> bool:
+            return counting.refused >= 2
+
+        # The batch failed, and failed again when the consumer retried its pending receipt.
+        await eventually(refused_twice, what="two tries of the batch refused by PostgreSQL")
         await pool.execute("ALTER TABLE order_timeline_gone RENAME TO order_timeline")
 
         async def applied() -> bool:

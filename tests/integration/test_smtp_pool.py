@@ -268,8 +268,16 @@ async def test_a_cancelled_send_is_never_delivered_behind_the_callers_back(
     """Cancelled at any moment, a send either raises CancelledError and delivers nothing, or
     (when Python 3.11's wait_for swallows the cancel) reports its 250: never both."""
 
+    held = answered = ended = 0  # RCPTs the slow server holds; answered; ended either way
+
     async def stall(_address: str) -> None:
-        await asyncio.sleep(0.3)
+        nonlocal held, answered, ended
+        held += 1
+        try:
+            await asyncio.sleep(0.3)  # the fault: a slow server, so sends are mid-way
+            answered += 1
+        finally:
+            ended += 1  # answered, or cut off when the client closed the connection
 
     sink.rcpt_policy = stall
     pool = make_pool(sink.url, pool_size=10)
@@ -277,13 +285,20 @@ async def test_a_cancelled_send_is_never_delivered_behind_the_callers_back(
         asyncio.create_task(pool.send("a@acme.example", ["b@example.com"], message(i)))
         for i in range(10)
     ]
-    await asyncio.sleep(cancel_after_s)
+    await asyncio.sleep(cancel_after_s)  # the moment of the cancel, the parameter under test
     for send in sends:
         send.cancel()
     outcomes = await asyncio.gather(*sends, return_exceptions=True)
     delivered = [o for o in outcomes if isinstance(o, str)]
     assert all(isinstance(o, asyncio.CancelledError) or o.startswith("250") for o in outcomes)
-    await asyncio.sleep(0.5)  # stalled RCPTs end; a cancelled send sends no message data
+
+    async def sink_settled() -> bool:
+        # Every stalled RCPT is over, and each one answered has had its message arrive (only
+        # a send still going on gets an answer, and sends its data at once): nothing more can
+        # reach the sink.
+        return ended == held and len(sink.messages) >= answered
+
+    await eventually(sink_settled, timeout_s=5, what="the stalled RCPTs to end server-side")
     assert len(sink.messages) == len(delivered)
 
 

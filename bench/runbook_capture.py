@@ -1,0 +1,299 @@
+"""Re-creates the incidents of docs/runbook.md on a real system and prints every command's output.
+
+The runbook's examples are real output, re-creatable when the product changes: this starts the
+system with tests/chaos/harness.py's `ChaosSystem` (embedded PostgreSQL and Redis, `acme api`,
+`acme relay`, two notifiers, a steerable SMTP server and, for incident A, a real Postfix relay in
+front of it), plays two incidents, and prints each command as `$ command` and its output:
+
+* A, "The relay refuses us": a steady trickle of orders; the relay (Postfix) is misconfigured
+  to answer `554 5.7.1 Relay access denied` for a while, then fixed. Nothing is dead-lettered;
+  the mail is held and goes out by itself. Breaker timings are the production defaults.
+* B, "A relay policy blocked one customer domain": the SMTP server refuses recipients at
+  `@blocked.example` (`550 5.7.1 ... Recipient address rejected`); those are dead-lettered and,
+  once the policy is lifted, replayed; then one straggler for the JSON examples.
+
+`acme` runs as a subprocess as `maria@ops-bastion`, `COLUMNS=140`. Needs Postfix, and root (for
+Postfix). About two minutes, in a temporary folder removed at the end unless `--keep` (logs).
+
+Usage: ``.tox/py311/bin/python bench/runbook_capture.py > /tmp/runbook.txt``
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if not __package__:
+    # Run as a script: make `bench.*` and `tests.*` importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import unicodedata
+import uuid
+from datetime import datetime
+
+from tests.chaos.client import post_order
+from tests.chaos.harness import ChaosSystem
+
+from bench.stack import HOST
+
+#: The production breaker timings (the chaos defaults are much shorter).
+BREAKER_DEFAULTS = {"ACME_BREAKER_COOLDOWN_S": "5", "ACME_BREAKER_MAX_COOLDOWN_S": "30"}
+BLOCKED_REPLY = "550 5.7.1 <{address}>: Recipient address rejected: Access denied"
+WHY = "INC-2291: policy for blocked.example lifted"
+# fmt: off
+NAMES = ("Carla Dias", "Ana Souza", "Bruno Lima", "Davi Rocha", "Elisa Melo", "Fábio Costa",
+         "Gabi Nunes", "Heitor Reis", "Iara Lopes", "João Pires", "Kátia Alves", "Luís Prado")
+# fmt: on
+
+
+def heading(text: str) -> None:
+    print(f"\n{'=' * 100}\n== {text}\n{'=' * 100}", flush=True)
+
+
+def note(text: str) -> None:
+    print(f"# {time.strftime('%H:%M:%S', time.gmtime())}Z {text}", flush=True)
+
+
+def tidy(output: bytes) -> str:
+    """The output without the trailing blanks rich pads its lines with."""
+    return "\n".join(line.rstrip() for line in output.decode().rstrip().splitlines())
+
+
+def shown(args: tuple[str, ...]) -> str:
+    return " ".join(f'"{a}"' if " " in a else a for a in args)
+
+
+class Operator:
+    """Runs `acme` commands (and a few shell pipelines) as an operator would, printing them."""
+
+    def __init__(self, system: ChaosSystem) -> None:
+        self.system = system
+        self.env = {
+            **os.environ,
+            "ACME_REDIS_URL": system.stack.redis_url,
+            "ACME_DATABASE_URL": system.stack.database_url,
+            "ACME_OPERATOR": "maria@ops-bastion",
+            "COLUMNS": "140",
+        }
+
+    async def acme(self, *args: str, show: bool = True, stdin_note: str = "") -> tuple[int, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "acme_cli.main", *args, env=self.env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        output = tidy((await process.communicate())[0])
+        if show:
+            print(f"$ acme {shown(args)}{stdin_note}\n{output}", flush=True)
+        return int(process.returncode or 0), output
+
+    async def pipeline(self, display: str, *stages: list[str]) -> str:
+        """Runs the stages as a pipe (each one's stdout the next one's stdin) in the system's
+        folder; prints `display` and the last stage's output."""
+
+        def run() -> str:
+            data = b""
+            for argv in stages:
+                done = subprocess.run(argv, input=data, capture_output=True, cwd=self.system.root,
+                                      check=False, timeout=30)  # fmt: skip
+                data = done.stdout
+            return tidy(data)
+
+        output = await asyncio.to_thread(run)
+        print(f"$ {display}\n{output}", flush=True)
+        return output
+
+    async def dead_ids(self) -> list[tuple[str, str]]:
+        """(dead id, order id) of every dead letter, oldest first."""
+        _code, output = await self.acme("dead", "list", "--limit", "1000", "--json", show=False)
+        entries = json.loads(output)["entries"]
+        return [(e["dead_id"], e["order_id"]) for e in reversed(entries)]
+
+
+async def place(system: ChaosSystem, index: int, email: str) -> tuple[str, float]:
+    """One order for `email`; its id and created_at (Unix seconds)."""
+    body = {
+        "customer": {"name": NAMES[index % len(NAMES)], "email": email, "locale": "pt-BR"},
+        "items": [{"sku": "CANECA-01", "name": "Caneca", "quantity": 2, "unit_price": "19.90"}],
+        "currency": "BRL",
+    }
+    key = f"runbook-{uuid.uuid4()}"
+    status, _headers, payload = await post_order(
+        HOST, system.stack.http_port, json.dumps(body).encode(), key
+    )
+    assert status == 201, (status, payload)
+    document = json.loads(payload)
+    return str(document["id"]), datetime.fromisoformat(document["created_at"]).timestamp()
+
+
+async def wait_settled(system: ChaosSystem, expected: int, timeout_s: float) -> None:
+    """Until `expected` orders exist and none waits for its e-mail (each is sent or dead)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:  # bounded: one look per 200 ms
+        rows = await system.db_fetch(
+            "SELECT count(*) AS total, count(*) FILTER (WHERE notification_status"
+            " IN ('pending', 'published')) AS open FROM orders"
+        )
+        if rows[0]["total"] >= expected and rows[0]["open"] == 0:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"orders still waiting after {timeout_s:g} s")
+
+
+def metrics_port(system: ChaosSystem, slot: int) -> str:
+    """The notifier's metrics port, from its environment (the harness picks a free one)."""
+    environ = Path(f"/proc/{system.slots[slot].process.pid}/environ").read_bytes().split(b"\0")
+    found = [v.split(b"=", 1)[1] for v in environ if v.startswith(b"ACME_METRICS_PORT=")]
+    return found[0].decode()
+
+
+async def relay_refuses_us(root: Path) -> None:
+    heading("Incident A: the relay refuses us (Postfix: 554 5.7.1 Relay access denied)")
+    system = ChaosSystem(root / "relay-refuses-us", notifiers=2, mta=True, env=BREAKER_DEFAULTS)
+    try:
+        await system.start()
+        ops = Operator(system)
+        orders: list[tuple[str, float]] = []
+
+        async def trickle(rate_per_s: float = 3.0, duration_s: float = 40.0) -> None:
+            t0 = time.monotonic()
+            for i in range(round(rate_per_s * duration_s)):
+                await asyncio.sleep(max(0.0, t0 + i / rate_per_s - time.monotonic()))
+                orders.append(await place(system, i, f"cliente{i:03d}@example.com"))
+
+        load = asyncio.create_task(trickle())
+        await asyncio.sleep(5.0)
+        await system.misconfigure_relay()
+        broken_at = time.time()
+        note(f"relay misconfigured; {len(orders)} orders so far")
+        await asyncio.sleep(15.0)
+        await ops.acme("stats")
+        logs = sorted(f"logs/{child.log_path.name}" for child in system.slots.values())
+        opened = ["grep", "-h", '"smtp_circuit_opened"', *logs]
+        where = "'\"smtp_circuit_opened\"' logs/notifier-*.log"
+        first = "jq -s 'min_by(.timestamp)'"
+        await ops.pipeline(f"grep -h {where} | {first}", opened, ["jq", "-s", "min_by(.timestamp)"])
+        await ops.pipeline(
+            "grep -h send_failed_transient logs/notifier-*.log | grep -m1 smtp_provider | jq .",
+            ["grep", "-h", "send_failed_transient", *logs], ["grep", "-m1", "smtp_provider"],
+            ["jq", "."],
+        )  # fmt: skip
+        port = metrics_port(system, 1)
+        await ops.pipeline(
+            f"curl -s http://127.0.0.1:{port}/metrics | grep -E '^acme_notify_(send_failures_total"
+            "|circuit_state|dead_lettered_total)'",
+            ["curl", "-s", f"http://127.0.0.1:{port}/metrics"],
+            ["grep", "-E", "^acme_notify_(send_failures_total|circuit_state|dead_lettered_total)"],
+        )
+        await ops.acme("dead", "list")
+        during = [uuid.UUID(o) for o, at in orders if at > broken_at]
+        rows = await system.db_fetch(
+            "SELECT order_id::text AS id FROM order_timeline WHERE kind = 'attempt_failed'"
+            " AND order_id = ANY($1::uuid[]) GROUP BY order_id ORDER BY count(*) DESC, min(at)"
+            " LIMIT 1",
+            during,
+        )
+        traced = rows[0]["id"] if rows else str(during[0])
+        await ops.acme("trace", traced)
+        await system.fix_relay()
+        fixed_at = time.time()
+        note(f"relay fixed, {fixed_at - broken_at:.1f} s after")
+        await load
+        await wait_settled(system, len(orders), 120.0)
+        await ops.acme("stats")
+        await ops.acme("trace", traced)
+        await ops.pipeline(
+            f"grep -h {where} | jq -c '[.timestamp, .cooldown_s]' | sort",
+            opened, ["jq", "-c", "[.timestamp, .cooldown_s]"], ["sort"],
+        )  # fmt: skip
+        sent = await system.db_fetch(
+            "SELECT order_id::text AS id, extract(epoch FROM sent_at) AS at FROM notify.sent_ledger"
+        )
+        sent_at = {row["id"]: float(row["at"]) for row in sent}
+        created = dict(orders)
+        held = [o for o, at in created.items() if at < fixed_at and sent_at.get(o, 0) > fixed_at]
+        refusals = sum(
+            b"smtp_provider" in line and b"send_failed_transient" in line
+            for child in system.slots.values()
+            for line in child.log_path.read_bytes().splitlines()
+        )
+        note(
+            f"figures: misconfigured {fixed_at - broken_at:.1f} s; {len(orders)} orders, "
+            f"{sum(1 for at in created.values() if broken_at <= at < fixed_at)} placed while "
+            f"misconfigured; {len(held)} held until the fix, the last one out "
+            f"{max((sent_at[o] for o in held), default=fixed_at) - fixed_at:.1f} s after it; "
+            f"{refusals} smtp_provider refusals logged; "
+            f"{sum(o not in sent_at for o in created)} orders without an e-mail"
+        )
+    finally:
+        await system.stop()
+
+
+async def blocked_domain(root: Path) -> None:
+    heading("Incident B: a relay policy blocked one customer domain (550 5.7.1 per recipient)")
+    system = ChaosSystem(root / "blocked-domain", notifiers=2)
+    try:
+        await system.start()
+        ops = Operator(system)
+        await system.set_smtp(reject_rcpt=r"@blocked\.example$", reject_reply=BLOCKED_REPLY)
+        note("the relay refuses recipients at @blocked.example")
+        domains = ("example.com", "blocked.example", "example.org")
+        for i in range(12):
+            name = unicodedata.normalize("NFKD", NAMES[i]).encode("ascii", "ignore").decode()
+            await place(system, i, f"{name.split()[0].lower()}@{domains[i % 3]}")
+            await asyncio.sleep(0.3)
+        await wait_settled(system, 12, 60.0)
+        await ops.acme("stats")
+        await ops.acme("dead", "list", "--reason", "smtp_permanent", "--since", "1h")
+        dead_id, order_id = (await ops.dead_ids())[0]
+        await ops.acme("dead", "show", dead_id)
+        await system.set_smtp()
+        note("the relay admin lifted the policy")
+        replay = ("dead", "replay", "--reason", "smtp_permanent", "--since", "1h")
+        await ops.acme(*replay, "--dry-run")
+        code, _ = await ops.acme(*replay, stdin_note=" < /dev/null")
+        print(f"$ echo $?\n{code}")
+        await ops.acme(*replay, "--yes", "--why", WHY)
+        await wait_settled(system, 12, 60.0)
+        await ops.acme("trace", order_id)
+        await ops.acme("stats")
+
+        heading("Incident B, JSON examples: one straggler, replayed by id")
+        await system.set_smtp(reject_rcpt=r"@blocked\.example$", reject_reply=BLOCKED_REPLY)
+        straggler, _at = await place(system, 1, "ana@blocked.example")
+        await wait_settled(system, 13, 60.0)
+        await system.set_smtp()
+        await ops.acme("dead", "list", "--limit", "1", "--json")
+        dead_id = next(d for d, o in await ops.dead_ids() if o == straggler)
+        await ops.acme("dead", "replay", dead_id, "--why", "INC-2291 straggler", "--json")
+        await wait_settled(system, 13, 60.0)
+        await ops.acme("trace", straggler, "--json")
+        await ops.acme("stats", "--json")
+    finally:
+        await system.stop()
+
+
+async def main(keep: bool) -> None:
+    root = Path(tempfile.mkdtemp(prefix="acme-runbook-"))
+    note(f"system folders under {root}")
+    try:
+        await relay_refuses_us(root)
+        await blocked_domain(root)
+    finally:
+        if keep:
+            note(f"logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true", help="keep the folder (logs) at the end")
+    asyncio.run(main(parser.parse_args().keep))
