@@ -12,13 +12,14 @@ success closes the breaker and the backlog drains, with no operator action.
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
 import structlog
 from opentelemetry import trace
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from acme_notify.errors import PermanentError, ProviderError, TransientError
+from acme_notify.errors import CircuitOpen, PermanentError, ProviderError, TransientError
 from acme_notify.flow import CircuitBreaker, RefusalStorm, TokenBucket
 from acme_notify.keys import BREAKER_KEY
 from acme_notify.replies import refusal_key
@@ -28,6 +29,12 @@ from acme_runtime.actors import PeriodicActor
 __all__ = ["BreakerSync", "Delivery"]
 
 log = structlog.get_logger(__name__)
+
+#: The shared breaker key's value says which way it went: "open:<consumer>" while one replica
+#: holds the relay for down, "closed:<consumer>" for a moment after one found it well again.
+_OPEN: Final = "open:"
+_CLOSED: Final = "closed:"
+_CLOSED_TTL_MS: Final = 10_000
 
 
 class Delivery:
@@ -50,9 +57,10 @@ class Delivery:
         self.shared_open_published = 0
 
     def capacity(self, free_slots: int) -> int:
-        """How many entries may be taken now: none while open, one probe while half-open."""
+        """How many entries may be taken now: none while open, one probe while half-open (and
+        none while that probe is out)."""
         state = self.breaker.state
-        if state == "open":
+        if state == "open" or self.breaker.probing:
             return 0
         if state == "half_open":
             return min(free_slots, 1)
@@ -60,7 +68,7 @@ class Delivery:
 
     async def send(self, sender: str, recipients: list[str], data: bytes) -> str:
         if not self.breaker.allow():
-            raise TransientError("SMTP circuit open: server considered down", server_down=True)
+            raise CircuitOpen
         trace.get_current_span().set_attributes(
             {"server.address": self.pool.config.host, "server.port": self.pool.config.port}
         )
@@ -90,9 +98,20 @@ class Delivery:
             # An answer about this recipient proves the server is up.
             self.breaker.record_success()
             raise
-        self.breaker.record_success()
+        await self._succeeded()
         self._storm.accepted()
         return reply
+
+    async def _succeeded(self) -> None:
+        was_closed = self.breaker.state == "closed"
+        self.breaker.record_success()
+        if not was_closed and self.breaker.state == "closed":
+            # Tell the other replicas at once, rather than let them sit out their cooldown.
+            log.info("smtp_circuit_closed")
+            try:
+                await self._redis.set(BREAKER_KEY, f"{_CLOSED}{self._consumer}", px=_CLOSED_TTL_MS)
+            except (RedisError, OSError) as exc:
+                log.warning("smtp_circuit_share_failed", error=repr(exc))
 
     async def _failed(self, exc: TransientError) -> None:
         was_open = self.breaker.state == "open"
@@ -110,17 +129,24 @@ class Delivery:
             reason=cause.reason,
         )
         try:
-            await self._redis.set(BREAKER_KEY, self._consumer, px=cooldown_ms)
+            await self._redis.set(BREAKER_KEY, f"{_OPEN}{self._consumer}", px=cooldown_ms)
             self.shared_open_published += 1
         except (RedisError, OSError) as exc:
             log.warning("smtp_circuit_share_failed", error=repr(exc))
 
     async def sync_shared(self) -> None:
-        """Opens the local breaker while another replica reports SMTP down."""
-        if self.breaker.state != "closed":
-            return
-        ttl_ms = await self._redis.pttl(BREAKER_KEY)
-        if ttl_ms > 0:
+        """Opens the local breaker while another replica reports SMTP down, and lets it probe
+        at once when another replica's probe found SMTP well again."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(BREAKER_KEY)
+            pipe.pttl(BREAKER_KEY)
+            raw, ttl_ms = await pipe.execute()
+        value = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+        if value.startswith(_CLOSED):
+            if self.breaker.state == "open":
+                self.breaker.release()
+                log.info("smtp_circuit_released_by_peer", peer=value.removeprefix(_CLOSED))
+        elif ttl_ms > 0 and self.breaker.state == "closed":
             until = asyncio.get_running_loop().time() + ttl_ms / 1000
             self.breaker.force_open(until)
             log.info("smtp_circuit_opened_by_peer", for_s=ttl_ms / 1000)

@@ -9,7 +9,7 @@ between them) is data in the settings, not code.
 
 from __future__ import annotations
 
-__all__ = ["PermanentError", "PoisonMessage", "ProviderError", "TransientError"]
+__all__ = ["CircuitOpen", "PermanentError", "PoisonMessage", "ProviderError", "TransientError"]
 
 
 class TransientError(Exception):
@@ -42,6 +42,16 @@ class ProviderError(TransientError):
         #: Set when a storm of one refusal (this key) revealed it: the e-mails dead-lettered
         #: for that refusal before the storm was recognised were the relay's fault too.
         self.storm_key = storm_key
+
+
+class CircuitOpen(TransientError):
+    """Our own breaker held the send back: nothing reached SMTP, so it is no attempt at all (no
+    receipt, no failure counted), only a delivery given back."""
+
+    reason_class = "circuit_open"
+
+    def __init__(self) -> None:
+        super().__init__("SMTP circuit open: server considered down", server_down=True)
 
 
 class PermanentError(Exception):

@@ -119,6 +119,22 @@ class CircuitBreaker:
         self._probe_started_at = now
         return True
 
+    @property
+    def probing(self) -> bool:
+        """A half-open probe is out and has not reported back (nor timed out) yet."""
+        started = self._probe_started_at
+        return (
+            self._state == "half_open"
+            and started is not None
+            and self._clock() - started < self.cooldown_s
+        )
+
+    def release(self) -> None:
+        """Let the next send probe at once (e.g. another replica's probe found the relay well):
+        an open breaker becomes half-open now; closed or half-open ones are left alone."""
+        if self._state == "open":
+            self._open_until = self._clock()
+
     def record_success(self) -> None:
         """The relay accepted a message (or answered at all: it is up)."""
         if self._state == "half_open":

@@ -37,7 +37,13 @@ import structlog
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from acme_notify.envelope import StreamEntry, decode_entry
-from acme_notify.errors import PermanentError, PoisonMessage, ProviderError, TransientError
+from acme_notify.errors import (
+    CircuitOpen,
+    PermanentError,
+    PoisonMessage,
+    ProviderError,
+    TransientError,
+)
 from acme_notify.keys import EVENTS_STREAM
 from acme_notify.ledger import SendLedger
 from acme_notify.render import RenderedMessage, Renderer
@@ -203,6 +209,10 @@ class Processor:
         try:
             message = self._renderer.render(envelope)
             reply = await self._smtp_send(message)
+        except CircuitOpen:
+            # Our own breaker held it back (another entry is the probe): not an attempt.
+            await self._streams.refund(entry.entry_id)
+            return
         except TransientError as exc:
             log.warning(
                 "send_failed_transient",

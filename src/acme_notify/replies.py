@@ -28,6 +28,7 @@ from typing import Final, Literal
 import aiosmtplib
 
 from acme_notify.errors import PermanentError, ProviderError, TransientError
+from acme_runtime.logs import mask_addresses
 from acme_runtime.text import printable
 
 __all__ = ["Stage", "classify", "refusal_key", "verdict"]
@@ -69,8 +70,12 @@ _ABOUT_US_WORDS: Final = re.compile(
 
 
 def _first_line(text: str) -> str:
+    """The reply's first line, printable, with the addresses it quotes masked: a reason goes
+    into dead letters, receipts, the order's timeline and logs, which show no full address."""
     stripped = text.strip()
-    return printable(stripped.splitlines()[0], REASON_MAX_CHARS) if stripped else ""
+    if not stripped:
+        return ""
+    return printable(mask_addresses(stripped.splitlines()[0]), REASON_MAX_CHARS)
 
 
 def verdict(code: int, text: str, stage: Stage = "unknown") -> TransientError | PermanentError:

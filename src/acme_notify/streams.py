@@ -33,6 +33,8 @@ log = structlog.get_logger(__name__)
 RawEntry = tuple[str, dict[bytes, bytes], int]  # entry id, fields, delivery count
 #: The audit stream's approximate length bound when the notifier itself adds to it.
 RESCIND_AUDIT_MAXLEN = 100_000
+#: A rescind is no operator's replay: the replay cap does not hold it back (nor is it "forced").
+RESCIND_CAP = 2**31 - 1
 _Ack = tuple[str, dict[str, str], bool]  # entry id, receipt, e-mailed just now
 
 
@@ -189,7 +191,7 @@ class Streams:
         keys = [DEAD_STREAM, EVENTS_STREAM, AUDIT_STREAM]
         at = now_ms()
         calls: list[tuple[Sequence[str], Sequence[str | int]]] = [
-            (keys, [dead_id, 0, "1", at, self.consumer, why[:1000], RESCIND_AUDIT_MAXLEN])
+            (keys, [dead_id, RESCIND_CAP, "0", at, self.consumer, why[:1000], RESCIND_AUDIT_MAXLEN])
             for dead_id in dead_ids
         ]
         # replay_dead.lua is re-runnable: a dead id already replayed answers not_found.

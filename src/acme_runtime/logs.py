@@ -7,6 +7,7 @@ bound in contextvars (order id, event id, trace id) is merged into every line.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import TextIO, cast
 
@@ -14,7 +15,7 @@ import structlog
 
 from acme_runtime.tracing import add_trace_ids
 
-__all__ = ["configure_logging", "mask_email"]
+__all__ = ["configure_logging", "mask_addresses", "mask_email"]
 
 
 def mask_email(address: str) -> str:
@@ -23,6 +24,15 @@ def mask_email(address: str) -> str:
     if not at:
         return "***"
     return f"{local[:1]}***@{domain}"
+
+
+_ADDRESS = re.compile(r"[^\s<>@\"'(),;:\[\]]+@[^\s<>@\"'(),;:\[\]]+")
+
+
+def mask_addresses(text: str) -> str:
+    """Every e-mail address inside `text` (an SMTP server's reply quotes the recipient) masked
+    as by `mask_email`."""
+    return _ADDRESS.sub(lambda match: mask_email(match.group()), text) if "@" in text else text
 
 
 class _CurrentStderr:

@@ -132,3 +132,9 @@ def test_the_same_refusal_to_different_recipients_has_one_key() -> None:
     assert first == second == "554 5.7.1 : relay access denied"
     assert other != first
     assert queued == refusal_key("550 5.7.1 [198.51.100.9] blocked, ref 0d17e2aa")
+
+
+def test_addresses_a_relay_quotes_are_masked_in_the_reason() -> None:
+    """A reason travels into dead letters, timelines and logs: never with a full address."""
+    found = verdict(550, "5.7.1 <ana.souza@blocked.example>: Recipient address rejected", "rcpt")
+    assert found.reason == "550 5.7.1 <a***@blocked.example>: Recipient address rejected"

@@ -239,6 +239,24 @@ def test_breaker_probe_that_never_reports_does_not_wedge_it() -> None:
     assert breaker.allow()
 
 
+def test_breaker_says_while_its_probe_is_out_and_a_peer_can_release_it() -> None:
+    """`probing` is true from the probe's start until it reports or times out; `release`
+    turns an open breaker half-open at once (another replica found the relay well)."""
+    clock = FakeClock()
+    breaker = CircuitBreaker(1, 5.0, clock=clock)
+    breaker.record_failure(server_down=True)
+    assert breaker.state == "open" and not breaker.probing
+    breaker.release()
+    assert breaker.state == "half_open"
+    assert breaker.allow() and breaker.probing
+    clock.now += 5.0
+    assert not breaker.probing, "a probe that never reported does not block for ever"
+    breaker.record_success()
+    assert breaker.state == "closed" and not breaker.probing
+    breaker.release()
+    assert breaker.state == "closed"
+
+
 def test_breaker_force_open_from_a_shared_signal() -> None:
     """force_open opens a closed breaker until the given time and never shortens it."""
     clock = FakeClock()
