@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -73,6 +74,10 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+#: The ports `free_port` gave out lately, in this process (a bounded memory).
+_HANDED_OUT: deque[int] = deque(maxlen=2_000)
+
+
 def free_port(host: str = LOCALHOST) -> int:
     """Return a TCP port that is free right now (nothing stops another process taking it).
 
@@ -83,11 +88,16 @@ def free_port(host: str = LOCALHOST) -> int:
     low, _high = _ephemeral_range()
     candidates = list(range(max(1024, low - 20_000), low))
     for port in random.sample(candidates, k=min(200, len(candidates))):
+        if port in _HANDED_OUT:
+            # Free, but given to a caller that may not have bound it yet: two servers started
+            # together must never be handed the same port.
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, port))
             except OSError:
                 continue
+            _HANDED_OUT.append(port)
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
