@@ -38,15 +38,23 @@ def _promtool_from_debian() -> Path:
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         raise RuntimeError("neither promtool nor apt-get/dpkg-deb to fetch it is available")
     with tempfile.TemporaryDirectory(prefix="acme-promtool-") as work:
-        # _apt cannot write into our folder; apt then downloads as the calling user (harmless).
-        fetched = subprocess.run(
-            ["apt-get", "download", "prometheus"],
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
+
+        def download() -> subprocess.CompletedProcess[str]:
+            # _apt cannot write into our folder; apt downloads as the calling user (harmless).
+            return subprocess.run(
+                ["apt-get", "download", "prometheus"],
+                cwd=work,
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+
+        fetched = download()
+        if fetched.returncode != 0 and os.geteuid() == 0:
+            # A fresh machine may have no package lists yet.
+            subprocess.run(["apt-get", "update"], capture_output=True, timeout=300, check=False)
+            fetched = download()
         debs = list(Path(work).glob("prometheus_*.deb"))
         if fetched.returncode != 0 or not debs:
             raise RuntimeError(f"apt-get download prometheus failed: {fetched.stderr.strip()}")
