@@ -10,6 +10,10 @@ Look-ups and inserts made by concurrent sends in the same event-loop turn are co
 statement each (`acme_runtime.coalesce`): a busy notifier pays one round trip per batch, not per
 e-mail, and every caller still returns only once its own row is committed.
 
+A row that cannot be written at all (an outage outlasting the caller's patience, a refusal)
+is remembered in this process instead (`remember_unrecorded`, the 10,000 latest), so this
+replica never sends that e-mail again itself.
+
 What the server said is stored cleaned (`acme_runtime.text.printable`: one line, no NUL, no
 undecodable bytes, at most `SMTP_REPLY_MAX_CHARS`). Should PostgreSQL still refuse a batch
 with a data error, its rows are inserted one by one, so one row can never fail its neighbours,
@@ -20,6 +24,7 @@ defect, not an outage) reaches the caller as an error.
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -42,6 +47,8 @@ def migrations() -> list[Migration]:
 
 log = structlog.get_logger(__name__)
 
+#: How many unrecordable e-mails a replica remembers (the oldest are forgotten first).
+UNRECORDED_MEMORY: Final = 10_000
 #: Stored instead of a server reply that PostgreSQL refused even cleaned.
 UNSTORABLE_REPLY: Final = "250 (reply not storable)"
 
@@ -69,10 +76,21 @@ class SendLedger:
         self._pool = pool
         self._lookups = Coalescer(self._lookup_batch, max_batch=max_batch)
         self._records = Coalescer(self._record_batch, max_batch=max_batch)
+        # event id -> Message-ID of e-mails accepted whose row could not be written.
+        self._unrecorded: OrderedDict[str, str] = OrderedDict()
 
     async def already_sent(self, event_id: str) -> str | None:
         """The Message-ID of the e-mail already sent for `event_id`, or None."""
+        remembered = self._unrecorded.get(event_id)
+        if remembered is not None:
+            return remembered
         return await self._lookups(uuid.UUID(event_id))
+
+    def remember_unrecorded(self, event_id: str, message_id: str) -> None:
+        """An e-mail was accepted but its row could not be written: answer for it from memory."""
+        self._unrecorded[event_id] = message_id
+        while len(self._unrecorded) > UNRECORDED_MEMORY:
+            self._unrecorded.popitem(last=False)
 
     async def record_sent(
         self,

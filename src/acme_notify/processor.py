@@ -19,8 +19,9 @@ accepted the e-mail nothing is given back, ever: the ledger row is retried throu
 for `record_patience_s`, then the entry is acknowledged anyway, and a failure to record or to
 acknowledge is counted (`acme_notify_bookkeeping_failures_total`) and logged as an error. An
 e-mail that went out can therefore be sent again only within the delivery budget, never in a
-loop. This replica also remembers the e-mails it could not record, so it never sends those
-again itself.
+loop. The ledger also remembers, in this process, the e-mails it could not record, so this
+replica never sends those again itself. Dead letters a refusal storm cost before it was
+recognised are taken back by `acme_notify.rescind`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final
@@ -47,7 +47,7 @@ from acme_notify.errors import (
 from acme_notify.keys import EVENTS_STREAM
 from acme_notify.ledger import SendLedger
 from acme_notify.render import RenderedMessage, Renderer
-from acme_notify.replies import refusal_key
+from acme_notify.rescind import Rescinder
 from acme_notify.streams import RawEntry, Streams, now_ms
 from acme_notify.telemetry import NotifyMetrics
 from acme_runtime.failures import is_outage, retry_outages
@@ -57,12 +57,6 @@ from acme_runtime.tracing import context_from_traceparent, current_traceparent, 
 __all__ = ["Processor", "Sender"]
 
 log = structlog.get_logger(__name__)
-
-#: How many e-mails sent but not recorded in the ledger a replica remembers (oldest forgotten).
-UNRECORDED_MEMORY: Final = 10_000
-#: Dead letters of SMTP refusals remembered for rescinding, and for how long.
-RESCIND_MEMORY: Final = 256
-RESCIND_WINDOW_S: Final = 300.0
 
 _SMTP_ATTRIBUTES: Final = {"network.protocol.name": "smtp"}
 
@@ -89,12 +83,8 @@ class Processor:
         self._send = send
         self._max_deliveries = max_deliveries
         self._record_patience_s = record_patience_s
-        # event id -> Message-ID of e-mails SMTP accepted whose ledger row could not be written.
-        self._unrecorded: OrderedDict[str, str] = OrderedDict()
-        # (refusal key, loop time, dead id) of the e-mails SMTP refused lately, in case a storm
-        # of that refusal shows it was the relay refusing us.
-        self._recent_dead: deque[tuple[str, float, str]] = deque(maxlen=RESCIND_MEMORY)
         self._metrics = metrics or NotifyMetrics()
+        self._rescinder = Rescinder(streams, self._metrics.rescinded)
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.in_flight: dict[str, asyncio.Task[None]] = {}
@@ -194,9 +184,7 @@ class Processor:
 
     async def _deliver(self, entry: StreamEntry) -> None:
         envelope = entry.envelope
-        already = self._unrecorded.get(envelope.event_id)
-        if already is None:
-            already = await self._ledger.already_sent(envelope.event_id)
+        already = await self._ledger.already_sent(envelope.event_id)
         if already is not None:
             await self._streams.ack_sent(
                 entry.entry_id,
@@ -227,7 +215,7 @@ class Processor:
             )
             self._metrics.send_failures.labels(exc.reason_class).inc()
             if isinstance(exc, ProviderError) and exc.storm_key is not None:
-                await self._rescind(exc.storm_key, exc.reason)
+                await self._rescinder.rescind(exc.storm_key, exc.reason)
             return
         except PermanentError as exc:
             log.warning(
@@ -239,8 +227,7 @@ class Processor:
                 entry.entry_id, reason_class=exc.reason_class, reason=exc.reason
             )
             if dead_id is not None:
-                now = asyncio.get_running_loop().time()
-                self._recent_dead.append((refusal_key(exc.reason), now, dead_id))
+                self._rescinder.remember(exc.reason, dead_id)
             self._metrics.send_failures.labels(exc.reason_class).inc()
             self._metrics.dead_lettered.labels(exc.reason_class).inc()
             return
@@ -296,32 +283,7 @@ class Processor:
         except Exception as exc:  # noqa: BLE001 - an outage outlasting the patience, or a refusal
             log.error("sent_not_recorded", message_id=message.message_id, error=repr(exc))
             self._metrics.bookkeeping_failures.labels("ledger").inc()
-            self._unrecorded[envelope.event_id] = message.message_id
-            while len(self._unrecorded) > UNRECORDED_MEMORY:
-                self._unrecorded.popitem(last=False)
-
-    async def _rescind(self, storm_key: str, reason: str) -> None:
-        """A storm of one refusal was recognised: the e-mails this replica dead-lettered for it
-        shortly before were refused because of us too. They go back on the stream (audited),
-        so a misconfigured relay costs no dead letter at all once it is fixed."""
-        now = asyncio.get_running_loop().time()
-        mine = [
-            dead_id
-            for key, at, dead_id in self._recent_dead
-            if key == storm_key and now - at <= RESCIND_WINDOW_S
-        ]
-        if not mine:
-            return
-        self._recent_dead = deque(
-            (item for item in self._recent_dead if item[2] not in mine), maxlen=RESCIND_MEMORY
-        )
-        try:
-            replayed = await self._streams.rescind(mine, why=f"refusal storm: {reason}")
-        except Exception as exc:  # noqa: BLE001 - they stay dead, for `acme dead replay`
-            log.error("dead_letters_not_rescinded", dead_ids=mine, error=repr(exc))
-            return
-        log.warning("dead_letters_rescinded", dead_ids=mine, new_ids=replayed, reason=reason)
-        self._metrics.rescinded.inc(len(replayed))
+            self._ledger.remember_unrecorded(envelope.event_id, message.message_id)
 
     def _span_attributes(self, entry_id: str, deliveries: int) -> dict[str, str | int]:
         return {
