@@ -8,8 +8,20 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+import asyncpg
+from redis.asyncio import Redis
+
+from acme_notify.delivery import Delivery
+from acme_notify.flow import CircuitBreaker
+from acme_notify.ledger import SendLedger
+from acme_notify.processor import Processor
+from acme_notify.render import Renderer
 from acme_notify.settings import NotifySettings
+from acme_notify.smtp import SmtpConfig, SmtpPool
+from acme_notify.streams import Streams
+from acme_notify.telemetry import NotifyMetrics
 from acme_notify.worker import Replica, build_replica, open_clients
 from acme_orders.app import open_clients as open_order_clients
 from acme_orders.app import relay_actors
@@ -96,3 +108,57 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@dataclass
+class Rig:
+    """One in-process notifier core: the processor, with a real SMTP pool and a real ledger,
+    driven entry by entry instead of by actors."""
+
+    processor: Processor
+    streams: Streams
+    ledger: SendLedger
+    metrics: NotifyMetrics
+    smtp: SmtpPool
+
+    def bookkeeping_failures(self, stage: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "acme_notify_bookkeeping_failures_total", {"stage": stage}
+        )
+        return value or 0.0
+
+    async def process(self, entry: tuple[str, dict[bytes, bytes], int]) -> None:
+        self.processor.submit(entry)
+        await self.processor.drain()
+
+
+def build_rig(
+    redis: Redis,
+    pool: asyncpg.Pool,
+    smtp_url: str,
+    *,
+    concurrency: int = 8,
+    max_deliveries: int = 3,
+    smtp_timeout_s: float = 2.0,
+    patience_s: float = 5.0,
+) -> Rig:
+    """The replica `solo` as a `Rig` (close `rig.smtp` when done)."""
+    streams = Streams(redis, "solo")
+    smtp = SmtpPool(
+        SmtpConfig.from_url(
+            smtp_url, timeout_s=smtp_timeout_s, pool_size=2, helo_name="notifier.acme.test"
+        )
+    )
+    metrics = NotifyMetrics()
+    ledger = SendLedger(pool)
+    processor = Processor(
+        streams=streams,
+        ledger=ledger,
+        renderer=Renderer("AcME <pedidos@acme.example>", "acme.example"),
+        send=Delivery(smtp, CircuitBreaker(5, 1.0), redis, consumer="solo").send,
+        concurrency=concurrency,
+        max_deliveries=max_deliveries,
+        record_patience_s=patience_s,
+        metrics=metrics,
+    )
+    return Rig(processor, streams, ledger, metrics, smtp)

@@ -11,7 +11,6 @@ import asyncio
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,19 +21,13 @@ from redis.asyncio import Redis
 
 from acme_cli.embedded import EmbeddedPostgres
 from acme_cli.smtp_sink import MailSink
-from acme_notify.delivery import Delivery
-from acme_notify.flow import CircuitBreaker
 from acme_notify.ledger import UNSTORABLE_REPLY, SendLedger, migrations
-from acme_notify.processor import Processor
-from acme_notify.render import Renderer
-from acme_notify.smtp import SmtpConfig, SmtpPool
 from acme_notify.streams import Streams
-from acme_notify.telemetry import NotifyMetrics
 from acme_orders.events import build_envelope, encode_envelope, stream_fields
 from acme_runtime.channels import EVENTS_STREAM, NOTIFIER_GROUP, RECEIPTS_STREAM
 from acme_runtime.ids import uuid7
 from acme_runtime.migrate import apply_migrations
-from tests.harness import eventually
+from tests.harness import Rig, build_rig, eventually
 from tests.integration.test_outbox import draft
 
 pytestmark = pytest.mark.slow
@@ -48,54 +41,18 @@ ODD_REPLIES = [
 ]
 
 
-@dataclass
-class Rig:
-    """One in-process notifier core: the processor with a real SMTP pool and ledger."""
-
-    processor: Processor
-    streams: Streams
-    ledger: SendLedger
-    metrics: NotifyMetrics
-    smtp: SmtpPool
-
-    def bookkeeping_failures(self, stage: str) -> float:
-        value = self.metrics.registry.get_sample_value(
-            "acme_notify_bookkeeping_failures_total", {"stage": stage}
-        )
-        return value or 0.0
-
-    async def process(self, entry: tuple[str, dict[bytes, bytes], int]) -> None:
-        self.processor.submit(entry)
-        await self.processor.drain()
-
-
 @pytest.fixture
 async def rig_factory(redis: Redis, sink: MailSink) -> AsyncIterator[Any]:
-    pools: list[SmtpPool] = []
+    rigs: list[Rig] = []
 
     def build(pool: asyncpg.Pool, *, patience_s: float = 5.0) -> Rig:
-        streams = Streams(redis, "solo")
-        smtp = SmtpPool(
-            SmtpConfig.from_url(sink.url, timeout_s=2, pool_size=2, helo_name="notifier.acme.test")
-        )
-        pools.append(smtp)
-        metrics = NotifyMetrics()
-        ledger = SendLedger(pool)
-        processor = Processor(
-            streams=streams,
-            ledger=ledger,
-            renderer=Renderer("AcME <pedidos@acme.example>", "acme.example"),
-            send=Delivery(smtp, CircuitBreaker(5, 1.0), redis, consumer="solo").send,
-            concurrency=8,
-            max_deliveries=3,
-            record_patience_s=patience_s,
-            metrics=metrics,
-        )
-        return Rig(processor, streams, ledger, metrics, smtp)
+        rig = build_rig(redis, pool, sink.url, patience_s=patience_s)
+        rigs.append(rig)
+        return rig
 
     yield build
-    for smtp in pools:
-        await smtp.close()
+    for rig in rigs:
+        await rig.smtp.close()
 
 
 async def publish(redis: Redis, event_id: str | None = None) -> tuple[str, str]:

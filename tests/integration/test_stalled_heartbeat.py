@@ -21,21 +21,13 @@ from redis.asyncio import Redis
 from acme_cli.embedded import free_port
 from acme_cli.smtp_sink import MailSink
 from acme_notify.claimer import Heartbeat
-from acme_notify.delivery import Delivery
-from acme_notify.flow import CircuitBreaker
 from acme_notify.keys import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP, RECEIPTS_STREAM
-from acme_notify.ledger import SendLedger
-from acme_notify.processor import Processor
 from acme_notify.reaper import Reaper
-from acme_notify.render import Renderer
-from acme_notify.smtp import SmtpConfig, SmtpPool
 from acme_notify.streams import Streams
-from acme_notify.telemetry import NotifyMetrics
 from acme_orders.events import stream_fields
 from acme_orders.receipts import apply_receipts
 from acme_runtime.actors import Supervisor
-from tests.harness import eventually
-from tests.integration.test_bookkeeping import Rig
+from tests.harness import Rig, build_rig, eventually
 from tests.integration.test_receipts import one_order
 
 pytestmark = pytest.mark.slow
@@ -47,23 +39,13 @@ HEARTBEAT_INTERVAL_MS = 50
 @pytest.fixture
 async def rig(redis: Redis, pool: asyncpg.Pool, sink: MailSink) -> AsyncIterator[Rig]:
     """The replica `solo`: a processor with a real SMTP pool (against `sink`) and ledger."""
-    streams = Streams(redis, "solo")
-    smtp = SmtpPool(SmtpConfig.from_url(sink.url, timeout_s=10, pool_size=2))
-    metrics = NotifyMetrics()
-    ledger = SendLedger(pool)
-    processor = Processor(
-        streams=streams,
-        ledger=ledger,
-        renderer=Renderer("AcME <pedidos@acme.example>", "acme.example"),
-        send=Delivery(smtp, CircuitBreaker(5, 1.0), redis, consumer="solo").send,
-        concurrency=4,
-        max_deliveries=MAX_DELIVERIES,
-        metrics=metrics,
+    rig = build_rig(
+        redis, pool, sink.url, concurrency=4, max_deliveries=MAX_DELIVERIES, smtp_timeout_s=10
     )
     try:
-        yield Rig(processor, streams, ledger, metrics, smtp)
+        yield rig
     finally:
-        await smtp.close()
+        await rig.smtp.close()
 
 
 async def publish_order(redis: Redis, pool: asyncpg.Pool) -> tuple[Any, str, str]:
