@@ -78,7 +78,10 @@ class Delivery:
         try:
             reply = await self.pool.send(sender, recipients, data)
         except TransientError as exc:
-            await self._failed(exc)
+            if exc.server_down:
+                await self._failed(exc)
+            else:  # a 4xx about this message: the server is up and answering
+                await self._server_answered()
             raise
         except PermanentError as exc:
             key = refusal_key(exc.reason)
@@ -96,13 +99,13 @@ class Delivery:
                 await self._failed(provider)
                 raise provider from exc
             # An answer about this recipient proves the server is up.
-            self.breaker.record_success()
+            await self._server_answered()
             raise
-        await self._succeeded()
+        await self._server_answered()
         self._storm.accepted()
         return reply
 
-    async def _succeeded(self) -> None:
+    async def _server_answered(self) -> None:
         was_closed = self.breaker.state == "closed"
         self.breaker.record_success()
         if not was_closed and self.breaker.state == "closed":
@@ -114,8 +117,9 @@ class Delivery:
                 log.warning("smtp_circuit_share_failed", error=repr(exc))
 
     async def _failed(self, exc: TransientError) -> None:
+        """The server is down or refuses us (`exc.server_down`)."""
         was_open = self.breaker.state == "open"
-        self.breaker.record_failure(exc.server_down)
+        self.breaker.record_failure(server_down=True)
         if not was_open and self.breaker.state == "open":
             await self._publish_open(exc)
 
