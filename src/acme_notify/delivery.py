@@ -1,40 +1,43 @@
-"""The gate in front of SMTP: rate limit, circuit breaker, and the breaker shared by replicas.
+"""The gate in front of SMTP: which provider a send goes to, and whether any may be tried.
 
-`Delivery.send` is the processor's `Sender`. When SMTP is down, or refuses *us* (a
-`ProviderError`: relay access, HELO, credentials, sender domain, TLS; or the same permanent
-refusal for most recipients, which `RefusalStorm` spots), the breaker opens after a few such
-failures; the replica then stops reading and claiming (`capacity()` is 0), so entries wait in
-the stream without burning delivery counts, and it publishes the open state in Redis so every
-replica backs off together (`BreakerSync`). After the cooldown one probe goes through; its
-success closes the breaker and the backlog drains, with no operator action.
+`Delivery.send` is the processor's `Sender`. It routes each send to the first provider (the
+primary, then the fallback when `ACME_SMTP_FALLBACK_URL` is set) whose circuit breaker lets it
+through: all sends while the breaker is closed, one probe while it is half-open. When a
+provider is down, or refuses *us* (a `ProviderError`: relay access, HELO, credentials, sender
+domain, TLS; or the same permanent refusal for most recipients, which `RefusalStorm` spots), its
+breaker opens after a few such failures, shared by every replica (`acme_notify.providers`):
+
+* with a fallback, new sends and retries go there; a send that failed on the primary in a way
+  that certainly delivered nothing (refused connection, 421, a refusal about us) is tried on the
+  fallback at once, in the same attempt; one whose outcome is unknown (a timeout or a lost
+  connection after the message data) is not, as it would not be retried at once on the primary
+  either. The primary is probed half-open, and traffic fails back as soon as a probe succeeds;
+* with no provider left, the replica stops reading and claiming (`capacity()` is 0), so entries
+  wait in the stream without burning delivery counts, and the backlog drains by itself after a
+  successful probe, with no operator action.
+
+With one provider configured, all of this is exactly the single relay's behaviour.
 """
 
 from __future__ import annotations
 
-import asyncio
-from typing import Final
+import time
 
 import structlog
 from opentelemetry import trace
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from acme_notify.errors import CircuitOpen, PermanentError, ProviderError, TransientError
 from acme_notify.flow import CircuitBreaker, RefusalStorm, TokenBucket
-from acme_notify.keys import BREAKER_KEY
+from acme_notify.providers import PRIMARY, Accepted, Provider
 from acme_notify.replies import refusal_key
 from acme_notify.smtp import SmtpPool
+from acme_notify.telemetry import NotifyMetrics
 from acme_runtime.actors import PeriodicActor
 
-__all__ = ["BreakerSync", "Delivery"]
+__all__ = ["Accepted", "BreakerSync", "Delivery"]
 
 log = structlog.get_logger(__name__)
-
-#: The shared breaker key's value says which way it went: "open:<consumer>" while one replica
-#: holds the relay for down, "closed:<consumer>" for a moment after one found it well again.
-_OPEN: Final = "open:"
-_CLOSED: Final = "closed:"
-_CLOSED_TTL_MS: Final = 10_000
 
 
 class Delivery:
@@ -47,113 +50,135 @@ class Delivery:
         consumer: str,
         rate: TokenBucket | None = None,
         storm: RefusalStorm | None = None,
+        fallback: Provider | None = None,
+        metrics: NotifyMetrics | None = None,
     ) -> None:
-        self.pool = pool
-        self.breaker = breaker
-        self._storm = storm or RefusalStorm()
-        self._redis = redis
-        self._consumer = consumer
-        self._rate = rate
-        self.shared_open_published = 0
+        self.primary = Provider(
+            PRIMARY, pool, breaker, redis, consumer, storm or RefusalStorm(), rate
+        )
+        self.providers = [self.primary] + ([fallback] if fallback is not None else [])
+        self._metrics = metrics
+        # The provider first in line, and since when (monotonic): see `fallback_for_s`.
+        self._line = PRIMARY
+        self._line_since = time.monotonic()
+
+    @property
+    def pool(self) -> SmtpPool:
+        """The primary provider's pool."""
+        return self.primary.pool
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The primary provider's breaker."""
+        return self.primary.breaker
 
     def capacity(self, free_slots: int) -> int:
-        """How many entries may be taken now: none while open, one probe while half-open (and
-        none while that probe is out)."""
-        state = self.breaker.state
-        if state == "open" or self.breaker.probing:
-            return 0
-        if state == "half_open":
-            return min(free_slots, 1)
-        return free_slots
+        """How many entries may be taken now: all free slots while some provider's breaker is
+        closed, one probe while the best is half-open (none while that probe is out)."""
+        routes = {provider.route() for provider in self.providers}
+        if "closed" in routes:
+            return free_slots
+        return min(free_slots, 1) if "probe" in routes else 0
 
-    async def send(self, sender: str, recipients: list[str], data: bytes) -> str:
-        if not self.breaker.allow():
-            raise CircuitOpen
+    def first_in_line(self) -> str:
+        """The provider new sends go to now ("" when none may be tried)."""
+        line = next((p.name for p in self.providers if p.route() != "none"), "")
+        if line and line != self._line:
+            log.warning("smtp_route_changed", from_provider=self._line, to_provider=line)
+            self._line, self._line_since = line, time.monotonic()
+        return line
+
+    def fallback_for_s(self) -> float:
+        """How long another provider than the primary has been first in line (0 if not)."""
+        line = self.first_in_line()
+        return time.monotonic() - self._line_since if line not in ("", PRIMARY) else 0.0
+
+    async def send(self, sender: str, recipients: list[str], data: bytes) -> Accepted:
+        self.first_in_line()  # notes (and logs) a change of route
+        failure: TransientError | None = None
+        for provider in self.providers:
+            if not provider.breaker.allow():
+                continue
+            try:
+                reply = await self._send_via(provider, sender, recipients, data)
+            except TransientError as exc:
+                exc.provider = provider.name
+                if exc.server_down and not exc.ambiguous and provider is not self.providers[-1]:
+                    # Certainly not delivered here: the next provider may take it now.
+                    failure = exc
+                    continue
+                raise
+            return Accepted(reply, provider.name)
+        if failure is not None:
+            raise failure
+        raise CircuitOpen
+
+    async def _send_via(
+        self, provider: Provider, sender: str, recipients: list[str], data: bytes
+    ) -> str:
         trace.get_current_span().set_attributes(
-            {"server.address": self.pool.config.host, "server.port": self.pool.config.port}
+            {
+                "server.address": provider.pool.config.host,
+                "server.port": provider.pool.config.port,
+                "acme.smtp.provider": provider.name,
+            }
         )
-        if self._rate is not None:
-            await self._rate.acquire()
-        # Any other exception (a defect of ours) says nothing about the server either way.
+        if provider.rate is not None:
+            await provider.rate.acquire()
+        started = time.perf_counter()
+        outcome = "error"
+        # Any exception but these (a defect of ours) says nothing about the server either way.
         try:
-            reply = await self.pool.send(sender, recipients, data)
+            reply = await provider.pool.send(sender, recipients, data)
+            outcome = "accepted"
         except TransientError as exc:
+            outcome = exc.reason_class
             if exc.server_down:
-                await self._failed(exc)
+                await provider.failed(exc)
             else:  # a 4xx about this message: the server is up and answering
-                await self._server_answered()
+                await provider.answered()
             raise
         except PermanentError as exc:
+            exc.provider = provider.name
             key = refusal_key(exc.reason)
-            storm = self._storm.refused(key, recipients[0])
+            storm = provider.storm.refused(key, recipients[0])
             if storm:
                 # The same refusal for most recipients: the relay refuses us, not them.
                 # Inferred, not certain: the try is not given back, so a relay that only
                 # seems to refuse us can hold an e-mail no longer than its retry budget.
-                provider = ProviderError(
+                inferred = ProviderError(
                     f"{exc.reason} (the same refusal for {storm} recipients within "
-                    f"{self._storm.window_s:g} s: treated as the relay refusing us)",
+                    f"{provider.storm.window_s:g} s: treated as the relay refusing us)",
                     refund=False,
                     storm_key=key,
                 )
-                await self._failed(provider)
-                raise provider from exc
+                outcome = inferred.reason_class
+                await provider.failed(inferred)
+                raise inferred from exc
+            outcome = exc.reason_class
             # An answer about this recipient proves the server is up.
-            await self._server_answered()
+            await provider.answered()
             raise
-        await self._server_answered()
-        self._storm.accepted()
+        finally:
+            self._count(provider.name, outcome, time.perf_counter() - started)
+        await provider.answered()
+        provider.storm.accepted()
         return reply
 
-    async def _server_answered(self) -> None:
-        was_closed = self.breaker.state == "closed"
-        self.breaker.record_success()
-        if not was_closed and self.breaker.state == "closed":
-            # Tell the other replicas at once, rather than let them sit out their cooldown.
-            log.info("smtp_circuit_closed")
-            try:
-                await self._redis.set(BREAKER_KEY, f"{_CLOSED}{self._consumer}", px=_CLOSED_TTL_MS)
-            except (RedisError, OSError) as exc:
-                log.warning("smtp_circuit_share_failed", error=repr(exc))
+    def _count(self, provider: str, outcome: str, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.provider_sends.labels(provider, outcome).inc()
+            self._metrics.provider_send_duration.labels(provider).observe(seconds)
 
-    async def _failed(self, exc: TransientError) -> None:
-        """The server is down or refuses us (`exc.server_down`)."""
-        was_open = self.breaker.state == "open"
-        self.breaker.record_failure(server_down=True)
-        if not was_open and self.breaker.state == "open":
-            await self._publish_open(exc)
-
-    async def _publish_open(self, cause: TransientError) -> None:
-        cooldown_ms = max(1, int(self.breaker.cooldown_s * 1000))
-        # What the relay said goes into the log line an operator reads first.
-        log.warning(
-            "smtp_circuit_opened",
-            cooldown_s=self.breaker.cooldown_s,
-            reason_class=cause.reason_class,
-            reason=cause.reason,
-        )
-        try:
-            await self._redis.set(BREAKER_KEY, f"{_OPEN}{self._consumer}", px=cooldown_ms)
-            self.shared_open_published += 1
-        except (RedisError, OSError) as exc:
-            log.warning("smtp_circuit_share_failed", error=repr(exc))
+    async def close(self) -> None:
+        """QUIT every provider's idle connections."""
+        for provider in self.providers:
+            await provider.pool.close()
 
     async def sync_shared(self) -> None:
-        """Opens the local breaker while another replica reports SMTP down, and lets it probe
-        at once when another replica's probe found SMTP well again."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(BREAKER_KEY)
-            pipe.pttl(BREAKER_KEY)
-            raw, ttl_ms = await pipe.execute()
-        value = raw.decode() if isinstance(raw, bytes) else str(raw or "")
-        if value.startswith(_CLOSED):
-            if self.breaker.state == "open":
-                self.breaker.release()
-                log.info("smtp_circuit_released_by_peer", peer=value.removeprefix(_CLOSED))
-        elif ttl_ms > 0 and self.breaker.state == "closed":
-            until = asyncio.get_running_loop().time() + ttl_ms / 1000
-            self.breaker.force_open(until)
-            log.info("smtp_circuit_opened_by_peer", for_s=ttl_ms / 1000)
+        """Follows the other replicas' view of every provider (`Provider.sync_shared`)."""
+        for provider in self.providers:
+            await provider.sync_shared()
 
 
 class BreakerSync(PeriodicActor):

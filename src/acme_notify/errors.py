@@ -18,7 +18,12 @@ class TransientError(Exception):
     reason_class = "smtp_transient"
 
     def __init__(
-        self, reason: str, *, server_down: bool = False, refund: bool | None = None
+        self,
+        reason: str,
+        *,
+        server_down: bool = False,
+        refund: bool | None = None,
+        ambiguous: bool = False,
     ) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -27,6 +32,11 @@ class TransientError(Exception):
         #: The delivery is given back (an outage must not use up an e-mail's retries): by
         #: default when the server is down, the one failure that is certainly not the e-mail's.
         self.refund = server_down if refund is None else refund
+        #: The message data had been sent and no answer came (a timeout, a lost connection):
+        #: the server may have accepted it. Never tried on another provider at once.
+        self.ambiguous = ambiguous
+        #: The provider that failed ("" before any was tried).
+        self.provider = ""
 
 
 class ProviderError(TransientError):
@@ -61,6 +71,8 @@ class PermanentError(Exception):
         super().__init__(reason)
         self.reason = reason
         self.reason_class = reason_class
+        #: The provider that refused ("" when no provider was asked, e.g. a poison entry).
+        self.provider = ""
 
 
 class PoisonMessage(PermanentError):

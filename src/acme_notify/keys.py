@@ -25,14 +25,22 @@ __all__ = [
     "NOTIFIER_GROUP",
     "REAPER_LOCK",
     "RECEIPTS_STREAM",
+    "breaker_key",
 ]
 
 #: entry id -> the last transient error of that pending entry (kept for the dead letter).
 LAST_ERROR_HASH: Final = f"{HASH_TAG}:notify:last-error"
-#: Set (with a TTL) while SMTP is considered down, so that every replica backs off together.
+#: Set (with a TTL) while SMTP is considered down, so that every replica backs off together:
+#: the primary provider's; another provider's is `breaker_key(name)`.
 BREAKER_KEY: Final = f"{HASH_TAG}:notify:smtp-breaker"
 #: Held (SET NX PX) by the replica doing this round of reaping and trimming.
 REAPER_LOCK: Final = f"{HASH_TAG}:notify:reaper-lock"
 #: Operator actions on the dead stream (replay, purge): who, when, why, which entry. Written
 #: by the admin scripts in the same atomic step as the action itself.
 AUDIT_STREAM: Final = f"{HASH_TAG}:audit"
+
+
+def breaker_key(provider: str) -> str:
+    """The shared breaker key of an SMTP provider (the primary keeps the historical name, so
+    replicas of the previous release share it during a rolling deploy)."""
+    return BREAKER_KEY if provider == "primary" else f"{BREAKER_KEY}:{provider}"

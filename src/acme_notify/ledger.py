@@ -56,8 +56,10 @@ _SQL_LOOKUP: Final = (
     "SELECT event_id, message_id FROM notify.sent_ledger WHERE event_id = ANY($1::uuid[])"
 )
 _SQL_RECORD: Final = """
-INSERT INTO notify.sent_ledger (event_id, order_id, message_id, smtp_reply, consumer, deliveries)
-SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[])
+INSERT INTO notify.sent_ledger
+    (event_id, order_id, message_id, smtp_reply, consumer, deliveries, provider)
+SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::int[],
+                     $7::text[])
 ON CONFLICT (event_id) DO NOTHING
 """
 
@@ -69,6 +71,7 @@ class _Sent(NamedTuple):
     smtp_reply: str
     consumer: str
     deliveries: int
+    provider: str
 
 
 class SendLedger:
@@ -101,6 +104,7 @@ class SendLedger:
         smtp_reply: str,
         consumer: str,
         deliveries: int,
+        provider: str = "primary",
     ) -> None:
         """Records an accepted e-mail; returns once the row is committed (first one wins).
         Raises what PostgreSQL answered: an outage, or a refusal of this very row."""
@@ -112,6 +116,7 @@ class SendLedger:
                 printable(smtp_reply, SMTP_REPLY_MAX_CHARS),
                 consumer,
                 deliveries,
+                provider,
             )
         )
         if refused is not None:

@@ -46,6 +46,7 @@ from acme_notify.errors import (
 )
 from acme_notify.keys import EVENTS_STREAM
 from acme_notify.ledger import SendLedger
+from acme_notify.providers import Accepted
 from acme_notify.render import RenderedMessage, Renderer
 from acme_notify.rescind import Rescinder
 from acme_notify.streams import RawEntry, Streams, now_ms
@@ -60,8 +61,9 @@ log = structlog.get_logger(__name__)
 
 _SMTP_ATTRIBUTES: Final = {"network.protocol.name": "smtp"}
 
-#: Sends pre-built message bytes; returns the server's reply or raises Transient/PermanentError.
-Sender = Callable[[str, list[str], bytes], Awaitable[str]]
+#: Sends pre-built message bytes; returns the server's reply and the provider that accepted it,
+#: or raises TransientError / PermanentError.
+Sender = Callable[[str, list[str], bytes], Awaitable[Accepted]]
 
 
 class Processor:
@@ -196,7 +198,7 @@ class Processor:
             return
         try:
             message = self._renderer.render(envelope)
-            reply = await self._smtp_send(message)
+            accepted = await self._smtp_send(message)
         except CircuitOpen:
             # Our own breaker held it back (another entry is the probe): not an attempt.
             await self._streams.refund(entry.entry_id)
@@ -207,12 +209,12 @@ class Processor:
                 reason=exc.reason,
                 reason_class=exc.reason_class,
                 server_down=exc.server_down,
+                provider=exc.provider,
             )
-            await self._streams.record_failure(
-                entry.entry_id,
-                self._receipt(entry, "attempt_failed", exc.reason, reason_class=exc.reason_class),
-                refund=exc.refund,
+            receipt = self._receipt(
+                entry, "attempt_failed", exc.reason, exc.reason_class, exc.provider
             )
+            await self._streams.record_failure(entry.entry_id, receipt, refund=exc.refund)
             self._metrics.send_failures.labels(exc.reason_class).inc()
             if isinstance(exc, ProviderError) and exc.storm_key is not None:
                 await self._rescinder.rescind(exc.storm_key, exc.reason)
@@ -221,6 +223,7 @@ class Processor:
             log.warning(
                 "send_failed_permanent",
                 reason=exc.reason,
+                provider=exc.provider,
                 to=mask_email(envelope.payload.customer.email),
             )
             dead_id = await self._streams.dead_letter(
@@ -231,10 +234,10 @@ class Processor:
             self._metrics.send_failures.labels(exc.reason_class).inc()
             self._metrics.dead_lettered.labels(exc.reason_class).inc()
             return
-        await self._sent(entry, message, reply)
-        log.info("email_sent", message_id=message.message_id)
+        await self._sent(entry, message, accepted)
+        log.info("email_sent", message_id=message.message_id, provider=accepted.provider)
 
-    async def _smtp_send(self, message: RenderedMessage) -> str:
+    async def _smtp_send(self, message: RenderedMessage) -> Accepted:
         started = time.perf_counter()
         with tracer().start_as_current_span(
             "smtp send", kind=SpanKind.CLIENT, attributes=_SMTP_ATTRIBUTES
@@ -247,14 +250,13 @@ class Processor:
             finally:
                 self._metrics.send_duration.observe(time.perf_counter() - started)
 
-    async def _sent(self, entry: StreamEntry, message: RenderedMessage, reply: str) -> None:
+    async def _sent(self, entry: StreamEntry, message: RenderedMessage, accepted: Accepted) -> None:
         """The bookkeeping of an accepted e-mail; never raises, never gives the try back."""
         envelope = entry.envelope
-        await self._record(entry, message, reply)
+        await self._record(entry, message, accepted)
+        receipt = self._receipt(entry, "sent", message.message_id, provider=accepted.provider)
         try:
-            await self._streams.ack_sent(
-                entry.entry_id, self._receipt(entry, "sent", message.message_id), emailed=True
-            )
+            await self._streams.ack_sent(entry.entry_id, receipt, emailed=True)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the e-mail went out
             # The entry stays pending with this try counted; a redelivery finds the ledger row
             # (or this replica's memory) and acknowledges it without a second e-mail.
@@ -264,7 +266,9 @@ class Processor:
         latency_s = (datetime.now(UTC) - envelope.payload.created_at).total_seconds()
         self._metrics.e2e_latency.observe(max(0.0, latency_s))
 
-    async def _record(self, entry: StreamEntry, message: RenderedMessage, reply: str) -> None:
+    async def _record(
+        self, entry: StreamEntry, message: RenderedMessage, accepted: Accepted
+    ) -> None:
         """The ledger row, at once (the only duplicate window is a crash before it commits),
         waiting out a short outage; what cannot be recorded is remembered here and reported."""
         envelope = entry.envelope
@@ -274,9 +278,10 @@ class Processor:
                     event_id=envelope.event_id,
                     order_id=envelope.order_id,
                     message_id=message.message_id,
-                    smtp_reply=reply,
+                    smtp_reply=accepted.reply,
                     consumer=self._streams.consumer,
                     deliveries=entry.deliveries,
+                    provider=accepted.provider,
                 ),
                 patience_s=self._record_patience_s,
             )
@@ -297,7 +302,12 @@ class Processor:
         }
 
     def _receipt(
-        self, entry: StreamEntry, kind: str, detail: str, reason_class: str = ""
+        self,
+        entry: StreamEntry,
+        kind: str,
+        detail: str,
+        reason_class: str = "",
+        provider: str = "",
     ) -> dict[str, str]:
         return {
             "type": kind,
@@ -308,6 +318,8 @@ class Processor:
             "consumer": self._streams.consumer,
             "reason_class": reason_class,
             "detail": detail[:1000],
+            # Which SMTP provider accepted or refused ("" when none was asked).
+            "provider": provider,
             # The receipt continues this trace on the order service's side.
             "traceparent": current_traceparent()[0] or "",
         }

@@ -28,6 +28,8 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
     #: PostgreSQL holding the notifier's own schema `notify` (the send ledger).
     database_url: str
     smtp_url: str
+    #: A second SMTP provider, used while the primary's breaker is open (None: none).
+    smtp_fallback_url: str | None = None
     from_address: str = "AcME Store <pedidos@acme.example>"
     message_id_domain: str = "acme.example"
     consumer_name: str = "notifier-1"
@@ -52,6 +54,11 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
     smtp_timeout_s: float = 10.0
     #: E-mails per second per replica (0 = unlimited): real providers throttle.
     smtp_rate_per_s: float = 0.0
+    smtp_fallback_pool_size: int = 8
+    #: E-mails per second per replica to the fallback (0 = unlimited).
+    smtp_fallback_rate_per_s: float = 0.0
+    #: The fallback carrying the traffic for longer than this raises acme_notify_fallback_overdue.
+    smtp_fallback_alert_after_s: float = 900.0
     #: The name given in EHLO. Strict relays (Postfix `reject_non_fqdn_helo_hostname`) refuse a
     #: name that is not fully qualified; default: this host's fully qualified name.
     smtp_helo_name: str = "localhost"
@@ -142,6 +149,16 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
                 "ACME_PROBE_INTERVAL_S", d["probe_interval_s"], minimum=0.1
             ),
             smtp_helo_name=env.hostname("ACME_SMTP_HELO_NAME", default_helo_name),
+            smtp_fallback_url=env.optional_url("ACME_SMTP_FALLBACK_URL", ("smtp", "smtps")),
+            smtp_fallback_pool_size=env.integer(
+                "ACME_SMTP_FALLBACK_POOL_SIZE", d["smtp_fallback_pool_size"], minimum=1
+            ),
+            smtp_fallback_rate_per_s=env.number(
+                "ACME_SMTP_FALLBACK_RATE_PER_S", d["smtp_fallback_rate_per_s"]
+            ),
+            smtp_fallback_alert_after_s=env.number(
+                "ACME_SMTP_FALLBACK_ALERT_AFTER_S", d["smtp_fallback_alert_after_s"], minimum=1
+            ),
             storm_recipients=env.integer(
                 "ACME_SMTP_STORM_RECIPIENTS", d["storm_recipients"], minimum=2
             ),

@@ -110,15 +110,32 @@ class SmtpConfig:
 
 
 class _Client(aiosmtplib.SMTP):
-    """Remembers whether the server answered MAIL in the current transaction: until it has,
-    a dropped connection cannot have delivered anything, so trying again is safe."""
+    """Remembers how far the current transaction got: until the server answered MAIL, a
+    dropped connection cannot have delivered anything, so trying again is safe; once DATA
+    began, a failure without an answer leaves the outcome unknown (the server may have
+    accepted the message)."""
 
     mail_answered = False
+    data_started = False
 
     async def mail(self, *args: Any, **kwargs: Any) -> SMTPResponse:
         response = await super().mail(*args, **kwargs)
         self.mail_answered = True
         return response
+
+    async def data(self, *args: Any, **kwargs: Any) -> SMTPResponse:
+        self.data_started = True
+        return await super().data(*args, **kwargs)
+
+
+class _Attempt:
+    """The client one send used, so a failure can be told apart after the fact."""
+
+    client: _Client | None = None
+
+    @property
+    def data_sent(self) -> bool:
+        return self.client is not None and self.client.data_started
 
 
 class SmtpPool:
@@ -160,16 +177,20 @@ class SmtpPool:
             await self._rate.acquire()
         async with self._slots:
             self._in_use += 1
+            attempt = _Attempt()
             try:
                 async with asyncio.timeout(self.config.timeout_s):
-                    return await self._send_once(sender, recipients, data)
+                    return await self._send_once(sender, recipients, data, attempt)
             except (TransientError, PermanentError):
                 raise
             except TimeoutError as exc:
                 reason = f"timed out after {self.config.timeout_s:g} s ({self.config.peer})"
-                raise TransientError(reason, server_down=True) from exc
+                raise TransientError(reason, server_down=True, ambiguous=attempt.data_sent) from exc
             except Exception as exc:
-                raise classify(exc, peer=self.config.peer) from exc
+                verdict = classify(exc, peer=self.config.peer)
+                if isinstance(verdict, TransientError) and isinstance(exc, ConnectionError):
+                    verdict.ambiguous = attempt.data_sent
+                raise verdict from exc
             finally:
                 self._in_use -= 1
 
@@ -179,9 +200,12 @@ class SmtpPool:
         idle, self._idle = self._idle, []
         await asyncio.gather(*(self._quit(client) for client in idle))
 
-    async def _send_once(self, sender: str, recipients: list[str], data: bytes) -> str:
+    async def _send_once(
+        self, sender: str, recipients: list[str], data: bytes, attempt: _Attempt
+    ) -> str:
         client = self._take_idle()
         if client is not None:
+            attempt.client = client
             try:
                 return await self._transact(client, sender, recipients, data)
             except ConnectionError:  # SMTPServerDisconnected, or a reset while writing
@@ -189,12 +213,13 @@ class SmtpPool:
                     raise
                 # The server dropped this connection while it sat idle (restart, idle
                 # timeout): not a failed delivery, so go on with a fresh connection.
-        return await self._transact(await self._connect(), sender, recipients, data)
+        attempt.client = await self._connect()
+        return await self._transact(attempt.client, sender, recipients, data)
 
     async def _transact(
         self, client: _Client, sender: str, recipients: list[str], data: bytes
     ) -> str:
-        client.mail_answered = False
+        client.mail_answered = client.data_started = False
         try:
             _refused, message = await client.sendmail(sender, recipients, data)
         except ValueError as exc:  # aiosmtplib refused an address before sending anything

@@ -78,12 +78,45 @@ class NotifyMetrics:
             buckets=SEND_BUCKETS_S,
             registry=r,
         )
+        self.provider_sends = Counter(
+            "acme_notify_provider_sends_total",
+            "SMTP transactions by provider (primary, fallback) and outcome (accepted, "
+            "smtp_transient, smtp_provider, smtp_permanent, invalid_recipient, error).",
+            ["provider", "outcome"],
+            registry=r,
+        )
+        self.provider_send_duration = Histogram(
+            "acme_notify_provider_send_duration_seconds",
+            "One SMTP transaction with a provider, successful or not.",
+            ["provider"],
+            buckets=SEND_BUCKETS_S,
+            registry=r,
+        )
+        self.provider_circuit_state = Gauge(
+            "acme_notify_provider_circuit_state",
+            "Each provider's circuit breaker: 0 closed, 1 half-open, 2 open.",
+            ["provider"],
+            registry=r,
+        )
+        self.fallback_active = Gauge(
+            "acme_notify_fallback_active_seconds",
+            "How long a provider other than the primary has been taking the new sends (0 while "
+            "the primary does).",
+            registry=r,
+        )
+        self.fallback_overdue = Gauge(
+            "acme_notify_fallback_overdue",
+            "1 once the fallback has carried the traffic for longer than "
+            "ACME_SMTP_FALLBACK_ALERT_AFTER_S (the primary is not back).",
+            registry=r,
+        )
         self.in_flight = Gauge(
             "acme_notify_in_flight_entries", "Entries being handled by this replica.", registry=r
         )
         self.circuit_state = Gauge(
             "acme_notify_circuit_state",
-            "SMTP circuit breaker: 0 closed, 1 half-open, 2 open.",
+            "SMTP circuit breaker of the best provider (0 closed, 1 half-open, 2 open): 2 means "
+            "no provider may be tried and the replica has stopped sending.",
             registry=r,
         )
         self.smtp_in_use = Gauge(

@@ -8,7 +8,7 @@ cancels what is left (those entries stay pending and another replica claims them
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -23,6 +23,7 @@ from acme_notify.flow import CircuitBreaker, RefusalStorm, TokenBucket
 from acme_notify.ledger import SendLedger
 from acme_notify.probe import StreamProbe
 from acme_notify.processor import Processor
+from acme_notify.providers import FALLBACK, Provider
 from acme_notify.reaper import Reaper
 from acme_notify.render import Renderer
 from acme_notify.settings import NotifySettings
@@ -60,31 +61,27 @@ def build_replica(
     metrics = metrics or NotifyMetrics()
     streams = Streams(redis, settings.consumer_name)
     ledger = SendLedger(pool)
-    smtp = SmtpPool(
-        SmtpConfig.from_url(
-            settings.smtp_url,
-            timeout_s=settings.smtp_timeout_s,
-            pool_size=settings.smtp_pool_size,
-            helo_name=settings.smtp_helo_name,
+    pool_, breaker, storm, rate = _provider_parts(
+        settings, settings.smtp_url, settings.smtp_pool_size, settings.smtp_rate_per_s
+    )
+    fallback = None
+    if settings.smtp_fallback_url is not None:
+        parts = _provider_parts(
+            settings,
+            settings.smtp_fallback_url,
+            settings.smtp_fallback_pool_size,
+            settings.smtp_fallback_rate_per_s,
         )
-    )
-    breaker = CircuitBreaker(
-        settings.breaker_failures,
-        settings.breaker_cooldown_s,
-        max_cooldown_s=settings.breaker_max_cooldown_s,
-    )
-    rate = (
-        TokenBucket(settings.smtp_rate_per_s, burst=max(1, int(settings.smtp_rate_per_s)))
-        if settings.smtp_rate_per_s > 0
-        else None
-    )
-    storm = RefusalStorm(
-        window_s=settings.storm_window_s,
-        min_recipients=settings.storm_recipients,
-        min_share=settings.storm_share,
-    )
+        fallback = Provider(FALLBACK, parts[0], parts[1], redis, settings.consumer_name, *parts[2:])
     delivery = Delivery(
-        smtp, breaker, redis, consumer=settings.consumer_name, rate=rate, storm=storm
+        pool_,
+        breaker,
+        redis,
+        consumer=settings.consumer_name,
+        rate=rate,
+        storm=storm,
+        fallback=fallback,
+        metrics=metrics,
     )
     processor = Processor(
         streams=streams,
@@ -96,10 +93,7 @@ def build_replica(
         record_patience_s=settings.ledger_patience_s,
         metrics=metrics,
     )
-    # Read at scrape time: always current, no bookkeeping in the hot path.
-    metrics.circuit_state.set_function(lambda: CIRCUIT_STATES[breaker.state])
-    metrics.smtp_in_use.set_function(lambda: smtp.in_use)
-    metrics.smtp_open.set_function(lambda: smtp.size)
+    _export_gauges(metrics, delivery, settings.smtp_fallback_alert_after_s)
 
     async def sweep_ledger() -> bool:
         deleted = await ledger.delete_older_than(settings.ledger_retention_s)
@@ -131,6 +125,56 @@ def build_replica(
         PeriodicActor("ledger-janitor", sweep_ledger, 300.0),
     ]
     return Replica(streams, processor, delivery, ledger, actors, metrics)
+
+
+def _provider_parts(
+    settings: NotifySettings, url: str, pool_size: int, rate_per_s: float
+) -> tuple[SmtpPool, CircuitBreaker, RefusalStorm, TokenBucket | None]:
+    """One provider's own pool, breaker, storm detector and rate limit."""
+    pool = SmtpPool(
+        SmtpConfig.from_url(
+            url,
+            timeout_s=settings.smtp_timeout_s,
+            pool_size=pool_size,
+            helo_name=settings.smtp_helo_name,
+        )
+    )
+    breaker = CircuitBreaker(
+        settings.breaker_failures,
+        settings.breaker_cooldown_s,
+        max_cooldown_s=settings.breaker_max_cooldown_s,
+    )
+    storm = RefusalStorm(
+        window_s=settings.storm_window_s,
+        min_recipients=settings.storm_recipients,
+        min_share=settings.storm_share,
+    )
+    rate = TokenBucket(rate_per_s, burst=max(1, int(rate_per_s))) if rate_per_s > 0 else None
+    return pool, breaker, storm, rate
+
+
+def _state_of(breaker: CircuitBreaker) -> Callable[[], float]:
+    return lambda: CIRCUIT_STATES[breaker.state]
+
+
+def _export_gauges(
+    metrics: NotifyMetrics, delivery: Delivery, fallback_alert_after_s: float
+) -> None:
+    """Gauges read at scrape time: always current, no bookkeeping in the hot path."""
+    providers = delivery.providers
+    metrics.circuit_state.set_function(
+        lambda: min(CIRCUIT_STATES[p.breaker.state] for p in providers)
+    )
+    for provider in providers:
+        metrics.provider_circuit_state.labels(provider.name).set_function(
+            _state_of(provider.breaker)
+        )
+    metrics.smtp_in_use.set_function(lambda: sum(p.pool.in_use for p in providers))
+    metrics.smtp_open.set_function(lambda: sum(p.pool.size for p in providers))
+    metrics.fallback_active.set_function(delivery.fallback_for_s)
+    metrics.fallback_overdue.set_function(
+        lambda: float(delivery.fallback_for_s() > fallback_alert_after_s)
+    )
 
 
 @asynccontextmanager
@@ -189,4 +233,4 @@ async def run_notifier(settings: NotifySettings) -> None:
                 await supervisor.run()
         finally:
             await http.stop()
-            await replica.delivery.pool.close()
+            await replica.delivery.close()

@@ -47,9 +47,9 @@ Receipt = tuple[str, dict[bytes, bytes]]
 SQL_APPLY_RECEIPTS = """
 WITH r AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::bigint[],
-                         $6::int[], $7::text[], $8::text[], $9::text[])
+                         $6::int[], $7::text[], $8::text[], $9::text[], $10::text[])
         AS r(source_id, kind, event_id, order_id, at_ms, attempts, consumer, reason_class,
-             detail)
+             detail, provider)
 ),
 -- A receipt's stream id is unique in the timeline: one applied before (a retry after a crash,
 -- a claim of another replica's pending receipts) inserts no row here.
@@ -58,7 +58,8 @@ t AS (
     SELECT r.order_id, to_timestamp(r.at_ms / 1000.0), r.kind,
            jsonb_strip_nulls(jsonb_build_object(
                'event_id', r.event_id, 'consumer', r.consumer,
-               'reason_class', nullif(r.reason_class, ''), 'detail', nullif(r.detail, ''))),
+               'reason_class', nullif(r.reason_class, ''), 'detail', nullif(r.detail, ''),
+               'provider', nullif(r.provider, ''))),
            r.source_id
     FROM r
     ON CONFLICT (source_id) WHERE source_id IS NOT NULL DO NOTHING
@@ -152,7 +153,7 @@ def _field(fields: dict[bytes, bytes], name: bytes) -> str:
 
 async def apply_receipts(store: OrderStore, receipts: list[Receipt]) -> int:
     """Applies receipts in one statement; malformed ones are skipped (logged). Returns applied."""
-    columns: list[list[object]] = [[] for _ in range(9)]
+    columns: list[list[object]] = [[] for _ in range(10)]
     for source_id, fields in receipts:
         try:
             row = (
@@ -165,6 +166,9 @@ async def apply_receipts(store: OrderStore, receipts: list[Receipt]) -> int:
                 _field(fields, b"consumer"),
                 _field(fields, b"reason_class"),
                 _field(fields, b"detail"),
+                # The SMTP provider that accepted or refused; receipts of notifiers from before
+                # the fallback provider existed have none.
+                _field(fields, b"provider"),
             )
             if row[1] not in ("sent", "dead", "attempt_failed"):
                 raise ValueError(f"unknown receipt type {row[1]!r}")

@@ -37,6 +37,7 @@ class LedgerRow(msgspec.Struct, frozen=True, kw_only=True):
     smtp_reply: str
     consumer: str
     deliveries: int
+    provider: str
 
 
 def _seconds(value: Any) -> float | None:
@@ -66,8 +67,8 @@ async def ledger_rows(pool: asyncpg.Pool, event_ids: Collection[str]) -> list[Le
     if not event_ids:
         return []
     rows = await pool.fetch(
-        "SELECT event_id, order_id, message_id, sent_at, smtp_reply, consumer, deliveries"
-        " FROM notify.sent_ledger WHERE event_id = ANY($1::uuid[]) ORDER BY sent_at",
+        "SELECT event_id, order_id, message_id, sent_at, smtp_reply, consumer, deliveries,"
+        " provider FROM notify.sent_ledger WHERE event_id = ANY($1::uuid[]) ORDER BY sent_at",
         [uuid.UUID(e) for e in event_ids],
     )
     return [
@@ -79,6 +80,7 @@ async def ledger_rows(pool: asyncpg.Pool, event_ids: Collection[str]) -> list[Le
             smtp_reply=r["smtp_reply"],
             consumer=r["consumer"],
             deliveries=r["deliveries"],
+            provider=r["provider"],
         )
         for r in rows
     ]

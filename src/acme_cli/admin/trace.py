@@ -126,6 +126,7 @@ async def _from_ledger(g: _Gathered, pool: asyncpg.Pool) -> None:
             "email_accepted",
             "ledger",
             message_id=row.message_id,
+            provider=row.provider,
             consumer=row.consumer,
             deliveries=row.deliveries,
             smtp_reply=row.smtp_reply,
