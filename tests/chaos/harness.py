@@ -41,6 +41,7 @@ __all__ = [
     "ChaosSystem",
     "FaultControl",
     "FaultEvent",
+    "MailLogs",
     "Scale",
     "chaos_scale",
     "until",
@@ -167,6 +168,36 @@ class FaultControl:
         return [json.loads(line) for line in lines if line.strip()]
 
 
+class MailLogs:
+    """Several SMTP servers' records read as one: copies add up, the first and last arrival of
+    an order are the earliest and latest on any server."""
+
+    def __init__(self, logs: list[MailLog]) -> None:
+        self.logs = logs
+        self.copies: dict[str, int] = {}
+        self.first_at: dict[str, float] = {}
+        self.last_at: dict[str, float] = {}
+
+    def poll(self) -> int:
+        new = sum(log.poll() for log in self.logs)
+        if len(self.logs) == 1:
+            [log] = self.logs
+            self.copies, self.first_at, self.last_at = log.copies, log.first_at, log.last_at
+            return new
+        copies: dict[str, int] = {}
+        first: dict[str, float] = {}
+        last: dict[str, float] = {}
+        for log in self.logs:
+            for order_id, n in log.copies.items():
+                copies[order_id] = copies.get(order_id, 0) + n
+            for order_id, at in log.first_at.items():
+                first[order_id] = min(at, first.get(order_id, at))
+            for order_id, at in log.last_at.items():
+                last[order_id] = max(at, last.get(order_id, at))
+        self.copies, self.first_at, self.last_at = copies, first, last
+        return new
+
+
 @dataclass
 class ChaosSystem:
     root: Path
@@ -175,10 +206,18 @@ class ChaosSystem:
     #: Put a real, strict Postfix (STARTTLS required, FQDN HELO, relay policy) between the
     #: notifiers and the recording SMTP server, as production relays through one.
     mta: bool = False
+    #: Start a second recording SMTP server as the notifiers' fallback provider
+    #: (ACME_SMTP_FALLBACK_URL), steered with `set_fallback_smtp`.
+    fallback: bool = False
     env: dict[str, str] = field(default_factory=dict)
     stack: Stack = field(init=False)
     smtp: FaultControl = field(init=False)
-    mail: MailLog = field(init=False)
+    #: Every e-mail either provider stored (what the verdict counts).
+    mail: MailLogs = field(init=False)
+    #: What the primary and the fallback stored, each on its own.
+    primary_mail: MailLog = field(init=False)
+    fallback_mail: MailLog = field(init=False)
+    fallback_smtp: FaultControl = field(init=False)
     timeline: list[FaultEvent] = field(default_factory=list)
     api: Child | None = None
     relay: Child | None = None
@@ -193,7 +232,13 @@ class ChaosSystem:
         if not self.redis_appendonly:
             self.stack.redis = EmbeddedRedis(self.root / "redis", appendonly=False)
         self.smtp = FaultControl(self.root / "smtp-control.json", self.root / "smtp-faults.jsonl")
-        self.mail = MailLog(self.root / "received.csv")
+        self.primary_mail = MailLog(self.root / "received.csv")
+        self.fallback_smtp = FaultControl(
+            self.root / "smtp-fallback-control.json", self.root / "smtp-fallback-faults.jsonl"
+        )
+        self.fallback_mail = MailLog(self.root / "received-fallback.csv")
+        logs = [self.primary_mail, *([self.fallback_mail] if self.fallback else [])]
+        self.mail = MailLogs(logs)
         self.env = {**CHAOS_ENV, **self.env}
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -204,22 +249,36 @@ class ChaosSystem:
         port = free_port()
         self.stack.sink_port = port
         self.stack.smtp_url = f"smtp://{HOST}:{port}"
-        received = self.root / "received.csv"
-        self.stack.spawn("sink", [sys.executable, str(FAULTY_SMTP), "--port", str(port),
-                                  "--control", str(self.smtp.control), "--received",
-                                  str(received), "--faults", str(self.smtp.faults)])  # fmt: skip
+        received = self.primary_mail.path
+        self._spawn_smtp("sink", port, self.smtp, received)
         if self.mta:
             await self._start_postfix(next_hop_port=port)
+        if self.fallback:
+            fallback_port = free_port()
+            self._spawn_smtp("sink-fallback", fallback_port, self.fallback_smtp,
+                             self.fallback_mail.path)  # fmt: skip
+            self.env = {"ACME_SMTP_FALLBACK_URL": f"smtp://{HOST}:{fallback_port}", **self.env}
         self.stack.http_port = free_port()
         self.api = self._spawn("api", acme_argv("api"))
         self.relay = self._spawn("relay", acme_argv("relay"))
         for slot in range(1, self.notifiers + 1):
             self.start_notifier(slot)
         await until(received.exists, _READY_TIMEOUT_S, "the SMTP server")
+        if self.fallback:
+            await until(self.fallback_mail.path.exists, _READY_TIMEOUT_S, "the fallback server")
         await self.wait_api_ready()
         await self.wait_started(self.relay, "relay_started")
         for child in self.slots.values():
             await self.wait_started(child, "notifier_started")
+
+    def _spawn_smtp(self, name: str, port: int, control: FaultControl, received: Path) -> None:
+        self.stack.spawn(name, [sys.executable, str(FAULTY_SMTP), "--port", str(port),
+                                "--control", str(control.control), "--received", str(received),
+                                "--faults", str(control.faults)])  # fmt: skip
+
+    def injected(self) -> list[dict[str, Any]]:
+        """Every fault either SMTP server injected so far."""
+        return self.smtp.injected() + (self.fallback_smtp.injected() if self.fallback else [])
 
     async def stop(self) -> None:
         await asyncio.to_thread(self.stack.stop)
@@ -389,6 +448,11 @@ class ChaosSystem:
     async def set_smtp(self, **faults: Any) -> None:
         await self.smtp.set(**faults)
         self.record("smtp", "smtp", json.dumps(faults, sort_keys=True))
+
+    async def set_fallback_smtp(self, **faults: Any) -> None:
+        assert self.fallback, "start the system with fallback=True"
+        await self.fallback_smtp.set(**faults)
+        self.record("smtp", "smtp-fallback", json.dumps(faults, sort_keys=True))
 
     # --- load and quiescence ---------------------------------------------------------------
 

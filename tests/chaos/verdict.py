@@ -308,7 +308,7 @@ def _fault_counts(system: ChaosSystem) -> dict[str, int]:
     for event in system.timeline:
         if event.kind in ("kill", "sigterm", "down"):
             counts[f"{event.kind} {event.target.split('.')[0]}"] += 1
-    for injected in system.smtp.injected():
+    for injected in system.injected():
         if injected["fault"] != "mode":
             counts[f"smtp {injected['fault']}"] += 1
     return dict(counts)
@@ -340,9 +340,7 @@ async def judge(
     recorded_at = {r["id"]: r["at"] for r in ledger}
     dead, poison, pending, receipts_pending = await _redis_state(system.stack.redis_url)
     orders = {r["id"]: r for r in rows}
-    ambiguous = Counter(
-        f["order_id"] for f in system.smtp.injected() if f["fault"] == "accept_close"
-    )
+    ambiguous = Counter(f["order_id"] for f in system.injected() if f["fault"] == "accept_close")
     windows = _windows(system)
     v = Verdict(scenario, scale.name, system.notifiers, intake.sent, len(intake.accepted),
                 intake.rejected, intake.failed, poison_dead=poison,
