@@ -81,7 +81,8 @@ def test_dashboard_queries_name_only_exported_series() -> None:
 
 
 def test_dashboard_covers_the_operating_questions() -> None:
-    """Throughput, latency by route, e2e vs SLA, lag, ages, dead letters, replicas, circuit."""
+    """Throughput, latency by route, e2e vs SLA, lag, ages, dead letters, replicas, circuit,
+    and each SMTP provider's sends and breaker."""
     exprs = " ".join(expr for _where, expr in dashboard_queries(_dashboard()))
     for needle in (
         "acme_orders_created_total",
@@ -94,6 +95,8 @@ def test_dashboard_covers_the_operating_questions() -> None:
         "acme_notify_dead_lettered_total",
         "kube_deployment_status_replicas",
         "acme_notify_circuit_state",
+        "sum by (provider, outcome) (rate(acme_notify_provider_sends_total",
+        "acme_notify_provider_circuit_state",
     ):
         assert needle in exprs, needle
 
