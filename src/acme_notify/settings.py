@@ -190,6 +190,11 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
                 f"({self.smtp_timeout_s:g}): a send cut off by shutdown may have been "
                 "accepted unrecorded, and another replica would send it again"
             )
+        if self.smtp_fallback_url is not None and self.smtp_fallback_url == self.smtp_url:
+            raise SettingsError(
+                "ACME_SMTP_FALLBACK_URL must name another provider than ACME_SMTP_URL: the "
+                "same relay twice fails over to itself"
+            )
         if not 0 < self.storm_share <= 1:
             raise SettingsError(f"ACME_SMTP_STORM_SHARE must be in (0, 1], got {self.storm_share}")
         if self.breaker_max_cooldown_s < self.breaker_cooldown_s:

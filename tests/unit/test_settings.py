@@ -37,6 +37,8 @@ def test_the_defaults_keep_every_invariant() -> None:
         ({"ACME_BREAKER_MAX_COOLDOWN_S": "1"}, "ACME_BREAKER_COOLDOWN_S"),
         ({"ACME_SMTP_STORM_SHARE": "1.5"}, "ACME_SMTP_STORM_SHARE"),
         ({"ACME_SMTP_HELO_NAME": "not a host"}, "ACME_SMTP_HELO_NAME"),
+        ({"ACME_SMTP_FALLBACK_URL": URLS["ACME_SMTP_URL"]}, "ACME_SMTP_FALLBACK_URL"),
+        ({"ACME_SMTP_FALLBACK_URL": "http://relay.example"}, "ACME_SMTP_FALLBACK_URL"),
     ],
 )
 def test_settings_that_could_send_twice_are_refused_naming_the_variables(
@@ -74,3 +76,16 @@ def test_a_dedupe_key_shorter_than_the_redrive_delay_is_refused() -> None:
     with pytest.raises(SettingsError, match="ACME_DEDUPE_TTL_S"):
         OrdersSettings.from_env({**base, "ACME_REDRIVE_AFTER_S": "600", "ACME_DEDUPE_TTL_S": "600"})
     assert OrdersSettings.from_env({**base, "ACME_REDRIVE_AFTER_S": "60"})
+
+
+def test_a_fallback_provider_is_optional_and_has_its_own_limits() -> None:
+    """No fallback by default; with one, its pool, rate and alert delay are its own."""
+    assert notify().smtp_fallback_url is None
+    settings = notify(
+        ACME_SMTP_FALLBACK_URL="smtps://user:secret@other.example:465",
+        ACME_SMTP_FALLBACK_POOL_SIZE="4",
+        ACME_SMTP_FALLBACK_RATE_PER_S="20",
+    )
+    assert settings.smtp_fallback_url == "smtps://user:secret@other.example:465"
+    assert (settings.smtp_fallback_pool_size, settings.smtp_fallback_rate_per_s) == (4, 20.0)
+    assert settings.smtp_fallback_alert_after_s == 900.0
