@@ -9,6 +9,7 @@ it stalls after the message data; the fallback fails too.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,6 +23,8 @@ from acme_orders.app import api_app
 from acme_orders.settings import OrdersSettings
 from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP
 from tests.harness import eventually, notify_settings, running_order_workers, running_replica
+from tests.integration.test_admin_dead import admin_env  # noqa: F401 - a fixture
+from tests.integration.test_admin_delivery import acme_process
 from tests.integration.test_api import ORDER
 
 pytestmark = pytest.mark.slow
@@ -64,6 +67,7 @@ async def nothing_pending(redis: Redis) -> bool:
     return int(summary["pending"]) == 0
 
 
+@pytest.mark.usefixtures("admin_env")
 async def test_a_primary_that_is_gone_hands_every_email_to_the_fallback_at_once(
     api: AsyncTestClient[Any],
     sink: MailSink,
@@ -94,6 +98,9 @@ async def test_a_primary_that_is_gone_hands_every_email_to_the_fallback_at_once(
     assert sent and sent[-1]["detail"]["provider"] == "fallback"
     attempts = await pool.fetch("SELECT delivery_attempts FROM orders")
     assert {r["delivery_attempts"] for r in attempts} == {1}, "one attempt each: no retry"
+    code, out, _ = await acme_process("trace", order_ids[0], "--json")
+    accepted = [s for s in json.loads(out)["steps"] if s["kind"] == "email_accepted"]
+    assert code == 0 and accepted[0]["detail"]["provider"] == "fallback"
 
 
 async def test_a_421_storm_fails_over_then_back_to_the_primary(
