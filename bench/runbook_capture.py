@@ -3,7 +3,7 @@
 The runbook's examples are real output, re-creatable when the product changes: this starts the
 system with tests/chaos/harness.py's `ChaosSystem` (embedded PostgreSQL and Redis, `acme api`,
 `acme relay`, two notifiers, a steerable SMTP server and, for incident A, a real Postfix relay in
-front of it), plays two incidents, and prints each command as `$ command` and its output:
+front of it), plays three incidents, and prints each command as `$ command` and its output:
 
 * A, "The relay refuses us": a steady trickle of orders; the relay (Postfix) is misconfigured
   to answer `554 5.7.1 Relay access denied` for a while, then fixed. Nothing is dead-lettered;
@@ -11,11 +11,16 @@ front of it), plays two incidents, and prints each command as `$ command` and it
 * B, "A relay policy blocked one customer domain": the SMTP server refuses recipients at
   `@blocked.example` (`550 5.7.1 ... Recipient address rejected`); those are dead-lettered and,
   once the policy is lifted, replayed; then one straggler for the JSON examples.
+* C, "The primary provider is down": a second recording SMTP server as the fallback provider
+  (`ACME_SMTP_FALLBACK_URL`); a steady trickle of orders; the primary answers `421` to every
+  connection for a while, then recovers. The mail goes through the fallback meanwhile and fails
+  back once a probe of the primary passes. Breaker timings are the production defaults.
 
-`acme` runs as a subprocess as `maria@ops-bastion`, `COLUMNS=140`. Needs Postfix, and root (for
-Postfix). About two minutes, in a temporary folder removed at the end unless `--keep` (logs).
+`acme` runs as a subprocess as `maria@ops-bastion`, `COLUMNS=140`. Incident A needs Postfix, and
+root (for Postfix). About three minutes for all three (`--incident C` alone: about a minute), in
+a temporary folder removed at the end unless `--keep` (logs).
 
-Usage: ``.tox/py311/bin/python bench/runbook_capture.py > /tmp/runbook.txt``
+Usage: ``.tox/py311/bin/python bench/runbook_capture.py [--incident A|B|C|all] > /tmp/runbook.txt``
 """
 
 from __future__ import annotations
@@ -36,11 +41,12 @@ import subprocess
 import tempfile
 import time
 import unicodedata
+import urllib.request
 import uuid
 from datetime import datetime
 
 from tests.chaos.client import post_order
-from tests.chaos.harness import ChaosSystem
+from tests.chaos.harness import ChaosSystem, until
 
 from bench.stack import HOST
 
@@ -48,6 +54,28 @@ from bench.stack import HOST
 BREAKER_DEFAULTS = {"ACME_BREAKER_COOLDOWN_S": "5", "ACME_BREAKER_MAX_COOLDOWN_S": "30"}
 BLOCKED_REPLY = "550 5.7.1 <{address}>: Recipient address rejected: Access denied"
 WHY = "INC-2291: policy for blocked.example lifted"
+#: Incident C: seconds of orders before the primary goes down, of the outage, and after it.
+PRIMARY_DOWN_S = (5.0, 25.0, 30.0)
+#: Incident C's shell commands (run with bash in the system's folder), one line each.
+FIRST_PRIMARY_OPENED = """
+grep -h '"smtp_circuit_opened"' logs/notifier-*.log
+| jq -s 'map(select(.provider == "primary")) | min_by(.timestamp)'
+"""
+ROUTE_CHANGES = """
+grep -h '"smtp_route_changed"' logs/notifier-*.log
+| jq -c '[.timestamp, .from_provider, .to_provider]' | sort
+"""
+PROVIDER_METRICS = """
+curl -s http://127.0.0.1:{port}/metrics
+| grep -E '^acme_notify_(provider_sends_total|provider_circuit_state|circuit_state|fallback_)'
+"""
+#: Every breaker and route change of each notifier, one compact line each.
+BREAKER_TIMELINE = """
+for f in logs/notifier-*.log; do echo "== $f";
+grep -hE '"smtp_(circuit_[a-z_]+|route_changed)"' "$f"
+| jq -c '{timestamp, event, provider, from_provider, to_provider, cooldown_s, peer}
+| del(.[] | nulls)'; done
+"""
 # fmt: off
 NAMES = ("Carla Dias", "Ana Souza", "Bruno Lima", "Davi Rocha", "Elisa Melo", "Fábio Costa",
          "Gabi Nunes", "Heitor Reis", "Iara Lopes", "João Pires", "Kátia Alves", "Luís Prado")
@@ -110,6 +138,18 @@ class Operator:
         print(f"$ {display}\n{output}", flush=True)
         return output
 
+    async def shell(self, command: str) -> str:
+        """Runs `command` with bash in the system's folder; prints it and its output. The
+        command may be written on several lines: they are joined with single spaces."""
+        command = " ".join(command.split())
+        done = await asyncio.to_thread(
+            subprocess.run, ["bash", "-c", command], capture_output=True, cwd=self.system.root,
+            check=False, timeout=30,
+        )  # fmt: skip
+        output = tidy(done.stdout)
+        print(f"$ {command}\n{output}", flush=True)
+        return output
+
     async def dead_ids(self) -> list[tuple[str, str]]:
         """(dead id, order id) of every dead letter, oldest first."""
         _code, output = await self.acme("dead", "list", "--limit", "1000", "--json", show=False)
@@ -133,6 +173,16 @@ async def place(system: ChaosSystem, index: int, email: str) -> tuple[str, float
     return str(document["id"]), datetime.fromisoformat(document["created_at"]).timestamp()
 
 
+async def trickle(
+    system: ChaosSystem, orders: list[tuple[str, float]], rate_per_s: float, duration_s: float
+) -> None:
+    """Places `rate_per_s` orders a second for `duration_s`, appending (id, created_at)."""
+    t0 = time.monotonic()
+    for i in range(round(rate_per_s * duration_s)):
+        await asyncio.sleep(max(0.0, t0 + i / rate_per_s - time.monotonic()))
+        orders.append(await place(system, i, f"cliente{i:03d}@example.com"))
+
+
 async def wait_settled(system: ChaosSystem, expected: int, timeout_s: float) -> None:
     """Until `expected` orders exist and none waits for its e-mail (each is sent or dead)."""
     deadline = time.monotonic() + timeout_s
@@ -154,6 +204,21 @@ def metrics_port(system: ChaosSystem, slot: int) -> str:
     return found[0].decode()
 
 
+def scrape(port: str) -> dict[str, float]:
+    """One notifier's /metrics as {series: value} (comments left out)."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and line[0] != "#")
+    return {series: float(value) for series, value in pairs}
+
+
+async def sample_metrics(port: str, samples: list[dict[str, float]]) -> None:
+    """Scrapes a notifier's /metrics once a second until cancelled, as Prometheus would."""
+    while True:
+        samples.append(await asyncio.to_thread(scrape, port))
+        await asyncio.sleep(1.0)
+
+
 async def relay_refuses_us(root: Path) -> None:
     heading("Incident A: the relay refuses us (Postfix: 554 5.7.1 Relay access denied)")
     system = ChaosSystem(root / "relay-refuses-us", notifiers=2, mta=True, env=BREAKER_DEFAULTS)
@@ -161,14 +226,7 @@ async def relay_refuses_us(root: Path) -> None:
         await system.start()
         ops = Operator(system)
         orders: list[tuple[str, float]] = []
-
-        async def trickle(rate_per_s: float = 3.0, duration_s: float = 40.0) -> None:
-            t0 = time.monotonic()
-            for i in range(round(rate_per_s * duration_s)):
-                await asyncio.sleep(max(0.0, t0 + i / rate_per_s - time.monotonic()))
-                orders.append(await place(system, i, f"cliente{i:03d}@example.com"))
-
-        load = asyncio.create_task(trickle())
+        load = asyncio.create_task(trickle(system, orders, 3.0, 40.0))
         await asyncio.sleep(5.0)
         await system.misconfigure_relay()
         broken_at = time.time()
@@ -280,12 +338,90 @@ async def blocked_domain(root: Path) -> None:
         await system.stop()
 
 
-async def main(keep: bool) -> None:
+async def primary_down(root: Path) -> None:
+    heading("Incident C: the primary provider is down (421 to every connection), a fallback")
+    system = ChaosSystem(root / "primary-down", notifiers=2, fallback=True, env=BREAKER_DEFAULTS)
+    try:
+        await system.start()
+        ops = Operator(system)
+        orders: list[tuple[str, float]] = []
+        load = asyncio.create_task(trickle(system, orders, 3.0, sum(PRIMARY_DOWN_S)))
+        lead_s, outage_s, _after_s = PRIMARY_DOWN_S
+        await asyncio.sleep(lead_s)
+        await system.set_smtp(mode="greet421")
+        down_at = time.time()
+        note(f"the primary answers 421 to every connection; {len(orders)} orders so far")
+        port = metrics_port(system, 1)
+        samples: list[dict[str, float]] = []
+        sampler = asyncio.create_task(sample_metrics(port, samples))
+        await asyncio.sleep(15.0)
+        await ops.acme("stats")
+        await ops.shell(FIRST_PRIMARY_OPENED)
+        await ops.shell(ROUTE_CHANGES)
+        await ops.shell(PROVIDER_METRICS.format(port=port))
+        during = next(o for o, at in orders if at >= down_at)
+        await ops.acme("trace", during)
+
+        await asyncio.sleep(max(0.0, down_at + outage_s - time.time()))
+        await system.set_smtp(mode="up")
+        up_at = time.time()
+        note(f"the primary is back, {up_at - down_at:.1f} s after it went down")
+
+        def back_on_primary() -> bool:
+            system.primary_mail.poll()
+            return any(at >= up_at for at in system.primary_mail.first_at.values())
+
+        await until(back_on_primary, 60.0, "an e-mail on the primary again")
+        sampler.cancel()
+        back_at = min(at for at in system.primary_mail.first_at.values() if at >= up_at)
+        note(f"first e-mail back on the primary {back_at - up_at:.1f} s after its recovery")
+        await asyncio.sleep(3.0)
+        await ops.shell(BREAKER_TIMELINE)
+        await load
+        await wait_settled(system, len(orders), 60.0)
+        system.mail.poll()
+        primary, fallback = system.primary_mail.first_at, system.fallback_mail.first_at
+        after = next(o for o, at in orders if at > back_at + 1.0 and o in primary)
+        await ops.acme("trace", after)
+        await ops.shell(PROVIDER_METRICS.format(port=port))
+
+        first = system.mail.first_at
+        outage = sorted(first[o] - at for o, at in orders if down_at <= at < up_at and o in first)
+        dead = await system.db_fetch("SELECT count(*) AS n FROM orders"
+                                     " WHERE notification_status = 'dead'")  # fmt: skip
+        refused = sum(f["fault"] == "greet421" for f in system.smtp.injected())
+        gauges = {
+            name: max(sample.get(f"acme_notify_{name}", float("nan")) for sample in samples)
+            for name in ("fallback_active_seconds", "fallback_overdue", "circuit_state")
+        }
+        note(
+            f"figures: primary down {up_at - down_at:.1f} s; {len(orders)} orders, "
+            f"{sum(o in primary for o, _ in orders)} e-mailed by the primary and "
+            f"{sum(o in fallback for o, _ in orders)} by the fallback "
+            f"({sum(system.mail.copies.values())} e-mails received in all, "
+            f"{sum(o not in first for o, _ in orders)} orders without one, "
+            f"{dead[0]['n']} dead); {len(outage)} placed during the outage, "
+            f"e2e max {max(outage, default=float('nan')):.3f} s, "
+            f"median {outage[len(outage) // 2] if outage else float('nan'):.3f} s; "
+            f"first e-mail back on the primary {back_at - up_at:.1f} s after its recovery; "
+            f"{refused} connections refused by the primary (421); notifier-1's gauges, scraped "
+            f"each second from the outage to the failback ({len(samples)} scrapes), at most: "
+            + ", ".join(f"{name} {value:g}" for name, value in gauges.items())
+        )
+    finally:
+        await system.stop()
+
+
+INCIDENTS = {"A": relay_refuses_us, "B": blocked_domain, "C": primary_down}
+
+
+async def main(keep: bool, incident: str) -> None:
     root = Path(tempfile.mkdtemp(prefix="acme-runbook-"))
     note(f"system folders under {root}")
     try:
-        await relay_refuses_us(root)
-        await blocked_domain(root)
+        for name, play in INCIDENTS.items():
+            if incident in (name, "all"):
+                await play(root)
     finally:
         if keep:
             note(f"logs kept in {root}")
@@ -296,4 +432,7 @@ async def main(keep: bool) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the folder (logs) at the end")
-    asyncio.run(main(parser.parse_args().keep))
+    parser.add_argument("--incident", choices=[*INCIDENTS, "all"], default="all",
+                        help="play one incident only (default: all)")  # fmt: skip
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.keep, arguments.incident))

@@ -58,9 +58,6 @@ class Delivery:
         )
         self.providers = [self.primary] + ([fallback] if fallback is not None else [])
         self._metrics = metrics
-        # The provider first in line, and since when (monotonic): see `fallback_for_s`.
-        self._line = PRIMARY
-        self._line_since = time.monotonic()
 
     @property
     def pool(self) -> SmtpPool:
@@ -80,21 +77,16 @@ class Delivery:
             return free_slots
         return min(free_slots, 1) if "probe" in routes else 0
 
-    def first_in_line(self) -> str:
-        """The provider new sends go to now ("" when none may be tried)."""
-        line = next((p.name for p in self.providers if p.route() != "none"), "")
-        if line and line != self._line:
-            log.warning("smtp_route_changed", from_provider=self._line, to_provider=line)
-            self._line, self._line_since = line, time.monotonic()
-        return line
-
     def fallback_for_s(self) -> float:
-        """How long another provider than the primary has been first in line (0 if not)."""
-        line = self.first_in_line()
-        return time.monotonic() - self._line_since if line not in ("", PRIMARY) else 0.0
+        """How long the fallback has been carrying the mail: since the primary's breaker last
+        left `closed` (half-open probes that fail do not restart it), 0 while it is closed or
+        with no fallback configured."""
+        down_since = self.primary.down_since
+        if len(self.providers) == 1 or down_since is None:
+            return 0.0
+        return time.monotonic() - down_since
 
     async def send(self, sender: str, recipients: list[str], data: bytes) -> Accepted:
-        self.first_in_line()  # notes (and logs) a change of route
         failure: TransientError | None = None
         for provider in self.providers:
             if not provider.breaker.allow():

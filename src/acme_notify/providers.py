@@ -11,6 +11,7 @@ again, every replica may probe it at once instead of sitting out its cooldown.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from typing import Final, Literal, NamedTuple
 
@@ -55,6 +56,9 @@ class Provider:
     consumer: str
     storm: RefusalStorm = field(default_factory=RefusalStorm)
     rate: TokenBucket | None = None
+    #: Since when (time.monotonic) the breaker has not been closed; None while it is. Failed
+    #: half-open probes do not restart it: it measures the whole incident.
+    down_since: float | None = None
 
     def route(self) -> Route:
         """Whether sends may go here now: all of them, one probe, or none."""
@@ -70,7 +74,9 @@ class Provider:
         was_closed = self.breaker.state == "closed"
         self.breaker.record_success()
         if not was_closed and self.breaker.state == "closed":
-            log.info("smtp_circuit_closed", provider=self.name)
+            down_for_s = time.monotonic() - self.down_since if self.down_since else 0.0
+            self.down_since = None
+            log.info("smtp_circuit_closed", provider=self.name, down_for_s=round(down_for_s, 1))
             await self._share(f"{_CLOSED}{self.consumer}", _CLOSED_TTL_MS)
 
     async def failed(self, cause: TransientError) -> None:
@@ -78,6 +84,7 @@ class Provider:
         was_open = self.breaker.state == "open"
         self.breaker.record_failure(server_down=True)
         if not was_open and self.breaker.state == "open":
+            self._note_down()
             # What the relay said goes into the log line an operator reads first.
             log.warning(
                 "smtp_circuit_opened",
@@ -109,7 +116,12 @@ class Provider:
         elif ttl_ms > 0 and self.breaker.state == "closed":
             until = asyncio.get_running_loop().time() + ttl_ms / 1000
             self.breaker.force_open(until)
+            self._note_down()
             log.info("smtp_circuit_opened_by_peer", provider=self.name, for_s=ttl_ms / 1000)
+
+    def _note_down(self) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
 
     async def _share(self, value: str, ttl_ms: int) -> None:
         try:

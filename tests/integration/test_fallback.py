@@ -120,6 +120,16 @@ async def test_a_421_storm_fails_over_then_back_to_the_primary(
         await fallback.wait_for(10, timeout_s=15)
         assert replica.delivery.breaker.state in ("open", "half_open")
         assert sink.messages == []
+        down_for_s = replica.delivery.fallback_for_s()
+        assert down_for_s > 0, "the fallback is carrying the mail"
+
+        async def a_probe_failed() -> bool:
+            await place(api, 1)
+            await asyncio.sleep(0.1)  # the pace of the traffic that brings the probes
+            return replica.delivery.breaker.cooldown_s > replica.delivery.breaker.base_cooldown_s
+
+        await eventually(a_probe_failed, timeout_s=10, what="a failed probe of the primary")
+        assert replica.delivery.fallback_for_s() > down_for_s, "a failed probe restarts nothing"
         sink.policy = None  # the primary recovers
 
         async def back_on_the_primary() -> bool:
@@ -134,6 +144,7 @@ async def test_a_421_storm_fails_over_then_back_to_the_primary(
         await sink.wait_for(10, timeout_s=15)
         await eventually(lambda: nothing_pending(redis), what="everything acknowledged")
     assert len(fallback.messages) == before, "after failback, new mail goes to the primary"
+    assert replica.delivery.fallback_for_s() == 0
     assert await redis.xlen(DEAD_STREAM) == 0
 
 
