@@ -14,7 +14,9 @@ front of it), plays three incidents, and prints each command as `$ command` and 
 * C, "The primary provider is down": a second recording SMTP server as the fallback provider
   (`ACME_SMTP_FALLBACK_URL`); a steady trickle of orders; the primary answers `421` to every
   connection for a while, then recovers. The mail goes through the fallback meanwhile and fails
-  back once a probe of the primary passes. Breaker timings are the production defaults.
+  back once a probe of the primary passes. Breaker timings are the production defaults. One
+  notifier's /metrics is scraped every second from the outage to just after the failback, and
+  printed (`acme_notify_fallback_active_seconds` growing through the whole outage).
 
 `acme` runs as a subprocess as `maria@ops-bastion`, `COLUMNS=140`. Incident A needs Postfix, and
 root (for Postfix). About three minutes for all three (`--incident C` alone: about a minute), in
@@ -61,20 +63,20 @@ FIRST_PRIMARY_OPENED = """
 grep -h '"smtp_circuit_opened"' logs/notifier-*.log
 | jq -s 'map(select(.provider == "primary")) | min_by(.timestamp)'
 """
-ROUTE_CHANGES = """
-grep -h '"smtp_route_changed"' logs/notifier-*.log
-| jq -c '[.timestamp, .from_provider, .to_provider]' | sort
+#: The breakers' failovers, failed probes and failbacks so far, both replicas, in time order.
+BREAKER_EVENTS = """
+grep -hE '"smtp_circuit_(opened|closed|released_by_peer)"' logs/notifier-*.log
+| jq -c '[.timestamp, .event, .provider]' | sort
 """
 PROVIDER_METRICS = """
 curl -s http://127.0.0.1:{port}/metrics
 | grep -E '^acme_notify_(provider_sends_total|provider_circuit_state|circuit_state|fallback_)'
 """
-#: Every breaker and route change of each notifier, one compact line each.
+#: Every breaker change of each notifier, one compact line each.
 BREAKER_TIMELINE = """
 for f in logs/notifier-*.log; do echo "== $f";
-grep -hE '"smtp_(circuit_[a-z_]+|route_changed)"' "$f"
-| jq -c '{timestamp, event, provider, from_provider, to_provider, cooldown_s, peer}
-| del(.[] | nulls)'; done
+grep -hE '"smtp_circuit_(opened|closed|released_by_peer)"' "$f"
+| jq -c '{timestamp, event, provider, cooldown_s, down_for_s, peer} | del(.[] | nulls)'; done
 """
 # fmt: off
 NAMES = ("Carla Dias", "Ana Souza", "Bruno Lima", "Davi Rocha", "Elisa Melo", "Fábio Costa",
@@ -88,6 +90,11 @@ def heading(text: str) -> None:
 
 def note(text: str) -> None:
     print(f"# {time.strftime('%H:%M:%S', time.gmtime())}Z {text}", flush=True)
+
+
+def clock(at: float) -> str:
+    """Unix seconds as the time of day, to the hundredth: `03:08:10.42Z`."""
+    return f"{time.strftime('%H:%M:%S', time.gmtime(at))}.{int(at % 1 * 100):02d}Z"
 
 
 def tidy(output: bytes) -> str:
@@ -212,11 +219,41 @@ def scrape(port: str) -> dict[str, float]:
     return {series: float(value) for series, value in pairs}
 
 
-async def sample_metrics(port: str, samples: list[dict[str, float]]) -> None:
-    """Scrapes a notifier's /metrics once a second until cancelled, as Prometheus would."""
+async def sample_metrics(port: str, samples: list[tuple[float, dict[str, float]]]) -> None:
+    """Scrapes a notifier's /metrics once a second until cancelled, as Prometheus would,
+    appending (Unix seconds, series)."""
     while True:
-        samples.append(await asyncio.to_thread(scrape, port))
-        await asyncio.sleep(1.0)
+        at = time.time()
+        samples.append((at, await asyncio.to_thread(scrape, port)))
+        await asyncio.sleep(max(0.0, at + 1.0 - time.time()))
+
+
+def print_samples(
+    samples: list[tuple[float, dict[str, float]]], down_at: float, up_at: float
+) -> None:
+    """One line per scrape: when (and seconds since the primary went down), the primary's
+    breaker, and the fallback gauges; then the peak of `acme_notify_fallback_active_seconds`."""
+    nan = float("nan")
+    breaker = 'acme_notify_provider_circuit_state{provider="primary"}'
+    note(f"notifier-1's /metrics, scraped each second (primary back at +{up_at - down_at:.1f} s)")
+    for at, sample in samples:
+        active = sample.get("acme_notify_fallback_active_seconds", nan)
+        overdue = sample.get("acme_notify_fallback_overdue", nan)
+        print(
+            f"#   {clock(at)} +{at - down_at:4.1f} s  primary breaker {sample.get(breaker, nan):g}"
+            f"  fallback_active_seconds {active:5.1f}  fallback_overdue {overdue:g}",
+            flush=True,
+        )
+    if samples:
+        at, peak = max(
+            ((at, s.get("acme_notify_fallback_active_seconds", 0.0)) for at, s in samples),
+            key=lambda pair: pair[1],
+        )
+        note(
+            f"peak acme_notify_fallback_active_seconds {peak:.1f} s at {clock(at)} "
+            f"(+{at - down_at:.1f} s after the primary went down, +{at - up_at:.1f} s after it "
+            "came back)"
+        )
 
 
 async def relay_refuses_us(root: Path) -> None:
@@ -350,32 +387,40 @@ async def primary_down(root: Path) -> None:
         await asyncio.sleep(lead_s)
         await system.set_smtp(mode="greet421")
         down_at = time.time()
-        note(f"the primary answers 421 to every connection; {len(orders)} orders so far")
+        note(
+            f"the primary answers 421 to every connection from {clock(down_at)}; "
+            f"{len(orders)} orders so far"
+        )
         port = metrics_port(system, 1)
-        samples: list[dict[str, float]] = []
+        samples: list[tuple[float, dict[str, float]]] = []
         sampler = asyncio.create_task(sample_metrics(port, samples))
         await asyncio.sleep(15.0)
         await ops.acme("stats")
         await ops.shell(FIRST_PRIMARY_OPENED)
-        await ops.shell(ROUTE_CHANGES)
+        await ops.shell(BREAKER_EVENTS)
         await ops.shell(PROVIDER_METRICS.format(port=port))
-        during = next(o for o, at in orders if at >= down_at)
+        during, during_at = next((o, at) for o, at in orders if at >= down_at)
+        note(f"the first order placed since, {during_at - down_at:.2f} s after:")
         await ops.acme("trace", during)
 
         await asyncio.sleep(max(0.0, down_at + outage_s - time.time()))
         await system.set_smtp(mode="up")
         up_at = time.time()
-        note(f"the primary is back, {up_at - down_at:.1f} s after it went down")
+        note(f"the primary is back at {clock(up_at)}, {up_at - down_at:.1f} s after it went down")
 
         def back_on_primary() -> bool:
             system.primary_mail.poll()
             return any(at >= up_at for at in system.primary_mail.first_at.values())
 
         await until(back_on_primary, 60.0, "an e-mail on the primary again")
-        sampler.cancel()
         back_at = min(at for at in system.primary_mail.first_at.values() if at >= up_at)
-        note(f"first e-mail back on the primary {back_at - up_at:.1f} s after its recovery")
+        note(
+            f"first e-mail back on the primary at {clock(back_at)}, {back_at - up_at:.1f} s after "
+            "its recovery"
+        )
         await asyncio.sleep(3.0)
+        sampler.cancel()
+        print_samples(samples, down_at, up_at)
         await ops.shell(BREAKER_TIMELINE)
         await load
         await wait_settled(system, len(orders), 60.0)
@@ -391,7 +436,7 @@ async def primary_down(root: Path) -> None:
                                      " WHERE notification_status = 'dead'")  # fmt: skip
         refused = sum(f["fault"] == "greet421" for f in system.smtp.injected())
         gauges = {
-            name: max(sample.get(f"acme_notify_{name}", float("nan")) for sample in samples)
+            name: max(sample.get(f"acme_notify_{name}", float("nan")) for _at, sample in samples)
             for name in ("fallback_active_seconds", "fallback_overdue", "circuit_state")
         }
         note(
@@ -405,8 +450,8 @@ async def primary_down(root: Path) -> None:
             f"median {outage[len(outage) // 2] if outage else float('nan'):.3f} s; "
             f"first e-mail back on the primary {back_at - up_at:.1f} s after its recovery; "
             f"{refused} connections refused by the primary (421); notifier-1's gauges, scraped "
-            f"each second from the outage to the failback ({len(samples)} scrapes), at most: "
-            + ", ".join(f"{name} {value:g}" for name, value in gauges.items())
+            f"each second from the outage to 3 s after the failback ({len(samples)} scrapes), "
+            "at most: " + ", ".join(f"{name} {value:g}" for name, value in gauges.items())
         )
     finally:
         await system.stop()
