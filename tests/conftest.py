@@ -27,7 +27,12 @@ from acme_orders.app import init_connection
 from acme_orders.settings import OrdersSettings
 from acme_runtime.ids import uuid7
 from acme_runtime.tracing import configure_tracing
-from tests.postfix import INSTALL_HINT, PostfixUnavailableError, ensure_postfix_installed
+from tests.postfix import (
+    INSTALL_HINT,
+    PostfixServer,
+    PostfixUnavailableError,
+    ensure_postfix_installed,
+)
 
 TEMPLATE_DB = "acme_test_template"
 
@@ -194,3 +199,17 @@ def postfix_installed() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the Postfix tests: {exc}")
         pytest.skip(str(exc))
+
+
+@pytest.fixture
+async def mta(postfix_installed: None, sink: MailSink) -> AsyncIterator[PostfixServer]:
+    """A private Postfix relaying to this test's sink."""
+    # Not under pytest's temp root: its 0700 folders would lock out the `postfix` user.
+    root = Path(tempfile.mkdtemp(prefix="acme-test-postfix-"))
+    server = PostfixServer(root, next_hop_port=sink.port)
+    try:
+        await asyncio.to_thread(server.start)
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop)
+        shutil.rmtree(root, ignore_errors=True)

@@ -3,7 +3,8 @@
 Two real aiosmtpd servers (the primary and the fallback), a real notifier replica (its actors
 running), real PostgreSQL and Redis. The primary fails in each way a relay does: it is gone
 (connection refused), it answers 421 to everything, it refuses one message at a time (451),
-it stalls after the message data; the fallback fails too.
+it stalls after the message data, and a real Postfix refuses us (relay access denied); the
+fallback fails too.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.harness import eventually, notify_settings, running_order_workers, ru
 from tests.integration.test_admin_dead import admin_env  # noqa: F401 - a fixture
 from tests.integration.test_admin_delivery import acme_process
 from tests.integration.test_api import ORDER
+from tests.postfix import PostfixServer
 
 pytestmark = pytest.mark.slow
 
@@ -238,4 +240,38 @@ async def test_both_providers_down_holds_the_mail_and_dead_letters_nothing(
         fallback.policy = None
         await fallback.wait_for(10, timeout_s=20)
     assert sink.messages == []
+    assert await redis.xlen(DEAD_STREAM) == 0
+
+
+async def test_a_real_relay_refusing_us_fails_over_and_back_with_nothing_dead(
+    api: AsyncTestClient[Any],
+    mta: PostfixServer,
+    sink: MailSink,
+    fallback: MailSink,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    database_url: str,
+    redis_url: str,
+) -> None:
+    """The primary is a real Postfix that starts refusing us (`554 5.7.1 Relay access
+    denied`): the fallback takes every e-mail in the same attempt, nothing is dead-lettered,
+    and once the relay is fixed the mail goes through Postfix again."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(mta.ca_path))  # the notifier verifies Postfix
+    await asyncio.to_thread(mta.deny_relay)
+    settings = two_providers(
+        database_url, redis_url, mta.url, fallback.url, ACME_SMTP_HELO_NAME="notifier.acme.test"
+    )
+    async with running_replica(settings):
+        await place(api, 5)
+        await fallback.wait_for(5, timeout_s=15)
+        assert await redis.xlen(DEAD_STREAM) == 0, "a relay refusing us dead-letters nothing"
+        await asyncio.to_thread(mta.allow_relay)
+
+        async def through_postfix_again() -> bool:
+            await place(api, 1)
+            await asyncio.sleep(0.1)  # the pace of the traffic that brings the probes
+            return len(sink.messages) > 0
+
+        await eventually(through_postfix_again, timeout_s=20, what="failback to Postfix")
+        await eventually(lambda: nothing_pending(redis), what="everything acknowledged")
     assert await redis.xlen(DEAD_STREAM) == 0

@@ -4,10 +4,6 @@ what it refuses and with which replies, and that accepted mail reaches the sink 
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiosmtplib
 import pytest
@@ -30,20 +26,6 @@ def message(n: int) -> bytes:
         f"Subject: Order {n} confirmed\r\nMessage-ID: <order-{n}@acme.example>\r\n"
         f"X-Acme-Order-Id: order-{n}\r\n\r\nThank you!\r\n"
     ).encode()
-
-
-@pytest.fixture
-async def mta(postfix_installed: None, sink: MailSink) -> AsyncIterator[PostfixServer]:
-    """A private Postfix relaying to this test's sink."""
-    # Not under pytest's temp root: its 0700 folders would lock out the `postfix` user.
-    root = Path(tempfile.mkdtemp(prefix="acme-test-postfix-"))
-    server = PostfixServer(root, next_hop_port=sink.port)
-    try:
-        await asyncio.to_thread(server.start)
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def client(mta: PostfixServer, *, helo: str = FQDN_HELO, start_tls: bool = True) -> aiosmtplib.SMTP:
