@@ -6,7 +6,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from acme_orders.domain import MAX_NAME_CHARS, SUPPORTED_LOCALES
+from acme_orders.contract import MAX_NAME_CHARS
+from acme_orders.domain import SUPPORTED_LOCALES
 
 # Printable text without control characters: what a valid name may hold (any script, emoji).
 safe_text = st.text(

@@ -34,7 +34,8 @@ from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from acme_orders.domain import FieldError, parse_order
+from acme_orders.contract import decode_order
+from acme_orders.domain import FieldError
 from acme_orders.http_telemetry import http_telemetry
 from acme_orders.service import IdempotencyConflict, OrderService
 from acme_orders.telemetry import OrdersMetrics
@@ -208,12 +209,11 @@ def build_app(
         key = _idempotency_key(request)
         raw = await request.body()
         try:
-            document = msgspec.json.decode(raw)
+            draft = decode_order(raw)
         except msgspec.DecodeError as exc:
             raise Problem(
                 400, "Malformed JSON", f"The body is not valid JSON: {exc}", kind="malformed-json"
             ) from None
-        draft = parse_order(document)
         if isinstance(draft, list):
             raise Problem(
                 422,

@@ -22,7 +22,8 @@ from redis.asyncio import Redis
 from acme_cli.smtp_sink import MailSink
 from acme_notify.envelope import decode_entry
 from acme_notify.errors import PoisonMessage
-from acme_orders.domain import OrderDraft, parse_order
+from acme_orders.contract import parse_order
+from acme_orders.domain import OrderDraft
 from acme_orders.events import build_envelope, encode_envelope, stream_fields
 from acme_orders.publisher import publish_batch
 from acme_orders.store import OutboxEvent

@@ -16,7 +16,8 @@ from redis.asyncio import Redis
 
 from acme_cli.embedded import EmbeddedRedis
 from acme_orders.app import api_app
-from acme_orders.domain import OrderDraft, parse_order
+from acme_orders.contract import parse_order
+from acme_orders.domain import OrderDraft
 from acme_orders.events import build_envelope, encode_envelope
 from acme_orders.publisher import publish_batch
 from acme_orders.relay import redrive_once, relay_once

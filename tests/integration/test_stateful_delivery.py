@@ -51,7 +51,8 @@ from acme_notify.render import Renderer
 from acme_notify.smtp import SmtpConfig, SmtpPool
 from acme_notify.streams import RawEntry, Streams
 from acme_notify.telemetry import NotifyMetrics
-from acme_orders.domain import OrderDraft, parse_order
+from acme_orders.contract import parse_order
+from acme_orders.domain import OrderDraft
 from acme_orders.events import build_envelope, encode_envelope
 from acme_orders.publisher import publish_batch
 from acme_orders.store import OutboxEvent

@@ -7,7 +7,8 @@ from typing import Any
 
 from hypothesis import given
 
-from acme_orders.domain import OrderDraft, parse_order
+from acme_orders.contract import parse_order
+from acme_orders.domain import OrderDraft
 from acme_orders.events import (
     EVENT_TYPE,
     SCHEMA_VERSION,

@@ -1,4 +1,4 @@
-"""The order validation rules: every bad field named, money exact, hostile strings refused."""
+"""The order contract's rules: every bad field named, money exact, hostile strings refused."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from typing import Any
 import pytest
 from hypothesis import given
 
-from acme_orders.domain import FieldError, OrderDraft, parse_order
+from acme_orders.contract import MAX_ITEMS, MAX_PRICE_DIGITS, MAX_QUANTITY, parse_order
+from acme_orders.currencies import CURRENCIES
+from acme_orders.domain import FieldError, OrderDraft
 from tests.strategies import valid_orders
 
 
@@ -100,16 +102,80 @@ def test_empty_and_oversized_item_lists_are_refused() -> None:
     assert "items" in errors_of(sample(items=many))
 
 
-def test_price_precision_follows_the_currency() -> None:
-    """Yen has no cents; reais have two decimal places."""
-    assert "items[0].unit_price" in errors_of(
+def test_prices_carry_at_most_two_decimals_and_currencies_have_minor_units() -> None:
+    """A price has at most 2 decimal places, and every currency accepted carries them: yen,
+    which has no cents, is not a currency an order may be in."""
+    assert "currency" in errors_of(
         sample(
-            currency="JPY", items=[{"sku": "A", "name": "a", "quantity": 1, "unit_price": "1.50"}]
+            currency="JPY", items=[{"sku": "A", "name": "a", "quantity": 1, "unit_price": "150"}]
         )
     )
     assert "items[0].unit_price" in errors_of(
         sample(items=[{"sku": "A", "name": "a", "quantity": 1, "unit_price": "1.999"}])
     )
+
+
+def test_three_decimal_currencies_keep_their_precision() -> None:
+    """A price in Kuwaiti dinars is stored with the dinar's three decimal places."""
+    draft = parse_order(
+        sample(
+            currency="KWD", items=[{"sku": "A", "name": "a", "quantity": 3, "unit_price": "1.25"}]
+        )
+    )
+    assert isinstance(draft, OrderDraft)
+    assert str(draft.items[0].unit_price) == "1.250" and str(draft.total) == "3.750"
+
+
+def test_the_currency_list_is_babels_currencies_with_minor_units() -> None:
+    """The static list the contract publishes is exactly what Babel, which the notifier
+    formats amounts with, says has two or more minor-unit digits (X-codes left out)."""
+    from babel.numbers import get_currency_precision, list_currencies
+
+    expected = sorted(
+        code
+        for code in list_currencies()
+        if not code.startswith("X") and get_currency_precision(code) >= 2
+    )
+    assert list(CURRENCIES) == expected
+
+
+def test_the_largest_order_fits_the_database() -> None:
+    """100 lines of 10,000 at the highest price stay below numeric(18, 4)'s 10**14."""
+    price = Decimal("9" * MAX_PRICE_DIGITS + ".99")
+    assert price * MAX_QUANTITY * MAX_ITEMS < Decimal(10) ** 14
+
+
+def test_a_body_with_many_bad_fields_gets_every_one_named() -> None:
+    """Two customers' worth of mistakes and three bad lines: each field is named once."""
+    errors = errors_of(
+        {
+            "customer": {"name": "A\nB", "email": "a@b", "locale": 7, "vip": True},
+            "items": [
+                {"sku": "-x", "name": "ok", "quantity": 10_001, "unit_price": "0"},
+                {"sku": "B", "name": " ", "quantity": "2", "unit_price": "1.5", "tax": 1},
+                "not an item",
+            ],
+            "currency": None,
+            "coupon": "X",
+        }
+    )
+    assert errors == {
+        "coupon": "unknown field",
+        "currency": "must be an ISO 4217 currency code with minor units, such as BRL, USD or EUR",
+        "customer.vip": "unknown field",
+        "customer.name": "must not contain control characters (CR, LF, tab, NUL ...)",
+        "customer.email": "is not a valid e-mail address (ASCII only, as name@domain.tld)",
+        "customer.locale": "must be one of pt-BR, en-US (or pt, en)",
+        "items[0].sku": "must start with a letter or digit and hold only letters, digits, "
+        "'.', '_' and '-'",
+        "items[0].quantity": "must be between 1 and 10000",
+        "items[0].unit_price": 'must be a decimal string greater than zero, such as "19.90": '
+        "up to 8 digits before the point and 2 after",
+        "items[1].tax": "unknown field",
+        "items[1].name": "must not be empty",
+        "items[1].quantity": "must be an integer",
+        "items[2]": "must be an object",
+    }
 
 
 def test_locale_defaults_to_portuguese_and_accepts_aliases() -> None:
