@@ -43,11 +43,12 @@ MAX_EMAIL_CHARS: Final = 254
 MAX_PRICE_DIGITS: Final = 8
 
 #: Characters no name may hold: C0 and C1 controls, the Unicode format characters of the Basic
-#: Multilingual Plane (soft hyphen, bidi overrides, zero-width ones, BOM ...), line and paragraph
-#: separators, and lone surrogates. CR and LF are how header injection starts.
+#: Multilingual Plane (soft hyphen, bidi overrides, zero-width ones, BOM ...), and the line and
+#: paragraph separators. CR and LF are how header injection starts. (Lone surrogates cannot
+#: arrive: a JSON body holding one is refused as malformed before any field is read.)
 _FORBIDDEN: Final = (
     r"\x00-\x1f\x7f-\x9f\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
-    r"\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\ud800-\udfff"
+    r"\u200b-\u200f\u2028-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb"
 )
 #: Text of a name: no forbidden character, and at least one that is not whitespace.
 TEXT_PATTERN: Final = rf"^[^{_FORBIDDEN}]*[^{_FORBIDDEN}\s][^{_FORBIDDEN}]*$"
@@ -85,7 +86,7 @@ Email = Annotated[
     ),
 ]
 Locale = Annotated[
-    Literal["pt-BR", "en-US", "pt", "en", "pt-br", "en-us"],
+    Literal["pt-BR", "en-US", "pt", "en"],
     Meta(description="The language of the confirmation e-mail; `pt` and `en` are aliases."),
 ]
 Currency = Annotated[
@@ -219,7 +220,7 @@ def decode_order(raw: bytes) -> OrderDraft | list[FieldError]:
     try:
         return _draft(_FAST.decode(raw))
     except msgspec.ValidationError:
-        return field_errors(msgspec.json.decode(raw))
+        return _checked(msgspec.json.decode(raw))
 
 
 def parse_order(document: Any) -> OrderDraft | list[FieldError]:
@@ -227,7 +228,17 @@ def parse_order(document: Any) -> OrderDraft | list[FieldError]:
     try:
         return _draft(msgspec.convert(document, OrderIn, strict=True))
     except msgspec.ValidationError:
-        return field_errors(document)
+        return _checked(document)
+
+
+def _checked(document: Any) -> OrderDraft | list[FieldError]:
+    """The slow path: every error, or the order after the one leniency JSON Schema has that
+    msgspec's strict decoding does not (an integral number such as `2.0` is an integer)."""
+    errors: list[FieldError] = []
+    normalized = _walk(document, OrderIn, "", errors)
+    if errors:
+        return errors
+    return _draft(msgspec.convert(normalized, OrderIn, strict=True))
 
 
 def _draft(order: OrderIn) -> OrderDraft:
@@ -249,7 +260,7 @@ def _draft(order: OrderIn) -> OrderDraft:
         customer=Customer(
             name=_squeeze(order.customer.name),
             email=f"{local}@{domain.lower()}",
-            locale="en-US" if locale.lower().startswith("en") else "pt-BR",
+            locale="en-US" if locale.startswith("en") else "pt-BR",
         ),
         currency=currency,
         items=items,
@@ -272,50 +283,56 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
-def _walk(value: Any, kind: Any, path: str, errors: list[FieldError]) -> None:
-    origin = typing.get_origin(kind)
-    base = typing.get_args(kind)[0] if origin is Annotated else kind
+def _walk(value: Any, kind: Any, path: str, errors: list[FieldError]) -> Any:
+    """Checks `value` against `kind`, adding an error per bad field; returns the value with
+    integral numbers in integer fields made integers."""
+    base = typing.get_args(kind)[0] if typing.get_origin(kind) is Annotated else kind
     if isinstance(base, type) and issubclass(base, msgspec.Struct):
-        _walk_struct(value, base, path, errors)
-    elif typing.get_origin(base) is list:
-        _walk_list(value, kind, typing.get_args(base)[0], path, errors)
-    else:
-        try:
-            msgspec.convert(value, kind, strict=True)
-        except msgspec.ValidationError:
-            errors.append(FieldError(path, _MESSAGES.get(kind, _generic)(value)))
+        return _walk_struct(value, base, path, errors)
+    if typing.get_origin(base) is list:
+        return _walk_list(value, kind, typing.get_args(base)[0], path, errors)
+    if base is int and isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON Schema's integer: 2.0 is 2
+    try:
+        msgspec.convert(value, kind, strict=True)
+    except msgspec.ValidationError:
+        errors.append(FieldError(path, _MESSAGES.get(kind, _generic)(value)))
+    return value
 
 
 def _walk_struct(
     value: Any, struct: type[msgspec.Struct], path: str, errors: list[FieldError]
-) -> None:
+) -> Any:
     if not isinstance(value, dict):
         errors.append(FieldError(path, "must be an object"))
-        return
+        return value
     fields = msgspec.structs.fields(struct)
     for key in sorted(set(value) - {field.encode_name for field in fields}, key=str):
         errors.append(FieldError(_join(path, str(key)), "unknown field"))
     hints = typing.get_type_hints(struct, include_extras=True)
+    normalized = dict(value)
     for field in fields:
         at = _join(path, field.encode_name)
         if field.encode_name not in value:
             if field.required:
                 errors.append(FieldError(at, "is required"))
             continue
-        _walk(value[field.encode_name], hints[field.name], at, errors)
+        normalized[field.encode_name] = _walk(
+            value[field.encode_name], hints[field.name], at, errors
+        )
+    return normalized
 
 
-def _walk_list(value: Any, kind: Any, item_kind: Any, path: str, errors: list[FieldError]) -> None:
+def _walk_list(value: Any, kind: Any, item_kind: Any, path: str, errors: list[FieldError]) -> Any:
     if not isinstance(value, list):
         errors.append(FieldError(path, "must be a non-empty list"))
-        return
+        return value
     meta = next((m for m in typing.get_args(kind)[1:] if isinstance(m, Meta)), Meta())
     low, high = meta.min_length or 0, meta.max_length
     if len(value) < low or (high is not None and len(value) > high):
         errors.append(FieldError(path, f"must hold between {low} and {high} items"))
-        return
-    for index, item in enumerate(value):
-        _walk(item, item_kind, f"{path}[{index}]", errors)
+        return value
+    return [_walk(item, item_kind, f"{path}[{index}]", errors) for index, item in enumerate(value)]
 
 
 def _generic(_value: Any) -> str:

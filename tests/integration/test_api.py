@@ -177,12 +177,12 @@ async def test_concurrent_retries_with_one_key_create_one_order(
 
 
 async def test_same_key_with_another_body_is_refused(client: AsyncTestClient[Any]) -> None:
-    """Reusing a key for a different order is a 422, and names the original order."""
+    """Reusing a key for a different order is a 409 conflict, and names the original order."""
     headers = {"Idempotency-Key": "retry-456"}
     first = await client.post("/orders", json=ORDER, headers=headers)
     other = {**ORDER, "currency": "USD"}
     second = await client.post("/orders", json=other, headers=headers)
-    assert second.status_code == 422
+    assert second.status_code == 409
     assert second.json()["type"].endswith("/idempotency-key-reused")
     assert first.json()["id"] in second.json()["detail"]
 
