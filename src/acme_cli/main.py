@@ -102,6 +102,15 @@ def _cmd_migrate(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_openapi(_args: argparse.Namespace) -> int:
+    import json
+
+    from acme_orders.openapi import openapi_document
+
+    print(json.dumps(openapi_document(), indent=2, ensure_ascii=False))
+    return EXIT_OK
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from acme_cli.up import run_up
 
@@ -131,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         ("relay", "run the outbox relay, re-drive, receipts consumer and janitor", _cmd_relay),
         ("notifier", "run one notifier replica (consumer, claimer, reaper)", _cmd_notifier),
         ("migrate", "apply database migrations (safe to run twice and concurrently)", _cmd_migrate),
+        ("openapi", "print the HTTP API's OpenAPI 3.1 document (docs/openapi.json)", _cmd_openapi),
     ]
     for name, help_text, handler in commands:
         sub.add_parser(name, help=help_text, description=help_text).set_defaults(handler=handler)

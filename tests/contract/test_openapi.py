@@ -117,6 +117,12 @@ def test_the_served_document_is_valid_openapi_3_1(served: dict[str, Any]) -> Non
     assert served == openapi_document()
 
 
+def test_the_document_in_the_repository_is_the_running_apis() -> None:
+    """docs/openapi.json is what the code serves (regenerate it with `acme openapi`)."""
+    committed = json.loads((Path(__file__).parents[2] / "docs" / "openapi.json").read_text())
+    assert committed == openapi_document()
+
+
 def test_every_answer_of_both_order_operations_is_documented(served: dict[str, Any]) -> None:
     """201 typed with its headers and link, every error as a problem, the Idempotency-Key."""
     create = served["paths"]["/orders"]["post"]
@@ -251,19 +257,19 @@ async def test_a_generated_client_places_an_order_and_reads_its_notification(
         OrderOut,
     )
 
-    client = Client(base_url=live_api)
     order = OrderIn(
         customer=CustomerIn(name="Ana Souza", email="ana@example.com"),
         items=[ItemIn(sku="CANECA-01", name="Caneca", quantity=2, unit_price="19.90")],
         currency=OrderInCurrency.BRL,
     )
-    created = await create_order.asyncio_detailed(
-        client=client, body=order, idempotency_key="generated-1"
-    )
-    assert created.status_code == 201
-    placed = created.parsed
-    assert isinstance(placed, OrderOut) and placed.total == "39.80"
-    again = await read_order.asyncio(client=client, order_id=placed.id)
+    async with Client(base_url=live_api) as client:
+        created = await create_order.asyncio_detailed(
+            client=client, body=order, idempotency_key="generated-1"
+        )
+        assert created.status_code == 201
+        placed = created.parsed
+        assert isinstance(placed, OrderOut) and placed.total == "39.80"
+        again = await read_order.asyncio(client=client, order_id=placed.id)
     assert isinstance(again, OrderOut)
     assert again.notification.status.value in ("pending", "published", "sent")
     assert again.id == placed.id
