@@ -16,6 +16,7 @@ import re
 import typing
 from collections.abc import Callable
 from decimal import Decimal
+from functools import cache
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
@@ -212,6 +213,7 @@ class ProblemOut(msgspec.Struct, frozen=True, kw_only=True):
 # --- validation ---------------------------------------------------------------------------
 
 _FAST: Final = msgspec.json.Decoder(OrderIn)
+_ENCODE: Final = msgspec.json.encode
 
 
 def decode_order(raw: bytes) -> OrderDraft | list[FieldError]:
@@ -283,56 +285,87 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+#: A compiled check of one type: (value, path, errors) -> the value, normalized.
+_Check = Callable[[Any, str, list[FieldError]], Any]
+
+
 def _walk(value: Any, kind: Any, path: str, errors: list[FieldError]) -> Any:
     """Checks `value` against `kind`, adding an error per bad field; returns the value with
     integral numbers in integer fields made integers."""
+    return _check_of(kind)(value, path, errors)
+
+
+@cache
+def _check_of(kind: Any) -> _Check:
+    """The check of `kind`, compiled once: what to look at for each field, its decoder and its
+    message are worked out here, so a walk does no type inspection (annotations, hashing of
+    the 242-currency enum) per body."""
     base = typing.get_args(kind)[0] if typing.get_origin(kind) is Annotated else kind
     if isinstance(base, type) and issubclass(base, msgspec.Struct):
-        return _walk_struct(value, base, path, errors)
+        return _struct_check(base)
     if typing.get_origin(base) is list:
-        return _walk_list(value, kind, typing.get_args(base)[0], path, errors)
-    if base is int and isinstance(value, float) and value.is_integer():
-        value = int(value)  # JSON Schema's integer: 2.0 is 2
-    try:
-        msgspec.convert(value, kind, strict=True)
-    except msgspec.ValidationError:
-        errors.append(FieldError(path, _MESSAGES.get(kind, _generic)(value)))
-    return value
+        return _list_check(kind, _check_of(typing.get_args(base)[0]))
+    return _leaf_check(kind, integral=base is int)
 
 
-def _walk_struct(
-    value: Any, struct: type[msgspec.Struct], path: str, errors: list[FieldError]
-) -> Any:
-    if not isinstance(value, dict):
-        errors.append(FieldError(path, "must be an object"))
-        return value
-    fields = msgspec.structs.fields(struct)
-    for key in sorted(set(value) - {field.encode_name for field in fields}, key=str):
-        errors.append(FieldError(_join(path, str(key)), "unknown field"))
+def _struct_check(struct: type[msgspec.Struct]) -> _Check:
     hints = typing.get_type_hints(struct, include_extras=True)
-    normalized = dict(value)
-    for field in fields:
-        at = _join(path, field.encode_name)
-        if field.encode_name not in value:
-            if field.required:
-                errors.append(FieldError(at, "is required"))
-            continue
-        normalized[field.encode_name] = _walk(
-            value[field.encode_name], hints[field.name], at, errors
-        )
-    return normalized
+    plan = {
+        field.encode_name: (field.required, _check_of(hints[field.name]))
+        for field in msgspec.structs.fields(struct)
+    }
+
+    def check(value: Any, path: str, errors: list[FieldError]) -> Any:
+        if not isinstance(value, dict):
+            errors.append(FieldError(path, "must be an object"))
+            return value
+        for key in sorted(set(value) - plan.keys(), key=str):
+            errors.append(FieldError(_join(path, str(key)), "unknown field"))
+        normalized = dict(value)
+        for name, (required, field_check) in plan.items():
+            at = _join(path, name)
+            if name not in value:
+                if required:
+                    errors.append(FieldError(at, "is required"))
+                continue
+            normalized[name] = field_check(value[name], at, errors)
+        return normalized
+
+    return check
 
 
-def _walk_list(value: Any, kind: Any, item_kind: Any, path: str, errors: list[FieldError]) -> Any:
-    if not isinstance(value, list):
-        errors.append(FieldError(path, "must be a non-empty list"))
-        return value
+def _list_check(kind: Any, item_check: _Check) -> _Check:
     meta = next((m for m in typing.get_args(kind)[1:] if isinstance(m, Meta)), Meta())
     low, high = meta.min_length or 0, meta.max_length
-    if len(value) < low or (high is not None and len(value) > high):
-        errors.append(FieldError(path, f"must hold between {low} and {high} items"))
+
+    def check(value: Any, path: str, errors: list[FieldError]) -> Any:
+        if not isinstance(value, list):
+            errors.append(FieldError(path, "must be a non-empty list"))
+            return value
+        if len(value) < low or (high is not None and len(value) > high):
+            errors.append(FieldError(path, f"must hold between {low} and {high} items"))
+            return value
+        return [item_check(item, f"{path}[{index}]", errors) for index, item in enumerate(value)]
+
+    return check
+
+
+def _leaf_check(kind: Any, *, integral: bool) -> _Check:
+    # A prebuilt decoder: re-encoding one value is cheaper than msgspec.convert working the
+    # annotated type out again on every call.
+    decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(kind)
+    message = _MESSAGES.get(kind, _generic)
+
+    def check(value: Any, path: str, errors: list[FieldError]) -> Any:
+        if integral and isinstance(value, float) and value.is_integer():
+            value = int(value)  # JSON Schema's integer: 2.0 is 2
+        try:
+            decoder.decode(_ENCODE(value))
+        except (msgspec.ValidationError, msgspec.EncodeError, TypeError):
+            errors.append(FieldError(path, message(value)))
         return value
-    return [_walk(item, item_kind, f"{path}[{index}]", errors) for index, item in enumerate(value)]
+
+    return check
 
 
 def _generic(_value: Any) -> str:
