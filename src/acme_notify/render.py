@@ -34,7 +34,7 @@ import unicodedata
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from email.utils import format_datetime, parseaddr
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 import idna
 import jinja2
@@ -227,10 +227,26 @@ class Renderer:
 
     def render(self, envelope: Envelope) -> RenderedMessage:
         """The whole message for one order event; raises PermanentError for an unusable address."""
-        order = envelope.payload
-        customer = order.customer
+        customer = envelope.payload.customer
         spec = self._locales.get(customer.locale) or self._locales[_resolve_locale(customer.locale)]
         recipient = _ascii_address(customer.email)
+        context = self._context(envelope, spec)
+        event_id = envelope.event_id
+        message_id = f"<{_id_left(event_id)}@{self._message_id_domain}>"
+        head = self._head(envelope, spec, recipient, message_id)
+        data = _multipart(
+            event_id,
+            head,
+            _quoted_printable(spec.text.render(context)),
+            _quoted_printable(spec.html.render(context)),
+        )
+        return RenderedMessage(
+            sender=self._sender, recipient=recipient, message_id=message_id, data=data
+        )
+
+    def _context(self, envelope: Envelope, spec: _LocaleSpec) -> dict[str, Any]:
+        """What the templates fill in: every text escaped for the body, money formatted."""
+        order = envelope.payload
         currency = _body_text(order.currency)
         money = self._money.get((spec.tag, currency))
         if money is None:
@@ -238,10 +254,9 @@ class Renderer:
                 self._money.clear()
             money = self._money[spec.tag, currency] = _Money(spec.babel, currency)
         group = spec.group_symbol
-        ref = order_reference(envelope.order_id)
-        context = {
-            "customer_name": _body_text(customer.name),
-            "order_ref": ref,
+        return {
+            "customer_name": _body_text(order.customer.name),
+            "order_ref": order_reference(envelope.order_id),
             "order_id": _body_text(envelope.order_id),
             "order_date": self._order_date(spec, order.created_at),
             "items": [
@@ -255,19 +270,17 @@ class Renderer:
             ],
             "total": money(Decimal(order.total)),
         }
-        text = _quoted_printable(spec.text.render(context))
-        html = _quoted_printable(spec.html.render(context))
 
-        event_id = envelope.event_id
-        message_id = f"<{_id_left(event_id)}@{self._message_id_domain}>"
-        boundary = "=_acme_" + hashlib.blake2b(_utf8(event_id), digest_size=12).hexdigest()
+    def _head(self, envelope: Envelope, spec: _LocaleSpec, recipient: str, message_id: str) -> str:
+        """The message's header, up to the first part's own headers."""
         occurred_at = envelope.occurred_at
         if occurred_at.tzinfo is None:  # the contract says UTC; a naive value is read as such
             occurred_at = occurred_at.replace(tzinfo=UTC)
-        head = "".join(
+        ref = order_reference(envelope.order_id)
+        return "".join(
             (
                 self._from_line,
-                _mailbox_header("To", customer.name, recipient),
+                _mailbox_header("To", envelope.payload.customer.name, recipient),
                 _unstructured_header("Subject", spec.subject.format(ref=ref)),
                 f"Date: {format_datetime(occurred_at)}\r\n",
                 f"Message-ID: {message_id}\r\n",
@@ -275,30 +288,8 @@ class Renderer:
                 # RFC 3834: tells auto-responders (vacation replies) not to answer.
                 "Auto-Submitted: auto-generated\r\n",
                 _unstructured_header("X-Acme-Order-Id", envelope.order_id),
-                _unstructured_header("X-Acme-Event-Id", event_id),
-                f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n',
-                "\r\n",
-                f"--{boundary}\r\n",
-                'Content-Type: text/plain; charset="utf-8"\r\n',
-                "Content-Transfer-Encoding: quoted-printable\r\n\r\n",
+                _unstructured_header("X-Acme-Event-Id", envelope.event_id),
             )
-        )
-        middle = (
-            f"\r\n--{boundary}\r\n"
-            'Content-Type: text/html; charset="utf-8"\r\n'
-            "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        )
-        data = b"".join(
-            (
-                head.encode("ascii"),
-                text,
-                middle.encode("ascii"),
-                html,
-                f"\r\n--{boundary}--\r\n".encode("ascii"),
-            )
-        )
-        return RenderedMessage(
-            sender=self._sender, recipient=recipient, message_id=message_id, data=data
         )
 
     def _order_date(self, spec: _LocaleSpec, created_at: datetime) -> str:
@@ -454,6 +445,27 @@ def _ascii_address(address: str) -> str:
             f"recipient {address!r} has an invalid domain", reason_class="invalid_recipient"
         )
     return f"{local}@{domain}"
+
+
+def _multipart(event_id: str, head: str, text: bytes, html: bytes) -> bytes:
+    """head + a multipart/alternative body of the text and HTML parts (quoted-printable). The
+    boundary comes from the event, so a resend is byte for byte the same message."""
+    boundary = "=_acme_" + hashlib.blake2b(_utf8(event_id), digest_size=12).hexdigest()
+    return b"".join(
+        (
+            head.encode("ascii"),
+            f'Content-Type: multipart/alternative;\r\n boundary="{boundary}"\r\n\r\n'
+            f"--{boundary}\r\n"
+            'Content-Type: text/plain; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii"),
+            text,
+            f"\r\n--{boundary}\r\n"
+            'Content-Type: text/html; charset="utf-8"\r\n'
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii"),
+            html,
+            f"\r\n--{boundary}--\r\n".encode("ascii"),
+        )
+    )
 
 
 def _id_left(event_id: str) -> str:

@@ -61,28 +61,7 @@ def build_replica(
     metrics = metrics or NotifyMetrics()
     streams = Streams(redis, settings.consumer_name)
     ledger = SendLedger(pool)
-    pool_, breaker, storm, rate = _provider_parts(
-        settings, settings.smtp_url, settings.smtp_pool_size, settings.smtp_rate_per_s
-    )
-    fallback = None
-    if settings.smtp_fallback_url is not None:
-        parts = _provider_parts(
-            settings,
-            settings.smtp_fallback_url,
-            settings.smtp_fallback_pool_size,
-            settings.smtp_fallback_rate_per_s,
-        )
-        fallback = Provider(FALLBACK, parts[0], parts[1], redis, settings.consumer_name, *parts[2:])
-    delivery = Delivery(
-        pool_,
-        breaker,
-        redis,
-        consumer=settings.consumer_name,
-        rate=rate,
-        storm=storm,
-        fallback=fallback,
-        metrics=metrics,
-    )
+    delivery = _delivery(settings, redis, metrics)
     processor = Processor(
         streams=streams,
         ledger=ledger,
@@ -94,12 +73,52 @@ def build_replica(
         metrics=metrics,
     )
     _export_gauges(metrics, delivery, settings.smtp_fallback_alert_after_s)
+    actors = _actors(settings, redis, streams, processor, delivery, ledger, metrics)
+    return Replica(streams, processor, delivery, ledger, actors, metrics)
+
+
+def _delivery(settings: NotifySettings, redis: Redis, metrics: NotifyMetrics) -> Delivery:
+    """The SMTP gate: the primary provider and, when configured, the fallback."""
+    pool, breaker, storm, rate = _provider_parts(
+        settings, settings.smtp_url, settings.smtp_pool_size, settings.smtp_rate_per_s
+    )
+    fallback = None
+    if settings.smtp_fallback_url is not None:
+        parts = _provider_parts(
+            settings,
+            settings.smtp_fallback_url,
+            settings.smtp_fallback_pool_size,
+            settings.smtp_fallback_rate_per_s,
+        )
+        fallback = Provider(FALLBACK, parts[0], parts[1], redis, settings.consumer_name, *parts[2:])
+    return Delivery(
+        pool,
+        breaker,
+        redis,
+        consumer=settings.consumer_name,
+        rate=rate,
+        storm=storm,
+        fallback=fallback,
+        metrics=metrics,
+    )
+
+
+def _actors(
+    settings: NotifySettings,
+    redis: Redis,
+    streams: Streams,
+    processor: Processor,
+    delivery: Delivery,
+    ledger: SendLedger,
+    metrics: NotifyMetrics,
+) -> list[Actor]:
+    """Every loop of a replica, one actor each."""
 
     async def sweep_ledger() -> bool:
         deleted = await ledger.delete_older_than(settings.ledger_retention_s)
         return deleted >= 5_000
 
-    actors: list[Actor] = [
+    return [
         Consumer(streams, processor, block_ms=settings.block_ms, capacity=delivery.capacity),
         Claimer(
             streams,
@@ -124,7 +143,6 @@ def build_replica(
         StreamProbe(redis, metrics, interval_s=settings.probe_interval_s),
         PeriodicActor("ledger-janitor", sweep_ledger, 300.0),
     ]
-    return Replica(streams, processor, delivery, ledger, actors, metrics)
 
 
 def _provider_parts(

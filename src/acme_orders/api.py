@@ -25,7 +25,7 @@ from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from acme_orders.contract import decode_order
-from acme_orders.domain import FieldError
+from acme_orders.domain import FieldError, OrderDraft
 from acme_orders.http_telemetry import http_telemetry
 from acme_orders.openapi import IDEMPOTENCY_KEY_PATTERN, PROBLEM_JSON, openapi_document
 from acme_orders.service import IdempotencyConflict, OrderService
@@ -152,47 +152,40 @@ def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
     return key
 
 
-def build_app(
-    *,
-    lifespan: Callable[[Litestar], AbstractAsyncContextManager[None]],
-    max_body_bytes: int,
-    metrics: OrdersMetrics,
-    extra_handlers: Sequence[Any] = (),
-) -> Litestar:
-    """The Litestar application.
+async def _order_from(request: Request[Any, Any, Any]) -> tuple[OrderDraft, str | None]:
+    """The order of a `POST /orders` request and its Idempotency-Key, or the Problem to answer."""
+    if "json" not in request.headers.get("content-type", ""):
+        raise Problem(
+            415,
+            "Unsupported media type",
+            "Send the order as application/json.",
+            kind="unsupported-media-type",
+        )
+    key = _idempotency_key(request)
+    try:
+        draft = decode_order(await request.body())
+    except msgspec.DecodeError as exc:
+        raise Problem(
+            400, "Malformed JSON", f"The body is not valid JSON: {exc}", kind="malformed-json"
+        ) from None
+    if isinstance(draft, list):
+        raise Problem(
+            422,
+            "Invalid order",
+            f"{len(draft)} field(s) are invalid.",
+            kind="validation",
+            errors=draft,
+        )
+    return draft, key
 
-    `lifespan` opens the clients and sets `app.state.service` (an `OrderService`) and
-    `app.state.ready_check` (an async callable that raises when PostgreSQL does not answer).
-    """
 
+def _order_handlers(metrics: OrdersMetrics) -> list[Any]:
     # The OpenAPI document is acme_orders.openapi's, built from the contract: Litestar's own
     # is switched off, and these handlers' documentation lives there.
     @post("/orders", status_code=201, include_in_schema=False)
     async def create_order(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
         service: OrderService = state.service
-        if "json" not in request.headers.get("content-type", ""):
-            raise Problem(
-                415,
-                "Unsupported media type",
-                "Send the order as application/json.",
-                kind="unsupported-media-type",
-            )
-        key = _idempotency_key(request)
-        raw = await request.body()
-        try:
-            draft = decode_order(raw)
-        except msgspec.DecodeError as exc:
-            raise Problem(
-                400, "Malformed JSON", f"The body is not valid JSON: {exc}", kind="malformed-json"
-            ) from None
-        if isinstance(draft, list):
-            raise Problem(
-                422,
-                "Invalid order",
-                f"{len(draft)} field(s) are invalid.",
-                kind="validation",
-                errors=draft,
-            )
+        draft, key = await _order_from(request)
         try:
             placed = await service.place_order(draft, idempotency_key=key)
         except IdempotencyConflict as exc:
@@ -208,10 +201,6 @@ def build_app(
         else:
             metrics.orders_created.inc()
         return _json_response(placed.order, 201, headers)
-
-    @get("/metrics", summary="Prometheus metrics of this API process.", include_in_schema=False)
-    async def prometheus_metrics() -> Response[bytes]:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @get("/orders/{order_id:str}", include_in_schema=False)
     async def read_order(order_id: FromPath[str], state: State) -> Response[bytes]:
@@ -229,6 +218,12 @@ def build_app(
             )
         return _json_response(view)
 
+    return [create_order, read_order]
+
+
+def _operations_handlers(metrics: OrdersMetrics) -> list[Any]:
+    """Probes, metrics and the OpenAPI document: what operators and tools read."""
+
     @get("/health/live", include_in_schema=False)
     async def live() -> Response[bytes]:
         return _json_response({"status": "ok"})
@@ -241,6 +236,10 @@ def build_app(
             return _json_response({"status": "unavailable", "postgres": repr(exc)}, 503)
         return _json_response({"status": "ok", "postgres": "ok"})
 
+    @get("/metrics", summary="Prometheus metrics of this API process.", include_in_schema=False)
+    async def prometheus_metrics() -> Response[bytes]:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     document = _json.encode(openapi_document())
 
     @get("/schema/openapi.json", include_in_schema=False)
@@ -251,15 +250,25 @@ def build_app(
     async def openapi_page() -> Response[str]:
         return Response(_SCHEMA_PAGE, media_type="text/html")
 
+    return [live, ready, prometheus_metrics, openapi_json, openapi_page]
+
+
+def build_app(
+    *,
+    lifespan: Callable[[Litestar], AbstractAsyncContextManager[None]],
+    max_body_bytes: int,
+    metrics: OrdersMetrics,
+    extra_handlers: Sequence[Any] = (),
+) -> Litestar:
+    """The Litestar application.
+
+    `lifespan` opens the clients and sets `app.state.service` (an `OrderService`) and
+    `app.state.ready_check` (an async callable that raises when PostgreSQL does not answer).
+    """
     return Litestar(
         route_handlers=[
-            create_order,
-            read_order,
-            live,
-            ready,
-            prometheus_metrics,
-            openapi_json,
-            openapi_page,
+            *_order_handlers(metrics),
+            *_operations_handlers(metrics),
             *extra_handlers,
         ],
         middleware=[http_telemetry(metrics)],
