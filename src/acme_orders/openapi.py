@@ -99,7 +99,25 @@ def openapi_document() -> dict[str, Any]:
         [OrderIn, OrderOut, ProblemOut], ref_template="#/components/schemas/{name}"
     )
     order_json = {"schema": order_out, "example": SAMPLE_ORDER_OUT}
-    create = {
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "AcME Orders",
+            "version": "1.0.0",
+            "description": "Orders over HTTP, with a guaranteed confirmation e-mail. Errors "
+            "are RFC 9457 problem details (`application/problem+json`).",
+        },
+        "paths": {
+            "/orders": {"post": _create_order(order_in, order_json)},
+            "/orders/{order_id}": {"get": _read_order(order_json)},
+            **_health_paths(),
+        },
+        "components": {"schemas": schemas},
+    }
+
+
+def _create_order(order_in: dict[str, Any], order_json: dict[str, Any]) -> dict[str, Any]:
+    return {
         "operationId": "createOrder",
         "summary": "Place an order; the confirmation e-mail follows asynchronously.",
         "description": "The order is stored with its notification event in one transaction and "
@@ -168,7 +186,10 @@ def openapi_document() -> dict[str, Any]:
             "503": _problem(_UNAVAILABLE, **{"Retry-After": _RETRY_AFTER}),
         },
     }
-    read = {
+
+
+def _read_order(order_json: dict[str, Any]) -> dict[str, Any]:
+    return {
         "operationId": "readOrder",
         "summary": "An order, its notification status and timeline.",
         "tags": ["orders"],
@@ -191,6 +212,9 @@ def openapi_document() -> dict[str, Any]:
             "503": _problem(_UNAVAILABLE, **{"Retry-After": _RETRY_AFTER}),
         },
     }
+
+
+def _health_paths() -> dict[str, Any]:
     status = {
         "type": "object",
         "properties": {"status": {"type": "string"}, "postgres": {"type": "string"}},
@@ -209,25 +233,13 @@ def openapi_document() -> dict[str, Any]:
         }
 
     return {
-        "openapi": "3.1.0",
-        "info": {
-            "title": "AcME Orders",
-            "version": "1.0.0",
-            "description": "Orders over HTTP, with a guaranteed confirmation e-mail. Errors "
-            "are RFC 9457 problem details (`application/problem+json`).",
+        "/health/live": {"get": health("live: The process is up.", "200 Up.")},
+        "/health/ready": {
+            "get": health(
+                "ready: PostgreSQL answers and the schema is migrated (Redis is not "
+                "needed to take orders).",
+                "200 Ready.",
+                "503 Not ready: the database does not answer or is not migrated.",
+            )
         },
-        "paths": {
-            "/orders": {"post": create},
-            "/orders/{order_id}": {"get": read},
-            "/health/live": {"get": health("live: The process is up.", "200 Up.")},
-            "/health/ready": {
-                "get": health(
-                    "ready: PostgreSQL answers and the schema is migrated (Redis is not "
-                    "needed to take orders).",
-                    "200 Ready.",
-                    "503 Not ready: the database does not answer or is not migrated.",
-                )
-            },
-        },
-        "components": {"schemas": schemas},
     }
