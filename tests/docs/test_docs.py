@@ -1,6 +1,6 @@
 """The documentation holds together: its Mermaid diagrams are well formed, its relative links
 and anchors resolve, the ADRs are complete and indexed, and the README's configuration table
-lists exactly the ACME_* variables the code reads."""
+lists exactly the ACME_* variables the code reads, with the defaults the settings declare."""
 
 from __future__ import annotations
 
@@ -9,8 +9,13 @@ import re
 from pathlib import Path
 from typing import Final
 
+import msgspec
 import pytest
 
+from acme_cli.admin.settings import AdminSettings
+from acme_notify.settings import NotifySettings
+from acme_orders.settings import OrdersSettings
+from acme_runtime.env import EnvField, settings_fields
 from tests.docs.markdown import (
     Block,
     anchors,
@@ -27,7 +32,9 @@ README: Final = ROOT / "README.md"
 ADR_DIR: Final = DOCS / "adr"
 ADR_SECTIONS: Final = ("## Context", "## Decision", "## Alternatives", "## Consequences")
 _ACME_VAR = re.compile(r"ACME_[A-Z0-9_]+")
-_TABLE_ROW = re.compile(r"^\|\s*`(?P<name>ACME_[A-Z0-9_]+)`\s*\|")
+_TABLE_ROW = re.compile(r"^\|\s*`(?P<name>ACME_[A-Z0-9_]+)`\s*\|\s*(?P<default>[^|]*?)\s*\|")
+#: Every settings Struct; their fields' Env metadata is what the processes read.
+SETTINGS: Final = (OrdersSettings, NotifySettings, AdminSettings)
 
 
 def _markdown_files() -> list[Path]:
@@ -58,14 +65,56 @@ def _acme_variables_read(*folders: Path) -> set[str]:
     return names
 
 
-def _readme_table_variables() -> set[str]:
+def _declared_settings() -> list[EnvField]:
+    """The fields of every settings Struct, as the loader reads them."""
+    return [field for cls in SETTINGS for field in settings_fields(cls)]
+
+
+def _variables_the_code_reads() -> set[str]:
+    """The settings' declared variables, and the few `acme up` and `acme migrate` read alone."""
+    return {f.env.var for f in _declared_settings()} | _acme_variables_read(ROOT / "src")
+
+
+def _readme_table() -> dict[str, str]:
+    """The configuration table: variable name -> its default cell, as written."""
     if not README.exists():
         pytest.fail("README.md does not exist yet: it must hold the configuration table")
     _blocks, prose = split_markdown(README.read_text(encoding="utf-8"))
-    names = {m.group("name") for _n, line in prose if (m := _TABLE_ROW.match(line))}
-    if not names:
+    rows = {
+        m.group("name"): m.group("default") for _n, line in prose if (m := _TABLE_ROW.match(line))
+    }
+    if not rows:
         pytest.fail("README.md has no configuration table with rows like | `ACME_NAME` | ...")
-    return names
+    return rows
+
+
+def _readme_table_variables() -> set[str]:
+    return set(_readme_table())
+
+
+def _default_problem(field: EnvField, cell: str) -> str | None:
+    """How the README's default cell disagrees with the declared default, if it does.
+
+    A plain default is one backquoted value equal to it; an optional one is `unset`. Required
+    variables and computed defaults are described in words, which are not checked."""
+    if field.required or field.env.default_from is not None:
+        return None
+    if field.default is None:
+        return None if cell == "unset" else f"expected `unset`, got {cell!r}"
+    if field.default is msgspec.NODEFAULT:  # a default_factory: nothing plain to compare
+        return None
+    plain = re.fullmatch(r"`([^`]*)`", cell)
+    if plain is None:
+        return f"expected `{field.default}`, got {cell!r}"
+    written = plain.group(1)
+    if field.kind is bool:
+        same = written.lower() == str(field.default).lower()
+    else:
+        try:
+            same = field.kind(written) == field.default
+        except ValueError:
+            same = False
+    return None if same else f"expected `{field.default}`, got {cell!r}"
 
 
 # -- Mermaid ---------------------------------------------------------------------------------
@@ -195,15 +244,41 @@ def test_every_adr_has_its_sections_and_is_indexed() -> None:
 
 def test_every_variable_the_code_reads_is_in_the_readme_table() -> None:
     """Each ACME_* literal in src/ has a row in the README's configuration table."""
-    undocumented = _acme_variables_read(ROOT / "src") - _readme_table_variables()
+    undocumented = _variables_the_code_reads() - _readme_table_variables()
     assert undocumented == set(), f"add rows to README.md for: {sorted(undocumented)}"
 
 
 def test_every_variable_in_the_readme_table_is_read_by_the_code() -> None:
     """Each ACME_* row of the README's table names a variable src/, tests/ or bench/ reads."""
-    read = _acme_variables_read(ROOT / "src", ROOT / "tests", ROOT / "bench")
+    read = _variables_the_code_reads() | _acme_variables_read(ROOT / "tests", ROOT / "bench")
     stale = _readme_table_variables() - read
     assert stale == set(), f"README.md documents variables nothing reads: {sorted(stale)}"
+
+
+def test_the_readme_defaults_are_the_declared_defaults() -> None:
+    """Each setting's default in the README's table is the one its Struct field declares."""
+    table = _readme_table()
+    fields = _declared_settings()
+    # The admin commands take the URLs the services require as optional: the row is the services'.
+    required = {field.env.var for field in fields if field.required}
+    wrong = [
+        f"{field.env.var}: {problem}"
+        for field in fields
+        if field.env.var not in required
+        and (problem := _default_problem(field, table[field.env.var]))
+    ]
+    assert wrong == []
+
+
+def test_the_default_check_catches_a_stale_default() -> None:
+    """The default check is not vacuous: a changed number, a word for a plain value are caught."""
+    (retention,) = [f for f in settings_fields(NotifySettings) if f.name == "ledger_retention_s"]
+    assert _default_problem(retention, "`604800`") is None
+    assert _default_problem(retention, "`86400`") == "expected `604800`, got '`86400`'"
+    assert _default_problem(retention, "a week") is not None
+    (fallback,) = [f for f in settings_fields(NotifySettings) if f.name == "smtp_fallback_url"]
+    assert _default_problem(fallback, "unset") is None
+    assert _default_problem(fallback, "`smtp://x`") is not None
 
 
 def test_the_code_scan_finds_the_variables_settings_read() -> None:
@@ -211,3 +286,6 @@ def test_the_code_scan_finds_the_variables_settings_read() -> None:
     read = _acme_variables_read(ROOT / "src")
     assert {"ACME_DATABASE_URL", "ACME_REDIS_URL", "ACME_SMTP_URL"} <= read
     assert {"ACME_REDRIVE_AFTER_S", "ACME_MAX_DELIVERIES", "ACME_DEDUPE_TTL_S"} <= read
+    # tests/deploy checks the manifests' variables against the same literals.
+    declared = {field.env.var for field in _declared_settings()}
+    assert declared <= read, "declare each settings variable as one string literal"

@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import re
+from typing import Annotated
+
+import msgspec
 import pytest
 
+from acme_cli.admin.settings import AdminSettings
 from acme_notify.settings import NotifySettings
 from acme_orders.settings import OrdersSettings
-from acme_runtime.env import SettingsError, default_helo_name
+from acme_runtime.env import (
+    Env,
+    EnvReader,
+    SettingsError,
+    default_helo_name,
+    load_settings,
+    redact_url,
+    settings_fields,
+)
 
 URLS = {
     "ACME_REDIS_URL": "redis://127.0.0.1:6379/0",
@@ -89,3 +102,195 @@ def test_a_fallback_provider_is_optional_and_has_its_own_limits() -> None:
     assert settings.smtp_fallback_url == "smtps://user:secret@other.example:465"
     assert (settings.smtp_fallback_pool_size, settings.smtp_fallback_rate_per_s) == (4, 20.0)
     assert settings.smtp_fallback_alert_after_s == 900.0
+
+
+# -- URLs: every form the client libraries accept --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://postgres@/acme?host=/run/postgresql",
+        "postgres://acme:secret@/acme?host=/var/run/postgresql&port=5433",
+        "postgresql:///acme",
+        "postgresql://%2Frun%2Fpostgresql/acme",
+        "postgresql://acme@db-1:5432,db-2:5433/acme?target_session_attrs=read-write",
+        "postgresql://acme@[2001:db8::1]:5432/acme",
+    ],
+)
+def test_libpq_url_forms_asyncpg_accepts_are_accepted(url: str) -> None:
+    """A unix socket in `?host=`, the default socket, an encoded path, several hosts, IPv6."""
+    assert notify(ACME_DATABASE_URL=url).database_url == url
+    orders = OrdersSettings.from_env({"ACME_DATABASE_URL": url, "ACME_REDIS_URL": "unix:///r.sock"})
+    assert (orders.database_url, orders.redis_url) == (url, "unix:///r.sock")
+    assert AdminSettings.from_env({"ACME_DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("name", "url", "message"),
+    [
+        ("ACME_SMTP_URL", "smtp://:2525", "ACME_SMTP_URL: no host in 'smtp://:2525'"),
+        ("ACME_REDIS_URL", "redis://:pw@/0", "ACME_REDIS_URL: no host in 'redis://:***@/0'"),
+        (
+            "ACME_DATABASE_URL",
+            "postgresql://u:pw@db-1:5432,db-2:x/acme",
+            "ACME_DATABASE_URL: bad port in 'postgresql://u:***@db-1:5432,db-2:x/acme': "
+            "Port could not be cast to integer value as 'x'",
+        ),
+        (
+            "ACME_REDIS_URL",
+            "redis://:pw@h:99999",
+            "ACME_REDIS_URL: bad port in 'redis://:***@h:99999': Port out of range 0-65535",
+        ),
+        (
+            "ACME_DATABASE_URL",
+            "mysql://u:pw@h/acme",
+            "ACME_DATABASE_URL: expected a URL starting with postgresql://, postgres://, "
+            "got 'mysql://u:***@h/acme'",
+        ),
+    ],
+)
+def test_urls_their_library_would_refuse_are_refused_with_the_password_hidden(
+    name: str, url: str, message: str
+) -> None:
+    """SMTP and Redis TCP URLs need a host; every port must parse; the scheme must fit."""
+    with pytest.raises(SettingsError) as caught:
+        notify(**{name: url})
+    assert str(caught.value) == message
+
+
+def test_required_urls_name_the_first_missing_and_how_to_get_one() -> None:
+    """An unset required URL is one line naming it and pointing at `acme up`."""
+    with pytest.raises(SettingsError) as caught:
+        NotifySettings.from_env({k: v for k, v in URLS.items() if k != "ACME_SMTP_URL"})
+    assert str(caught.value) == ("ACME_SMTP_URL: not set (or run `acme up` for an embedded stack)")
+    with pytest.raises(SettingsError, match=r"^ACME_DATABASE_URL: not set \(or run `acme up`"):
+        OrdersSettings.from_env({})
+
+
+def test_a_redacted_url_hides_every_password_and_keeps_the_rest_as_written() -> None:
+    """User-info and `password=` parameters; several hosts and IPv6 brackets survive."""
+    assert redact_url("postgresql://u:pw@H1:5432,h2:5433/db?password=x&sslmode=require") == (
+        "postgresql://u:***@H1:5432,h2:5433/db?password=***&sslmode=require"
+    )
+    assert redact_url("redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"
+    assert redact_url("smtp://relay.example:25") == "smtp://relay.example:25"
+
+
+# -- the generic loader ------------------------------------------------------------------------
+
+
+class Sample(msgspec.Struct, frozen=True, kw_only=True):
+    url: Annotated[str, Env("X_URL", "a required URL", schemes=("redis",))]
+    count: Annotated[int, Env("X_COUNT", "an int with bounds", minimum=10, maximum=20)] = 15
+    ratio_s: Annotated[float, Env("X_RATIO_S", "a float with a floor", minimum=0.5)] = 1.0
+    level: Annotated[str, Env("X_LEVEL", "a keyword", choices=("low", "high"))] = "low"
+    on: Annotated[bool, Env("X_ON", "a switch")] = False
+    peer: Annotated[str | None, Env("X_PEER", "an optional URL", schemes=("smtp",))] = None
+    name: Annotated[
+        str, Env("X_NAME", "a computed default", default_from=lambda env: f"{env.raw('X_URL')}!")
+    ] = "unused"
+
+
+def sample(**env: str) -> Sample:
+    return load_settings(Sample, {"X_URL": "redis://h", **env}, unset_hint="or set it")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"X_URL": " "}, "X_URL: not set (or set it)"),
+        ({"X_COUNT": "ten"}, "X_COUNT: expected an integer, got 'ten'"),
+        ({"X_COUNT": "9"}, "X_COUNT: must be at least 10 and at most 20, got 9"),
+        ({"X_COUNT": "21"}, "X_COUNT: must be at least 10 and at most 20, got 21"),
+        ({"X_RATIO_S": "fast"}, "X_RATIO_S: expected a number, got 'fast'"),
+        ({"X_RATIO_S": "nan"}, "X_RATIO_S: must be a number of at least 0.5, got 'nan'"),
+        ({"X_RATIO_S": "0.1"}, "X_RATIO_S: must be a number of at least 0.5, got '0.1'"),
+        ({"X_LEVEL": "mid"}, "X_LEVEL: expected one of low, high, got 'mid'"),
+        ({"X_ON": "maybe"}, "X_ON: expected true/false, got 'maybe'"),
+        ({"X_PEER": "http://h"}, "X_PEER: expected a URL starting with smtp://, got 'http://h'"),
+    ],
+)
+def test_the_loader_refuses_a_bad_value_in_one_line_naming_the_variable(
+    env: dict[str, str], message: str
+) -> None:
+    """Each kind of mistake is a SettingsError whose whole message is one line."""
+    with pytest.raises(SettingsError) as caught:
+        sample(**env)
+    assert str(caught.value) == message
+
+
+def test_the_loader_converts_and_leaves_unset_fields_at_their_defaults() -> None:
+    """Values are stripped, typed and normalised; unset ones keep the Struct's defaults."""
+    assert sample() == Sample(url="redis://h", name="redis://h!")
+    loaded = sample(X_COUNT=" 20 ", X_RATIO_S="0.5", X_LEVEL="HIGH", X_ON="yes", X_PEER="smtp://p")
+    assert (loaded.count, loaded.ratio_s, loaded.level, loaded.on) == (20, 0.5, "high", True)
+    assert (loaded.peer, sample(X_NAME="given").name) == ("smtp://p", "given")
+
+
+def test_computed_defaults_are_computed_when_the_settings_load() -> None:
+    """The consumer name follows HOSTNAME at load time; the operator follows USER."""
+    env = {**URLS, "HOSTNAME": "notifier-7f9c"}
+    assert NotifySettings.from_env(env).consumer_name.startswith("notifier-7f9c-")
+    admin = AdminSettings.from_env({"USER": "ana", "HOSTNAME": "bastion"})
+    assert admin.operator == "ana@bastion"
+    assert AdminSettings.from_env({"ACME_OPERATOR": "bob"}).operator == "bob"
+    assert default_helo_name(EnvReader({})) == default_helo_name()
+
+
+class Undeclared(msgspec.Struct, frozen=True):
+    port: int = 1
+
+
+class Misdeclared(msgspec.Struct, frozen=True):
+    port: Annotated[int, Env("X_PORT", "a port", choices=("1", "2"))] = 1
+
+
+class FloatBoundOnInt(msgspec.Struct, frozen=True):
+    port: Annotated[int, Env("X_PORT", "a port", minimum=0.5)] = 1
+
+
+@pytest.mark.parametrize(
+    ("cls", "problem"),
+    [
+        (Undeclared, "Undeclared.port: no Env(...) in the annotation"),
+        (Misdeclared, "Misdeclared.port: schemes, choices, hostname and default_from apply to str"),
+        (FloatBoundOnInt, "FloatBoundOnInt.port: an int field's bounds are ints"),
+    ],
+)
+def test_a_field_declared_wrongly_is_a_type_error_naming_it(
+    cls: type[msgspec.Struct], problem: str
+) -> None:
+    """A programming mistake in the declarations fails loudly, not as a settings error."""
+    with pytest.raises(TypeError, match=re.escape(problem)):
+        settings_fields(cls)
+
+
+# -- the declarations themselves ---------------------------------------------------------------
+
+ALL_SETTINGS = (NotifySettings, OrdersSettings, AdminSettings)
+_UNIT = re.compile(r"_(ms|s|bytes|per_s)$")
+
+
+@pytest.mark.parametrize("cls", ALL_SETTINGS)
+def test_every_setting_is_documented_and_its_variable_carries_its_unit(
+    cls: type[msgspec.Struct],
+) -> None:
+    """Each field has a doc, an ACME_* variable, and a unit suffix the variable repeats."""
+    for field in settings_fields(cls):
+        assert field.env.doc.strip(), field.name
+        assert field.env.var.startswith("ACME_"), field.name
+        unit = _UNIT.search(field.name)
+        if unit:
+            assert field.env.var.endswith(unit.group().upper()), field.name
+
+
+def test_a_variable_read_by_two_services_means_the_same_there() -> None:
+    """ACME_METRICS_PORT, ACME_LOG_LEVEL and the like have one default and one set of bounds."""
+    seen: dict[str, tuple[object, ...]] = {}
+    for cls in (NotifySettings, OrdersSettings):
+        for field in settings_fields(cls):
+            env = field.env
+            default = field.default if env.default_from is None else "computed"
+            meaning = (field.kind, env.minimum, env.maximum, env.choices, env.schemes, default)
+            assert seen.setdefault(env.var, meaning) == meaning, env.var

@@ -10,52 +10,20 @@ import getpass
 import os
 import socket
 from collections.abc import Mapping
+from typing import Annotated
 
 import msgspec
 
-from acme_runtime.env import EnvReader, SettingsError, struct_defaults
+from acme_runtime.env import (
+    POSTGRES_SCHEMES,
+    REDIS_SCHEMES,
+    Env,
+    EnvReader,
+    SettingsError,
+    load_settings,
+)
 
 __all__ = ["AdminSettings"]
-
-
-class AdminSettings(msgspec.Struct, frozen=True, kw_only=True):
-    redis_url: str | None = None
-    database_url: str | None = None
-    #: An entry replayed this many times is refused (it keeps dying) unless `--force`.
-    replay_max: int = 3
-    #: Replay or purge of more entries than this asks for confirmation unless `--yes`.
-    confirm_above: int = 3
-    #: Approximate cap of the audit stream's length (XADD MAXLEN ~).
-    audit_maxlen: int = 100_000
-    #: Who is acting, for the audit trail: ACME_OPERATOR, else `$USER@host`.
-    operator: str = "unknown"
-    connect_timeout_s: float = 3.0
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> AdminSettings:
-        env = EnvReader(environ)
-        d = struct_defaults(cls)
-        return cls(
-            redis_url=env.optional_url("ACME_REDIS_URL", ("redis", "rediss", "unix")),
-            database_url=env.optional_url("ACME_DATABASE_URL", ("postgresql", "postgres")),
-            replay_max=env.integer("ACME_REPLAY_MAX", d["replay_max"], minimum=1),
-            confirm_above=env.integer("ACME_ADMIN_CONFIRM_ABOVE", d["confirm_above"]),
-            audit_maxlen=env.integer("ACME_AUDIT_MAXLEN", d["audit_maxlen"], minimum=1_000),
-            operator=env.raw("ACME_OPERATOR") or _login(env),
-            connect_timeout_s=env.number(
-                "ACME_ADMIN_CONNECT_TIMEOUT_S", d["connect_timeout_s"], minimum=0.1
-            ),
-        )
-
-    def require_redis(self) -> str:
-        if self.redis_url is None:
-            raise SettingsError("ACME_REDIS_URL: not set (this command reads Redis)")
-        return self.redis_url
-
-    def require_database(self) -> str:
-        if self.database_url is None:
-            raise SettingsError("ACME_DATABASE_URL: not set (this command reads PostgreSQL)")
-        return self.database_url
 
 
 def _login(env: EnvReader) -> str:
@@ -66,3 +34,66 @@ def _login(env: EnvReader) -> str:
         except (OSError, KeyError):  # a container uid with no passwd entry
             user = f"uid-{os.getuid()}"
     return f"{user}@{env.raw('HOSTNAME') or socket.gethostname()}"
+
+
+class AdminSettings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: Annotated[
+        str | None, Env("ACME_REDIS_URL", "the notifier's Redis", schemes=REDIS_SCHEMES)
+    ] = None
+    database_url: Annotated[
+        str | None,
+        Env("ACME_DATABASE_URL", "the notifier's PostgreSQL", schemes=POSTGRES_SCHEMES),
+    ] = None
+    replay_max: Annotated[
+        int,
+        Env(
+            "ACME_REPLAY_MAX",
+            "an entry replayed this many times is refused (it keeps dying) unless `--force`",
+            minimum=1,
+        ),
+    ] = 3
+    confirm_above: Annotated[
+        int,
+        Env(
+            "ACME_ADMIN_CONFIRM_ABOVE",
+            "replay or purge of more entries than this asks for confirmation unless `--yes`",
+        ),
+    ] = 3
+    audit_maxlen: Annotated[
+        int,
+        Env(
+            "ACME_AUDIT_MAXLEN",
+            "approximate cap of the audit stream's length (XADD MAXLEN ~)",
+            minimum=1_000,
+        ),
+    ] = 100_000
+    operator: Annotated[
+        str,
+        Env(
+            "ACME_OPERATOR",
+            "who is acting, for the audit trail: default `$USER@host`",
+            default_from=_login,
+        ),
+    ] = "unknown"
+    connect_timeout_s: Annotated[
+        float,
+        Env(
+            "ACME_ADMIN_CONNECT_TIMEOUT_S",
+            "how long the admin commands wait for Redis/PostgreSQL",
+            minimum=0.1,
+        ),
+    ] = 3.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AdminSettings:
+        return load_settings(cls, environ)
+
+    def require_redis(self) -> str:
+        if self.redis_url is None:
+            raise SettingsError("ACME_REDIS_URL: not set (this command reads Redis)")
+        return self.redis_url
+
+    def require_database(self) -> str:
+        if self.database_url is None:
+            raise SettingsError("ACME_DATABASE_URL: not set (this command reads PostgreSQL)")
+        return self.database_url
