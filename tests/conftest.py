@@ -23,9 +23,9 @@ from redis.asyncio import Redis
 from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis
 from acme_cli.migrations import migrate
 from acme_cli.smtp_sink import MailSink
-from acme_orders.app import init_connection
 from acme_orders.settings import OrdersSettings
 from acme_runtime.ids import uuid7
+from acme_runtime.pg import init_connection
 from acme_runtime.tracing import configure_tracing
 from tests.postfix import (
     INSTALL_HINT,

@@ -19,6 +19,7 @@ from acme_notify.keys import EVENTS_STREAM
 from acme_notify.processor import Processor
 from acme_notify.streams import Streams
 from acme_runtime.actors import sleep_or_stop
+from acme_runtime.backoff import Backoff
 from acme_runtime.consumers import prune_consumers
 
 __all__ = ["Consumer"]
@@ -44,7 +45,7 @@ class Consumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._streams.ensure_group()
-        backoff_s = 0.1
+        backoff = Backoff(first_s=0.1, max_s=5.0)
         while not stop.is_set():
             free = self._capacity(self._processor.free_slots)
             if free <= 0:
@@ -52,11 +53,11 @@ class Consumer:
                 continue
             try:
                 entries = await self._streams.read_new(free, self._block_ms)
-                backoff_s = 0.1
+                backoff.reset()
             except (RedisError, OSError) as exc:
-                log.warning("read_failed", error=repr(exc), retry_in_s=backoff_s)
-                await sleep_or_stop(stop, backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                delay_s = backoff.next_s()
+                log.warning("read_failed", error=repr(exc), retry_in_s=delay_s)
+                await sleep_or_stop(stop, delay_s)
                 continue
             for entry in entries:
                 self._processor.submit(entry)

@@ -49,8 +49,9 @@ from acme_notify.ledger import SendLedger
 from acme_notify.providers import Accepted
 from acme_notify.render import RenderedMessage, Renderer
 from acme_notify.rescind import Rescinder
-from acme_notify.streams import RawEntry, Streams, now_ms
+from acme_notify.streams import RawEntry, Streams
 from acme_notify.telemetry import NotifyMetrics
+from acme_runtime.clock import now_ms
 from acme_runtime.failures import is_outage, retry_outages
 from acme_runtime.logs import mask_email
 from acme_runtime.tracing import context_from_traceparent, current_traceparent, tracer

@@ -23,6 +23,7 @@ from acme_notify.errors import TransientError
 from acme_notify.flow import CircuitBreaker, RefusalStorm, TokenBucket
 from acme_notify.keys import breaker_key
 from acme_notify.smtp import SmtpPool
+from acme_runtime.text import as_text
 
 __all__ = ["FALLBACK", "PRIMARY", "Accepted", "Provider"]
 
@@ -104,7 +105,7 @@ class Provider:
             pipe.get(key)
             pipe.pttl(key)
             raw, ttl_ms = await pipe.execute()
-        value = raw.decode() if isinstance(raw, bytes) else str(raw or "")
+        value = as_text(raw or "")
         if value.startswith(_CLOSED):
             if self.breaker.state == "open":
                 self.breaker.release()

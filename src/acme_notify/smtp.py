@@ -18,7 +18,6 @@ import aiosmtplib
 from aiosmtplib import SMTPResponse
 
 from acme_notify.errors import PermanentError, TransientError
-from acme_notify.flow import TokenBucket
 from acme_notify.replies import classify
 from acme_runtime.text import printable
 
@@ -141,9 +140,8 @@ class _Attempt:
 class SmtpPool:
     """Up to `config.pool_size` persistent connections, opened lazily and reused (LIFO)."""
 
-    def __init__(self, config: SmtpConfig, *, rate: TokenBucket | None = None) -> None:
+    def __init__(self, config: SmtpConfig) -> None:
         self.config = config
-        self._rate = rate
         self._slots = asyncio.Semaphore(config.pool_size)
         self._idle: list[_Client] = []
         self._size = 0
@@ -169,12 +167,11 @@ class SmtpPool:
 
     async def send(self, sender: str, recipients: list[str], data: bytes) -> str:
         """Deliver `data` as is; return the server's final reply, e.g. "250 OK", or raise
-        TransientError / PermanentError. Waiting for the rate limit or a free connection is
-        not bounded; the SMTP exchange itself is bounded by `timeout_s`."""
+        TransientError / PermanentError. Waiting for a free connection is not bounded (the
+        provider's rate limit is `Delivery`'s, waited for before this); the SMTP exchange
+        itself is bounded by `timeout_s`."""
         if self._closed:
             raise RuntimeError("SmtpPool is closed")
-        if self._rate is not None:
-            await self._rate.acquire()
         async with self._slots:
             self._in_use += 1
             attempt = _Attempt()

@@ -6,7 +6,6 @@ this module is the only place that knows their argument order.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,10 +22,13 @@ from acme_notify.keys import (
     NOTIFIER_GROUP,
     RECEIPTS_STREAM,
 )
+from acme_runtime.clock import now_ms
 from acme_runtime.coalesce import Coalescer
+from acme_runtime.consumers import ensure_group
 from acme_runtime.lua import load_script
+from acme_runtime.text import as_text
 
-__all__ = ["ClaimResult", "RawEntry", "Streams", "now_ms"]
+__all__ = ["ClaimResult", "RawEntry", "Streams"]
 
 log = structlog.get_logger(__name__)
 
@@ -36,14 +38,6 @@ RESCIND_AUDIT_MAXLEN = 100_000
 #: A rescind is no operator's replay: the replay cap does not hold it back (nor is it "forced").
 RESCIND_CAP = 2**31 - 1
 _Ack = tuple[str, dict[str, str], bool]  # entry id, receipt, e-mailed just now
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 @dataclass(frozen=True)
@@ -64,12 +58,7 @@ class Streams:
 
     async def ensure_group(self) -> None:
         """Creates the consumer group (and the stream) unless it exists: idempotent."""
-        try:
-            await self.redis.xgroup_create(EVENTS_STREAM, self.group, id="0", mkstream=True)
-            log.info("consumer_group_created", stream=EVENTS_STREAM, group=self.group)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(self.redis, EVENTS_STREAM, self.group)
 
     async def read_new(self, count: int, block_ms: int) -> list[RawEntry]:
         """New entries for this consumer (XREADGROUP >); recreates a vanished group."""
@@ -90,7 +79,7 @@ class Streams:
             for entry_id, fields in items:
                 if fields is None:  # deleted between XADD and read
                     continue
-                entries.append((_text(entry_id), fields, 1))
+                entries.append((as_text(entry_id), fields, 1))
         return entries
 
     async def claim_due(
@@ -121,12 +110,12 @@ class Streams:
             ],
         )
         claimed_raw, missing, cursor = reply
-        self._claim_cursor = _text(cursor)
+        self._claim_cursor = as_text(cursor)
         claimed: list[RawEntry] = []
         for entry_id, deliveries, flat in claimed_raw:
             fields = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-            claimed.append((_text(entry_id), fields, int(deliveries)))
-        return ClaimResult(claimed, [_text(m) for m in missing])
+            claimed.append((as_text(entry_id), fields, int(deliveries)))
+        return ClaimResult(claimed, [as_text(m) for m in missing])
 
     async def heartbeat(self, entry_ids: list[str]) -> int:
         if not entry_ids:
@@ -181,7 +170,7 @@ class Streams:
                 "1" if receipt else "0",
             ],
         )
-        return None if not dead_id else _text(dead_id)
+        return None if not dead_id else as_text(dead_id)
 
     async def rescind(self, dead_ids: Sequence[str], *, why: str) -> list[str]:
         """Puts dead letters this replica now knows were not the e-mails' fault back on the
@@ -196,7 +185,7 @@ class Streams:
         ]
         # replay_dead.lua is re-runnable: a dead id already replayed answers not_found.
         replies = await script.run_many(self.redis, calls)
-        return [_text(new_id) for status, new_id, _n in replies if _text(status) == "replayed"]
+        return [as_text(new_id) for status, new_id, _n in replies if as_text(status) == "replayed"]
 
     async def record_failure(self, entry_id: str, receipt: dict[str, str], *, refund: bool) -> int:
         """Keeps the last error, tells the order service of the try and, when the server was
@@ -234,9 +223,9 @@ class Streams:
             count=scan,
             idle=min_idle_ms,
         )
-        self._reap_cursor = f"({_text(reply[-1]['message_id'])}" if len(reply) >= scan else "-"
+        self._reap_cursor = f"({as_text(reply[-1]['message_id'])}" if len(reply) >= scan else "-"
         return [
-            _text(p["message_id"]) for p in reply if int(p["times_delivered"]) >= max_deliveries
+            as_text(p["message_id"]) for p in reply if int(p["times_delivered"]) >= max_deliveries
         ]
 
     async def trim_acknowledged(self, retention_ms: int) -> int:
@@ -246,10 +235,10 @@ class Streams:
         floor = f"{now_ms() - retention_ms}-0"
         candidates = [floor]
         for group in groups:
-            candidates.append(_text(group["last-delivered-id"]))
-            summary: Any = await self.redis.xpending(EVENTS_STREAM, _text(group["name"]))
+            candidates.append(as_text(group["last-delivered-id"]))
+            summary: Any = await self.redis.xpending(EVENTS_STREAM, as_text(group["name"]))
             if summary["pending"]:
-                candidates.append(_text(summary["min"]))
+                candidates.append(as_text(summary["min"]))
         lowest = min(candidates, key=lambda sid: tuple(int(x) for x in sid.split("-")))
         trimmed: int = await self.redis.xtrim(EVENTS_STREAM, minid=lowest, approximate=True)
         return trimmed

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from functools import partial
 
 import asyncpg
-import msgspec
 import structlog
 from litestar import Litestar
 from redis.asyncio import Redis
@@ -31,7 +30,7 @@ from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.actors import Actor, Supervisor, install_signal_handlers
 from acme_runtime.heap import freeze_startup_heap, timing_collections
 from acme_runtime.metrics_http import WorkerHttp, dependencies_answer
-from acme_runtime.pg import reset_connection
+from acme_runtime.pg import init_connection, reset_connection
 
 __all__ = ["Clients", "api_app", "open_clients", "relay_actors", "run_relay"]
 
@@ -43,17 +42,6 @@ class Clients:
     pool: asyncpg.Pool
     redis: Redis
     store: OrderStore
-
-
-async def init_connection(conn: asyncpg.Connection) -> None:
-    # JSONB comes back as Python objects (timeline details) rather than strings.
-    await conn.set_type_codec(
-        "jsonb", encoder=lambda v: v, decoder=_json_loads, schema="pg_catalog", format="text"
-    )
-
-
-def _json_loads(text: str) -> object:
-    return msgspec.json.decode(text)
 
 
 @asynccontextmanager

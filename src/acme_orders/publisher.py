@@ -28,6 +28,7 @@ from acme_orders.store import OrderStore, OutboxEvent
 from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.channels import EVENTS_STREAM, published_key
 from acme_runtime.lua import load_script
+from acme_runtime.text import as_text
 from acme_runtime.tracing import context_from_traceparent, tracer
 
 __all__ = ["RELAY_WAKE_CHANNEL", "FastPathPublisher", "publish_batch"]
@@ -105,7 +106,7 @@ async def _publish(
     replies = await load_script("publish_once").run_many(redis, calls)
     results: list[PublishResult] = []
     for event, (added, stream_id) in zip(events, replies, strict=True):
-        sid = stream_id.decode() if isinstance(stream_id, bytes) else str(stream_id)
+        sid = as_text(stream_id)
         results.append((event.event_id, sid, bool(added)))
     return results
 

@@ -34,8 +34,9 @@ from redis.exceptions import RedisError, ResponseError
 
 from acme_orders.store import OrderStore
 from acme_runtime.actors import sleep_or_stop
+from acme_runtime.backoff import Backoff
 from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM
-from acme_runtime.consumers import prune_consumers
+from acme_runtime.consumers import ensure_group, prune_consumers
 from acme_runtime.tracing import context_from_traceparent, tracer
 
 __all__ = ["ReceiptsConsumer", "apply_receipts"]
@@ -216,11 +217,7 @@ class ReceiptsConsumer:
         self._own_pending_first = True
 
     async def _ensure_group(self) -> None:
-        try:
-            await self._redis.xgroup_create(RECEIPTS_STREAM, RECEIPTS_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await ensure_group(self._redis, RECEIPTS_STREAM, RECEIPTS_GROUP)
 
     async def _read(self) -> list[Receipt]:
         try:
@@ -312,12 +309,12 @@ class ReceiptsConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._ensure_group()
-        backoff_s = 0.1
+        backoff = Backoff(first_s=0.1, max_s=5.0)
         next_prune = 0.0
         while not stop.is_set():
             try:
                 read = await self.consume_once()
-                backoff_s = 0.1
+                backoff.reset()
                 if 0 < read < self._batch and self._linger_s > 0:
                     # Let the next batch gather; a full batch means a backlog: no pause.
                     await sleep_or_stop(stop, self._linger_s)
@@ -339,9 +336,9 @@ class ReceiptsConsumer:
             ) as exc:
                 # What was read stays pending with us: retry it before reading anything new.
                 self._own_pending_first = True
-                log.warning("receipts_failed", error=repr(exc), retry_in_s=backoff_s)
-                await sleep_or_stop(stop, backoff_s)
-                backoff_s = min(backoff_s * 2, 5.0)
+                delay_s = backoff.next_s()
+                log.warning("receipts_failed", error=repr(exc), retry_in_s=delay_s)
+                await sleep_or_stop(stop, delay_s)
         with contextlib.suppress(RedisError, OSError):
             await prune_consumers(
                 self._redis, RECEIPTS_STREAM, RECEIPTS_GROUP, min_idle_ms=0, only=self._consumer

@@ -18,6 +18,8 @@ from typing import Protocol
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
+from acme_runtime.backoff import Backoff
+
 __all__ = [
     "Actor",
     "PeriodicActor",
@@ -127,7 +129,7 @@ class Supervisor:
         self.restarts: dict[str, int] = {}
 
     async def _keep_running(self, actor: Actor) -> None:
-        delay_s = self._restart_initial_s
+        backoff = Backoff(self._restart_initial_s, self._restart_max_s)
         while not self.stop.is_set():
             try:
                 await actor.run(self.stop)
@@ -139,8 +141,7 @@ class Supervisor:
             except Exception as exc:
                 log.exception("actor_crashed", actor=actor.name, error=repr(exc))
             self.restarts[actor.name] = self.restarts.get(actor.name, 0) + 1
-            await sleep_or_stop(self.stop, delay_s)
-            delay_s = min(delay_s * 2, self._restart_max_s)
+            await sleep_or_stop(self.stop, backoff.next_s())
 
     async def run(self) -> None:
         """Runs until `stop` is set, then drains for `grace_s` and cancels the rest."""

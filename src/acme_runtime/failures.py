@@ -16,6 +16,8 @@ from typing import Final, TypeVar
 import asyncpg
 from redis import exceptions as redis_errors
 
+from acme_runtime.backoff import Backoff
+
 __all__ = ["is_outage", "retry_outages"]
 
 T = TypeVar("T")
@@ -62,12 +64,12 @@ async def retry_outages(
     `patience_s`; a refusal, or an outage outlasting the patience, is raised."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + patience_s
-    delay_s = first_delay_s
+    backoff = Backoff(first_delay_s, max_delay_s)
     while True:
         try:
             return await call()
         except Exception as exc:
+            delay_s = backoff.next_s()
             if not is_outage(exc) or loop.time() + delay_s > deadline:
                 raise
         await asyncio.sleep(delay_s)
-        delay_s = min(delay_s * 2, max_delay_s)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
-import time
 import uuid
+
+from acme_runtime import clock
 
 __all__ = ["uuid7", "uuid7_time_ms"]
 
 
 def uuid7(now_ms: int | None = None) -> uuid.UUID:
     """A UUIDv7: 48 bits of Unix milliseconds, then 74 random bits."""
-    ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
+    ms = clock.now_ms() if now_ms is None else now_ms
     rand = int.from_bytes(os.urandom(10), "big")
     value = (ms & 0xFFFF_FFFF_FFFF) << 80
     value |= 0x7 << 76  # version

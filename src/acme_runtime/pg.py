@@ -1,10 +1,24 @@
-"""PostgreSQL pool helpers shared by both services."""
+"""PostgreSQL pool hooks shared by every pool of the project: what a connection gets when it
+opens (`init_connection`: the jsonb codec) and when it goes back (`reset_connection`)."""
 
 from __future__ import annotations
 
 import asyncpg
+import msgspec
 
-__all__ = ["reset_connection"]
+__all__ = ["init_connection", "reset_connection"]
+
+
+async def init_connection(conn: asyncpg.Connection) -> None:
+    """Sets up a new pooled connection: jsonb comes back as Python objects (timeline details)
+    rather than strings, and goes in as the JSON text the caller already encoded."""
+    await conn.set_type_codec(
+        "jsonb",
+        encoder=lambda v: v,
+        decoder=msgspec.json.decode,
+        schema="pg_catalog",
+        format="text",
+    )
 
 
 async def reset_connection(conn: asyncpg.Connection) -> None:

@@ -1,4 +1,8 @@
-"""Text from outside (an SMTP server's reply, a receipt's fields) made safe to store and log.
+"""Text from outside: what a client library hands over as bytes, and what a server says.
+
+`as_text` is the one place that turns a Redis reply (bytes, or str from a decoding client,
+or a number) into `str`: strict UTF-8 by default, since ids and names we wrote ourselves are
+ASCII; `errors="replace"` where the text may be someone else's.
 
 A server may answer anything: NUL bytes, bytes that are not UTF-8 (aiosmtplib hands them over
 as lone surrogates), several lines, kilobytes. PostgreSQL's `text` refuses NUL and surrogates,
@@ -11,11 +15,17 @@ from __future__ import annotations
 import re
 from typing import Final
 
-__all__ = ["printable"]
+__all__ = ["as_text", "printable"]
 
 #: C0 and C1 controls, DEL, and the Unicode line/paragraph separators.
 _CONTROL: Final = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u2028\u2029]")
 _LINE_BREAK: Final = re.compile(r"\s*(?:\r\n|\r|\n)\s*")
+
+
+def as_text(value: object, errors: str = "strict") -> str:
+    """`value` as text: bytes decoded as UTF-8 (`errors` as in `bytes.decode`), anything else
+    as `str(value)`."""
+    return value.decode("utf-8", errors) if isinstance(value, bytes) else str(value)
 
 
 def _escape(match: re.Match[str]) -> str:

@@ -19,11 +19,12 @@ from acme_cli.admin.deadstream import list_dead
 from acme_cli.admin.errors import UsageError
 from acme_cli.admin.parse import parse_duration_ms, parse_since, stream_id
 from acme_cli.main import main
-from acme_notify.streams import Streams, now_ms
+from acme_notify.streams import Streams
 from acme_orders.contract import parse_order
 from acme_orders.domain import OrderDraft
 from acme_orders.events import build_envelope, encode_envelope
 from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP
+from acme_runtime.clock import now_ms
 from acme_runtime.ids import uuid7
 from tests.integration.test_api import ORDER
 

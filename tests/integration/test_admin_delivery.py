@@ -20,10 +20,10 @@ from redis.asyncio import Redis
 
 from acme_cli.smtp_sink import MailSink
 from acme_notify.keys import AUDIT_STREAM
-from acme_notify.streams import now_ms
 from acme_orders.app import api_app
 from acme_orders.settings import OrdersSettings
 from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP, RECEIPTS_STREAM
+from acme_runtime.clock import now_ms
 from acme_runtime.ids import uuid7
 from tests.harness import eventually, notify_settings, running_order_workers, running_replica
 from tests.integration.test_admin_dead import (

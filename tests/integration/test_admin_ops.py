@@ -16,8 +16,8 @@ from redis.asyncio import Redis
 from acme_cli.admin import inspect
 from acme_cli.embedded import free_port
 from acme_cli.main import main
-from acme_notify.streams import now_ms
 from acme_runtime.channels import EVENTS_STREAM, RECEIPTS_STREAM
+from acme_runtime.clock import now_ms
 from acme_runtime.ids import uuid7
 from tests.integration.test_admin_dead import (
     acme,

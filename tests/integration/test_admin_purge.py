@@ -9,8 +9,8 @@ import pytest
 from redis.asyncio import Redis
 
 from acme_notify.keys import AUDIT_STREAM
-from acme_notify.streams import now_ms
 from acme_runtime.channels import DEAD_STREAM
+from acme_runtime.clock import now_ms
 from tests.integration.test_admin_dead import (
     acme,
     admin_env,  # noqa: F401 - a fixture, used through `usefixtures`

@@ -19,8 +19,9 @@ from acme_cli.admin.commands_replay import dead_replay
 from acme_cli.admin.render import Output
 from acme_cli.admin.settings import AdminSettings
 from acme_notify.keys import AUDIT_STREAM
-from acme_notify.streams import Streams, now_ms
+from acme_notify.streams import Streams
 from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP
+from acme_runtime.clock import now_ms
 from acme_runtime.ids import uuid7
 from tests.harness import eventually
 from tests.integration.test_admin_dead import (

@@ -19,8 +19,9 @@ import msgspec
 from redis.asyncio import Redis
 
 from acme_notify.keys import AUDIT_STREAM, DEAD_STREAM, EVENTS_STREAM
-from acme_notify.streams import now_ms
+from acme_runtime.clock import now_ms
 from acme_runtime.lua import Script, load_script
+from acme_runtime.text import as_text
 
 __all__ = ["Outcome", "Progress", "purge", "replay"]
 
@@ -56,10 +57,6 @@ class Progress:
 
     def count(self, status: str) -> int:
         return sum(1 for o in self.outcomes if o.status == status)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 async def _run_pages(
@@ -109,8 +106,8 @@ async def replay(
             progress.outcomes.append(
                 Outcome(
                     dead_id=str(entry_args[0]),
-                    status=_text(status),
-                    new_id=_text(new_id) or None,
+                    status=as_text(status),
+                    new_id=as_text(new_id) or None,
                     replays=int(replays),
                 )
             )

@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import asyncpg
-import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
@@ -21,6 +20,7 @@ from redis.exceptions import RedisError
 from acme_cli.admin.errors import Unavailable
 from acme_cli.admin.settings import AdminSettings
 from acme_runtime.env import redact_url
+from acme_runtime.pg import init_connection
 
 __all__ = ["Clients", "connect"]
 
@@ -41,13 +41,6 @@ class Clients:
         if self.pool_client is None:
             raise RuntimeError("this command did not ask for PostgreSQL")
         return self.pool_client
-
-
-async def _jsonb(conn: asyncpg.Connection) -> None:
-    # Timeline details come back as Python objects, as in the order service's own pool.
-    await conn.set_type_codec(
-        "jsonb", encoder=lambda v: v, decoder=msgspec.json.decode, schema="pg_catalog"
-    )
 
 
 async def _open_redis(url: str, timeout_s: float) -> Redis:
@@ -74,7 +67,7 @@ async def _open_pool(url: str, timeout_s: float) -> asyncpg.Pool:
             max_size=2,
             timeout=timeout_s,
             command_timeout=30,
-            init=_jsonb,
+            init=init_connection,  # timeline details as objects, as in the order service
             server_settings={"application_name": "acme-admin"},
         )
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

@@ -18,7 +18,7 @@ from acme_cli.admin.records import ledger_rows, order_record
 from acme_cli.admin.render import Output, render_dead_detail, render_dead_list
 from acme_cli.admin.settings import AdminSettings
 from acme_notify.keys import DEAD_STREAM
-from acme_notify.streams import now_ms
+from acme_runtime.clock import now_ms
 
 __all__ = ["dead_list", "dead_show"]
 

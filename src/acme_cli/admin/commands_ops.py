@@ -14,7 +14,7 @@ from acme_cli.admin.render_ops import render_trace, stats_view
 from acme_cli.admin.settings import AdminSettings
 from acme_cli.admin.stats import snapshot
 from acme_cli.admin.trace import trace_order
-from acme_notify.streams import now_ms
+from acme_runtime.clock import now_ms
 
 __all__ = ["stats", "trace"]
 

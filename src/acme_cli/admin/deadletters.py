@@ -14,6 +14,7 @@ import msgspec
 
 from acme_cli.admin.parse import ms_to_datetime
 from acme_runtime.logs import mask_email
+from acme_runtime.text import as_text
 
 __all__ = ["DeadDetail", "DeadEntry", "RawFields", "decode_dead_detail", "decode_dead_entry"]
 
@@ -64,8 +65,9 @@ class DeadDetail(msgspec.Struct, frozen=True, kw_only=True):
         return msgspec.structs.replace(self, entry=self.entry.masked(), envelope=envelope)
 
 
-def _text(fields: RawFields, name: bytes) -> str:
-    return fields.get(name, b"").decode("utf-8", "replace")
+def _field(fields: RawFields, name: bytes) -> str:
+    # A dead letter may be a poison message: its bytes need not be UTF-8.
+    return as_text(fields.get(name, b""), "replace")
 
 
 def _int(fields: RawFields, name: bytes) -> int | None:
@@ -104,15 +106,15 @@ def decode_dead_entry(dead_id: str, fields: RawFields, *, envelope: Any = None) 
     first_ms = _int(fields, b"first_attempt_ms")
     return DeadEntry(
         dead_id=dead_id,
-        original_id=_text(fields, b"original_id"),
-        event_id=_text(fields, b"event_id") or None,
-        order_id=_text(fields, b"order_id") or None,
+        original_id=_field(fields, b"original_id"),
+        event_id=_field(fields, b"event_id") or None,
+        order_id=_field(fields, b"order_id") or None,
         email=_email(envelope),
-        reason_class=_text(fields, b"reason_class"),
-        reason=_text(fields, b"reason"),
-        last_error=_text(fields, b"last_error"),
+        reason_class=_field(fields, b"reason_class"),
+        reason=_field(fields, b"reason"),
+        last_error=_field(fields, b"last_error"),
         deliveries=_int(fields, b"deliveries") or 0,
-        consumer=_text(fields, b"consumer"),
+        consumer=_field(fields, b"consumer"),
         replays=_int(fields, b"replays") or 0,
         first_attempt_at=None if first_ms is None else ms_to_datetime(first_ms),
         dead_at=ms_to_datetime(_int(fields, b"dead_at_ms") or _id_ms(dead_id)),

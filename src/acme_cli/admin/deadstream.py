@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from acme_cli.admin.deadletters import DeadEntry, RawFields, decode_dead_entry
 from acme_notify.keys import DEAD_STREAM
 from acme_runtime.lua import load_script
+from acme_runtime.text import as_text
 
 __all__ = ["PAGE_SIZE", "DeadPage", "IndexEntry", "fetch_dead", "list_dead", "scan_index"]
 
@@ -37,10 +38,6 @@ class IndexEntry(NamedTuple):
     replays: int
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
-
-
 async def scan_index(
     redis: Redis,
     *,
@@ -56,18 +53,19 @@ async def scan_index(
         args: list[str | int] = [lower, upper, PAGE_SIZE, "1" if newest_first else "0"]
         flat: Any = await script.run(redis, [DEAD_STREAM], args)
         for i in range(0, len(flat), 4):
-            replays = _text(flat[i + 3])
+            # Ids are Redis's own ASCII; the fields may hold any bytes a poison message had.
+            replays = as_text(flat[i + 3], "replace")
             yield IndexEntry(
-                _text(flat[i]),
-                _text(flat[i + 1]),
-                _text(flat[i + 2]),
+                as_text(flat[i]),
+                as_text(flat[i + 1], "replace"),
+                as_text(flat[i + 2], "replace"),
                 int(replays) if replays.isdigit() else 0,
             )
         count = len(flat) // 4
         seen += count
         if count < PAGE_SIZE:
             return
-        last = f"({_text(flat[-4])}"
+        last = f"({as_text(flat[-4])}"
         upper, lower = (last, lower) if newest_first else (upper, last)
 
 
@@ -83,7 +81,7 @@ async def fetch_dead(redis: Redis, dead_ids: Collection[str]) -> dict[str, RawFi
         for reply in replies:
             for entry_id, fields in reply:
                 if fields:
-                    found[_text(entry_id)] = fields
+                    found[as_text(entry_id)] = fields
     return found
 
 
@@ -106,7 +104,7 @@ async def list_dead(
     if not reasons:
         # One extra entry tells whether an older page exists.
         raw: Any = await redis.xrevrange(DEAD_STREAM, upper, lower, count=limit + 1)
-        entries = [decode_dead_entry(_text(i), f) for i, f in raw[:limit]]
+        entries = [decode_dead_entry(as_text(i), f) for i, f in raw[:limit]]
         more = len(raw) > limit
         return DeadPage(entries=entries, next_before=entries[-1].dead_id if more else None)
     matching: list[str] = []

@@ -20,7 +20,7 @@ from acme_cli.admin.errors import AdminError, UsageError
 from acme_cli.admin.parse import parse_duration_ms, parse_order_id, parse_since, stream_id
 from acme_cli.admin.render import Output
 from acme_cli.admin.settings import AdminSettings
-from acme_notify.streams import now_ms
+from acme_runtime.clock import now_ms
 
 __all__ = ["dead_list", "dead_purge", "dead_replay", "dead_show", "stats", "trace"]
 
