@@ -61,6 +61,7 @@ from acme_runtime.channels import (
     RECEIPTS_GROUP,
     RECEIPTS_STREAM,
 )
+from bench.cpu import CpuSnapshot, cpu_table, format_cpu_table
 from bench.loadgen import (
     DEFAULT_CONNECTIONS,
     MAX_DURATION_S,
@@ -70,23 +71,19 @@ from bench.loadgen import (
     install_uvloop,
     run_load,
 )
+from bench.monitor import loadavg, nproc
 from bench.stack import (
     HOST,
     RESULTS_DIR,
-    CpuSnapshot,
     MailLog,
     Stack,
     StreamScan,
-    cpu_table,
-    format_cpu_table,
     git_revision,
     iso_ms,
-    loadavg,
     log_events,
     log_levels,
     log_tail,
     nearest_rank,
-    nproc,
     raise_interrupt,
     scan_stream,
     signals_ignored,

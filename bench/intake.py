@@ -43,6 +43,7 @@ import asyncpg
 from redis.asyncio import Redis
 
 from acme_runtime.channels import EVENTS_STREAM
+from bench.cpu import CpuSnapshot, cpu_table, format_cpu_table
 from bench.loadgen import (
     DEFAULT_CONNECTIONS,
     MAX_DURATION_S,
@@ -51,19 +52,15 @@ from bench.loadgen import (
     install_uvloop,
     run_load,
 )
+from bench.monitor import loadavg, nproc
 from bench.stack import (
     HOST,
     RESULTS_DIR,
-    CpuSnapshot,
     Stack,
-    cpu_table,
-    format_cpu_table,
     git_revision,
     iso_ms,
-    loadavg,
     log_levels,
     log_tail,
-    nproc,
     raise_interrupt,
     scan_stream,
     signals_ignored,

@@ -10,10 +10,11 @@ most `--timeout-s`).
 
 Rates and CPU are taken over the *steady* part: from the first e-mails the sink recorded (the
 replica's start-up and imports excluded) to the last. The CPU of each process (notifier, sink,
-PostgreSQL, Redis, and this process, which only polls a file) comes from /proc/<pid>/stat at
-those two moments. With `--profile-s N`, py-spy samples the notifier for N seconds once it is
-sending (bench/profiling.py; idle threads left out) and the top functions by own and by
-inclusive samples are printed; the raw folded stacks are kept in the data folder.
+PostgreSQL, Redis, and this process, which only polls a file) is read with psutil
+(bench/cpu.py) at those two moments. With `--profile-s N`, py-spy samples the notifier for N
+seconds once it is sending (bench/profiling.py; idle threads left out) and the top functions
+by own and by inclusive samples are printed; the raw folded stacks are kept in the data
+folder.
 
 Usage: ``.venv/bin/python bench/notifier_throughput.py --events 20000 [--profile-s 10]``
 Result: ``bench/results/notifier-throughput-<events>-<timestamp>.json`` (git-ignored).
@@ -46,27 +47,25 @@ from typing import Any, Final
 
 from redis.asyncio import Redis
 
-from acme_orders.domain import OrderDraft, parse_order
+from acme_orders.contract import parse_order
+from acme_orders.domain import OrderDraft
 from acme_orders.events import build_envelope, encode_envelope
 from acme_orders.publisher import publish_batch
 from acme_orders.store import OutboxEvent
 from acme_runtime.channels import EVENTS_STREAM
 from acme_runtime.ids import uuid7
+from bench.cpu import CpuSnapshot, cpu_table, format_cpu_table
 from bench.loadgen import install_uvloop, order_body
+from bench.monitor import loadavg, nproc
 from bench.profiling import hot_spots, start_profile, stop_profile
 from bench.stack import (
     RESULTS_DIR,
-    CpuSnapshot,
     MailLog,
     Stack,
-    cpu_table,
-    format_cpu_table,
     git_revision,
-    loadavg,
     log_events,
     log_levels,
     log_tail,
-    nproc,
     raise_interrupt,
     signals_ignored,
 )

@@ -206,9 +206,7 @@ async def wait_settled(system: ChaosSystem, expected: int, timeout_s: float) -> 
 
 def metrics_port(system: ChaosSystem, slot: int) -> str:
     """The notifier's metrics port, from its environment (the harness picks a free one)."""
-    environ = Path(f"/proc/{system.slots[slot].process.pid}/environ").read_bytes().split(b"\0")
-    found = [v.split(b"=", 1)[1] for v in environ if v.startswith(b"ACME_METRICS_PORT=")]
-    return found[0].decode()
+    return system.slots[slot].env["ACME_METRICS_PORT"]
 
 
 def scrape(port: str) -> dict[str, float]:

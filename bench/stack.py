@@ -1,14 +1,15 @@
-"""The system under test as the benchmarks run it, and how they account for its CPU.
+"""The system under test as the benchmarks and the chaos harness run it.
 
-Shared by bench/intake.py, bench/e2e.py and bench/notifier_throughput.py. `Stack` starts an
-embedded PostgreSQL (migrated) and Redis (AOF, as `acme up` runs it) on a temporary folder,
-then whichever of the SMTP sink, `acme api`, `acme relay` and `acme notifier` replicas a
-benchmark asks for, each as its own child process with its log in `<root>/logs/`. It knows
-every pid, so `snapshot()` can read each process tree's CPU time from /proc, and it stops
-everything in order (services, then the sink, then the servers).
+Shared by bench/run.py, bench/intake.py, bench/e2e.py, bench/notifier_throughput.py and
+tests/chaos/harness.py. `Stack` starts an embedded PostgreSQL (migrated) and Redis (AOF, as
+`acme up` runs them) on a temporary folder, then whichever of the SMTP sink, `acme api`,
+`acme relay` and `acme notifier` replicas a benchmark asks for, each a child process of
+acme_cli/processes.py's supervisor with its log in `<root>/logs/`. It knows every pid, so
+`snapshot()` can take each process tree's CPU time (bench/cpu.py), and it stops everything in
+order (services, then the sink, then the servers).
 
-Also here: the per-process CPU table, log-level counts for the child logs, a scan of the
-events stream, and small facts about the machine (load average, git revision).
+Also here: log-level counts for the child logs, what the sink recorded, a scan of the events
+stream, and small facts about the run (git revision, signal handling).
 """
 
 from __future__ import annotations
@@ -27,13 +28,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import Any, Final
 
 from redis.asyncio import Redis
 
-from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis, child_preexec, free_port
+from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from acme_cli.migrations import migrate
+from acme_cli.processes import Child, ProcessSupervisor, acme_argv, log_tail
 from acme_runtime.channels import EVENTS_STREAM
+from bench import cpu
 from bench.loadgen import http_get_status
 
 __all__ = [
@@ -41,33 +44,25 @@ __all__ = [
     "RESULTS_DIR",
     "SINK_RECORDER",
     "Child",
-    "CpuSnapshot",
     "MailLog",
     "Stack",
     "StreamScan",
     "acme_argv",
-    "cpu_table",
-    "format_cpu_table",
     "git_revision",
     "iso_ms",
-    "loadavg",
     "log_events",
     "log_levels",
     "log_tail",
     "nearest_rank",
-    "nproc",
     "raise_interrupt",
-    "rss_mb",
     "scan_stream",
     "signals_ignored",
-    "user_system_s",
 ]
 
 HOST: Final = "127.0.0.1"
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 #: The SMTP sink process that records `order_id,received_at,message_id` per accepted message.
 SINK_RECORDER: Final = Path(__file__).resolve().parent / "sink_recorder.py"
-_STOP_GRACE_S: Final = 20.0
 _WAIT_POLL_S: Final = 0.1
 _LOG_HEAD_BYTES: Final = 1024 * 1024
 _MAX_LOG_LINES: Final = 5_000_000
@@ -78,13 +73,6 @@ _STREAM_POLL_S: Final = 0.2
 _MAIL_POLL_S: Final = 0.1
 # At most this much of the recorder's file is read per poll (~50 bytes a line).
 _MAIL_READ_BYTES: Final = 64 * 1024 * 1024
-_CLOCK_TICKS_PER_S: Final = os.sysconf("SC_CLK_TCK")
-#: Children whose names start with this are SMTP sinks: they are stopped last.
-_SINK_PREFIXES: Final = ("smtp-sink", "sink")
-
-
-def acme_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "acme_cli.main", *args]
 
 
 def nearest_rank(sorted_values: list[float], fraction: float) -> float:
@@ -94,168 +82,7 @@ def nearest_rank(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[max(0, math.ceil(fraction * len(sorted_values)) - 1)]
 
 
-# --- CPU accounting from /proc ------------------------------------------------------------
-
-
-def _stat_fields(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
-    return [raw[raw.index("(") + 1 : raw.rindex(")")], *raw[raw.rindex(")") + 2 :].split()]
-
-
-def _process_table() -> dict[int, list[str]]:
-    table: dict[int, list[str]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat_fields(int(entry))) is not None:
-            table[int(entry)] = fields
-    return table
-
-
-def _tree(table: dict[int, list[str]], root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, fields in table.items():
-        children.setdefault(int(fields[2]), []).append(pid)
-    members, frontier = [], [root] if root in table else []
-    # Bounded by the number of processes: each pid is visited at most once.
-    seen: set[int] = set()
-    while frontier and len(seen) <= len(table):
-        pid = frontier.pop()
-        if pid in seen:
-            continue
-        seen.add(pid)
-        members.append(pid)
-        frontier.extend(children.get(pid, ()))
-    return members
-
-
-def user_system_s(roots: dict[str, int]) -> dict[str, tuple[float, float]]:
-    """User and system CPU seconds so far of each root's process tree (like `snapshot`, split:
-    the system part is time in the kernel, for a service mostly its socket system calls)."""
-    table = _process_table()
-    out = {}
-    for name, pid in roots.items():
-        members = _tree(table, pid)
-        if members:
-            # After comm: utime=12 stime=13 cutime=14 cstime=15 (state=1).
-            user = sum(int(table[m][12]) + int(table[m][14]) for m in members)
-            system = sum(int(table[m][13]) + int(table[m][15]) for m in members)
-            out[name] = (user / _CLOCK_TICKS_PER_S, system / _CLOCK_TICKS_PER_S)
-    return out
-
-
-def _tree_cpu_s(table: dict[int, list[str]], root: int) -> tuple[float, int]:
-    """CPU seconds of a process tree, and how many processes it has.
-
-    utime+stime of every live member plus cutime+cstime (children it has reaped): a postgres
-    backend that exits during the window still counts, through its parent.
-    """
-    members = _tree(table, root)
-    # /proc/<pid>/stat after comm: state=1 ppid=2 ... utime=12 stime=13 cutime=14 cstime=15.
-    ticks = sum(sum(int(table[pid][i]) for i in (12, 13, 14, 15)) for pid in members)
-    return ticks / _CLOCK_TICKS_PER_S, len(members)
-
-
-def rss_mb(pid: int) -> float | None:
-    """Resident set size of one process (VmRSS in /proc/<pid>/status), in MiB; None if gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def _own_cpu_s() -> float:
-    # Only this process's own threads: children it reaped (pg_isready at start-up) are not load.
-    fields = _stat_fields(os.getpid())
-    return 0.0 if fields is None else (int(fields[12]) + int(fields[13])) / _CLOCK_TICKS_PER_S
-
-
-def _machine_busy_s() -> float:
-    """CPU seconds all processes on the machine spent (all cores), from /proc/stat."""
-    with open("/proc/stat") as stat:
-        values = [int(v) for v in stat.readline().split()[1:]]
-    # user nice system idle iowait irq softirq steal guest guest_nice; guest time is already
-    # inside user/nice, so only the first eight count, minus idle and iowait.
-    busy = sum(values[:8]) - values[3] - values[4]
-    return busy / _CLOCK_TICKS_PER_S
-
-
-@dataclass
-class CpuSnapshot:
-    at_s: float
-    by_name: dict[str, float]
-    processes: dict[str, int]
-    machine_busy_s: float
-
-
-def cpu_table(before: CpuSnapshot, after: CpuSnapshot, units: int, unit: str = "order"
-              ) -> dict[str, Any]:  # fmt: skip
-    """CPU each tracked process spent between two snapshots, in total and per `unit`."""
-    window_s = max(1e-9, after.at_s - before.at_s)
-    per = max(1, units)
-    rows: dict[str, Any] = {}
-    for name, after_s in after.by_name.items():
-        used_s = max(0.0, after_s - before.by_name.get(name, after_s))
-        rows[name] = {
-            "cpu_s": round(used_s, 3),
-            f"cpu_ms_per_{unit}": round(used_s * 1000 / per, 4),
-            "share_of_one_core": round(used_s / window_s, 3),
-            "processes": after.processes.get(name, 0),
-        }
-    tracked_s = sum(r["cpu_s"] for r in rows.values())
-    machine_s = after.machine_busy_s - before.machine_busy_s
-    return {
-        "window_s": round(window_s, 3),
-        f"{unit}s": units,
-        "unit": unit,
-        "by_process": rows,
-        "tracked_total_s": round(tracked_s, 3),
-        f"tracked_ms_per_{unit}": round(tracked_s * 1000 / per, 4),
-        "machine_busy_s": round(machine_s, 3),
-        # Other engineers' test runs, the kernel, anything not ours: it shares our cores.
-        "other_processes_s": round(max(0.0, machine_s - tracked_s), 3),
-    }
-
-
-def format_cpu_table(cpu: dict[str, Any], cores: int) -> list[str]:
-    """The CPU table as aligned text lines."""
-    unit = cpu["unit"]
-    per = f"CPU-ms/{unit}"
-    lines = [
-        f"CPU during the measured window ({cpu['window_s']:.1f} s, {cpu[unit + 's']} {unit}s):",
-        f"  {'process':<15}{'CPU-s':>8}{per:>16}{'of 1 core':>11}",
-    ]
-    for name, row in cpu["by_process"].items():
-        label = f"{name} ({row['processes']})" if row["processes"] > 1 else name
-        lines.append(
-            f"  {label:<15}{row['cpu_s']:>8.2f}{row[f'cpu_ms_per_{unit}']:>16.3f}"
-            f"{row['share_of_one_core']:>11.0%}"
-        )
-    lines.append(
-        f"  {'ours total':<15}{cpu['tracked_total_s']:>8.2f}{cpu[f'tracked_ms_per_{unit}']:>16.3f}"
-    )
-    lines.append(
-        f"  machine busy {cpu['machine_busy_s']:.2f} CPU-s of {cpu['window_s'] * cores:.1f} "
-        f"available; other processes {cpu['other_processes_s']:.2f} CPU-s"
-    )
-    return lines
-
-
 # --- the system under test ----------------------------------------------------------------
-
-
-@dataclass
-class Child:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-    log: IO[bytes]
 
 
 @dataclass
@@ -269,7 +96,7 @@ class Stack:
     root: Path
     postgres: EmbeddedPostgres = field(init=False)
     redis: EmbeddedRedis = field(init=False)
-    children: list[Child] = field(default_factory=list)
+    processes: ProcessSupervisor = field(init=False)
     database_url: str = ""
     redis_url: str = ""
     smtp_url: str = ""
@@ -280,10 +107,15 @@ class Stack:
         # Durable PostgreSQL and AOF Redis, as `acme up` runs them: fsync cost is part of it.
         self.postgres = EmbeddedPostgres(self.root / "postgres")
         self.redis = EmbeddedRedis(self.root / "redis", appendonly=True)
+        self.processes = ProcessSupervisor(self.root / "logs")
 
     @property
     def logs_dir(self) -> Path:
-        return self.root / "logs"
+        return self.processes.logs_dir
+
+    @property
+    def children(self) -> list[Child]:
+        return self.processes.children
 
     def start_servers(self) -> None:
         self.database_url = self.postgres.start()
@@ -346,28 +178,13 @@ class Stack:
 
     def spawn(self, name: str, argv: list[str], extra_env: dict[str, str] | None = None
               ) -> Child:  # fmt: skip
-        log_path = self.logs_dir / f"{name}.log"
-        log = log_path.open("ab")
         # Services that serve Prometheus metrics get their own loopback port each: the default
         # (9100 on all interfaces) would collide between our processes and anyone else's.
         ports = {"ACME_METRICS_HOST": HOST, "ACME_METRICS_PORT": str(free_port())}
-        process = subprocess.Popen(
-            argv,
-            env=self.env({**ports, **(extra_env or {})}),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            # Dies with us even on kill -9; its own session keeps a terminal's Ctrl-C away, so
-            # we decide the order things stop in.
-            preexec_fn=child_preexec(),
-            start_new_session=True,
-        )
-        child = Child(name, process, log_path, log)
-        self.children.append(child)
-        return child
+        return self.processes.spawn(name, argv, self.env({**ports, **(extra_env or {})}))
 
     def dead_children(self) -> list[Child]:
-        return [c for c in self.children if c.process.poll() is not None]
+        return self.processes.dead()
 
     def raise_if_dead(self, during: str) -> None:
         dead = self.dead_children()
@@ -413,35 +230,12 @@ class Stack:
 
     def roots(self) -> dict[str, int]:
         """The pid of each tracked process (tree): the services, PostgreSQL and Redis."""
-        pids = {c.name: c.process.pid for c in self.children}
-        me = os.getpid()
-        # The embedded servers are children of this process (forked by its spawner thread).
-        for pid, fields in _process_table().items():
-            if int(fields[2]) != me:
-                continue
-            if fields[0] == "postgres":
-                pids["postgres"] = pid
-            elif fields[0].startswith("redis-server"):
-                pids["redis"] = pid
-        return pids
+        return {**{c.name: c.process.pid for c in self.children}, **cpu.embedded_servers()}
 
     def stop(self) -> None:
-        # The services first (they drain in-flight work), the SMTP sink last, then the servers.
-        sinks = [c for c in self.children if c.name.startswith(_SINK_PREFIXES)]
-        services = [c for c in self.children if c not in sinks]
-        for group in (services, sinks):
-            for child in group:
-                if child.process.poll() is None:
-                    child.process.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + _STOP_GRACE_S
-            for child in group:
-                try:
-                    child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    child.process.kill()
-                    child.process.wait()
-        for child in self.children:
-            child.log.close()
+        """The services first (they drain in-flight work), the SMTP sink last, then the
+        servers."""
+        self.processes.stop()
         self.redis.stop()
         self.postgres.stop()
 
@@ -450,27 +244,12 @@ class Stack:
         for name in ("postgres", "redis", "mail"):
             shutil.rmtree(self.root / name, ignore_errors=True)
 
-    def snapshot(self, roots: dict[str, int], self_name: str = "generator") -> CpuSnapshot:
+    def snapshot(self, roots: dict[str, int], self_name: str = "generator") -> cpu.CpuSnapshot:
         """CPU seconds so far of each root's process tree, and of this process as `self_name`."""
-        table = _process_table()
-        by_name: dict[str, float] = {}
-        processes: dict[str, int] = {}
-        for name, pid in roots.items():
-            by_name[name], processes[name] = _tree_cpu_s(table, pid)
-        by_name[self_name], processes[self_name] = _own_cpu_s(), 1
-        return CpuSnapshot(time.monotonic(), by_name, processes, _machine_busy_s())
+        return cpu.snapshot(roots, self_name)
 
 
 # --- logs ---------------------------------------------------------------------------------
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        with path.open("rb") as log:
-            log.seek(max(0, log.seek(0, os.SEEK_END) - 64 * 1024))
-            return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
 
 
 def _log_lines(path: Path) -> Iterator[str]:
@@ -648,16 +427,6 @@ def git_revision() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{head}{'+dirty' if dirty else ''}"
-
-
-def loadavg() -> str:
-    with contextlib.suppress(OSError):
-        return Path("/proc/loadavg").read_text().strip()
-    return "?"
-
-
-def nproc() -> int:
-    return len(os.sched_getaffinity(0))
 
 
 def raise_interrupt(_signum: int, _frame: object) -> None:

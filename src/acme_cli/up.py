@@ -2,239 +2,254 @@
 
 Starts (unless the matching ACME_*_URL is set) an embedded PostgreSQL, Redis and SMTP sink under
 the data folder, applies migrations, then runs the API, the relay and the notifier replicas as
-child processes of this one. Prints what runs where; Ctrl-C or SIGTERM stops the children first
-(so in-flight e-mails finish), then the servers. Every child is tied to this process
-(PR_SET_PDEATHSIG), so even `kill -9` of `acme up` leaves no orphans. A child that dies is
-restarted with backoff. Data (orders, the stream, the mail folder) survives a restart.
+child processes of this one (acme_cli/processes.py). Says the system is running only once every
+child answers its readiness check. Ctrl-C or SIGTERM stops the children first (so in-flight
+e-mails finish), then the servers. Every child is tied to this process (PR_SET_PDEATHSIG), so
+even `kill -9` of `acme up` leaves no orphans. A child that dies is restarted with backoff.
+Data (orders, the stream, the mail folder) survives a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import os
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import Final
 
-from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis, child_preexec, free_port
+from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from acme_cli.migrations import migrate
+from acme_cli.processes import ProcessSupervisor, acme_argv, http_ready, port_free, tcp_open
 from acme_runtime.env import EnvReader, redact_url
 
 __all__ = ["run_up"]
 
-_STOP_GRACE_S = 20.0
-_RESTART_MAX_S = 30.0
+_POLL_S: Final = 0.2
+#: After this long without every child ready, say which ones we are still waiting for.
+_SLOW_START_S: Final = 30.0
+_LOOPBACK: Final = "127.0.0.1"
+_HIGHEST_PORT: Final = 65535
+
+
+@dataclass(frozen=True)
+class _Config:
+    """What to run where, from the command line and the environment."""
+
+    root: Path
+    notifiers: int
+    database_url: str | None
+    redis_url: str | None
+    smtp_url: str | None
+    http_host: str
+    http_port: int
+    #: Where the relay and notifiers bind their metrics listener; "" when unset, which means
+    #: what their default (every interface) means to bind().
+    metrics_host: str
+    #: The relay's metrics port; the notifiers' are the ones after it.
+    metrics_port: int
+
+    @classmethod
+    def from_env(cls, data_dir: str | None, notifiers: int) -> _Config:
+        env = EnvReader()
+        return cls(
+            root=Path(data_dir or env.string("ACME_DATA_DIR", ".acme")).resolve(),
+            notifiers=notifiers if _notifier_available() else 0,
+            database_url=env.optional_url("ACME_DATABASE_URL", ("postgresql", "postgres")),
+            redis_url=env.optional_url("ACME_REDIS_URL", ("redis", "rediss", "unix")),
+            smtp_url=env.optional_url("ACME_SMTP_URL", ("smtp", "smtps")),
+            http_host=env.string("ACME_HTTP_HOST", _LOOPBACK),
+            http_port=env.integer("ACME_HTTP_PORT", 8000, maximum=_HIGHEST_PORT),
+            metrics_host=env.raw("ACME_METRICS_HOST") or "",
+            metrics_port=env.integer("ACME_METRICS_PORT", 9100, maximum=_HIGHEST_PORT),
+        )
 
 
 @dataclass
-class _Child:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log: IO[bytes]
-    process: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    next_start: float = 0.0
-    backoff_s: float = field(default=0.5)
+class _Running:
+    """What `acme up` started, for the banner."""
 
-    def start(self) -> None:
-        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            self.argv,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=child_preexec(),
-            start_new_session=True,
-        )
+    database_url: str
+    redis_url: str
+    smtp_url: str
+    #: The metrics port of the relay and of each notifier, by child name.
+    metrics_ports: dict[str, int]
 
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
+
+class _StopRequest:
+    """Set by SIGINT/SIGTERM; the main loop looks at it every _POLL_S."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, _signum: int, _frame: object) -> None:
+        self.requested = True
 
 
 def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _acme(*args: str) -> list[str]:
-    return [sys.executable, "-m", "acme_cli.main", *args]
-
-
 def run_up(*, data_dir: str | None, notifiers: int) -> int:
-    env = EnvReader()
-    root = Path(data_dir or env.string("ACME_DATA_DIR", ".acme")).resolve()
-    root.mkdir(parents=True, exist_ok=True)
-    database_url = env.optional_url("ACME_DATABASE_URL", ("postgresql", "postgres"))
-    redis_url = env.optional_url("ACME_REDIS_URL", ("redis", "rediss", "unix"))
-    smtp_url = env.optional_url("ACME_SMTP_URL", ("smtp", "smtps"))
-    http_host = env.string("ACME_HTTP_HOST", "127.0.0.1")
-    http_port = env.integer("ACME_HTTP_PORT", 8000, maximum=65535)
-    metrics_port = env.integer("ACME_METRICS_PORT", 9100, maximum=65535)
-
+    config = _Config.from_env(data_dir, notifiers)
+    config.root.mkdir(parents=True, exist_ok=True)
+    stop = _StopRequest()
     servers: list[EmbeddedPostgres | EmbeddedRedis] = []
-    children: list[_Child] = []
-    stopping = False
-
-    def on_signal(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    logs = root / "logs"
-    logs.mkdir(exist_ok=True)
+    supervisor = ProcessSupervisor(config.root / "logs")
     try:
-        if database_url is None:
-            _say("starting embedded PostgreSQL ...")
-            postgres = EmbeddedPostgres(root / "postgres")
-            servers.append(postgres)
-            database_url = postgres.start()
-        if redis_url is None:
-            _say("starting embedded Redis ...")
-            redis_server = EmbeddedRedis(root / "redis", appendonly=True)
-            servers.append(redis_server)
-            redis_url = redis_server.start()
-        child_env = {
-            **os.environ,
-            "ACME_DATABASE_URL": database_url,
-            "ACME_REDIS_URL": redis_url,
-            "ACME_LOG_FORMAT": os.environ.get("ACME_LOG_FORMAT", "console"),
-        }
-        mail_dir = root / "mail"
-        if smtp_url is None:
-            sink_port = free_port()
-            smtp_url = f"smtp://127.0.0.1:{sink_port}"
-            sink = _Child(
-                "smtp-sink",
-                _acme("smtp-sink", "--mail-dir", str(mail_dir), "--port", str(sink_port)),
-                child_env,
-                (logs / "smtp-sink.log").open("ab"),
-            )
-            children.append(sink)
-            sink.start()
-        child_env["ACME_SMTP_URL"] = smtp_url
-        applied = asyncio.run(migrate(database_url))
-        _say(f"migrations: {', '.join(applied) if applied else 'schema is current'}")
-
-        children.append(_Child("api", _acme("api"), child_env, (logs / "api.log").open("ab")))
-        relay_env = {**child_env, "ACME_METRICS_PORT": str(metrics_port)}
-        children.append(_Child("relay", _acme("relay"), relay_env, (logs / "relay.log").open("ab")))
-        if _notifier_available():
-            for index in range(notifiers):
-                notifier_env = {
-                    **child_env,
-                    "ACME_CONSUMER_NAME": f"notifier-{index + 1}",
-                    "ACME_METRICS_PORT": str(metrics_port + 1 + index),
-                }
-                children.append(
-                    _Child(
-                        f"notifier-{index + 1}",
-                        _acme("notifier"),
-                        notifier_env,
-                        (logs / f"notifier-{index + 1}.log").open("ab"),
-                    )
-                )
-        for child in children:
-            if child.process is None:
-                child.start()
-        _banner(
-            http_host,
-            http_port,
-            database_url,
-            redis_url,
-            smtp_url,
-            mail_dir,
-            logs,
-            children,
-            metrics_port,
-        )
-        while not stopping:
-            _restart_dead(children)
-            time.sleep(0.2)
+        running = _start(config, servers, supervisor)
+        _supervise(supervisor, stop, announce=lambda: _banner(config, running, supervisor))
         _say("\nstopping: letting in-flight work finish ...")
         return 0
     finally:
-        _stop_children(children)
+        supervisor.stop()
         for server in reversed(servers):
             server.stop()
-        for child in children:
-            child.log.close()
         _say("stopped.")
 
 
-def _notifier_available() -> bool:
-    import importlib.util
+def _start(
+    config: _Config, servers: list[EmbeddedPostgres | EmbeddedRedis], supervisor: ProcessSupervisor
+) -> _Running:
+    """The servers (embedded unless configured), the migrations, then every service."""
+    database_url = config.database_url
+    if database_url is None:
+        _say("starting embedded PostgreSQL ...")
+        servers.append(postgres := EmbeddedPostgres(config.root / "postgres"))
+        database_url = postgres.start()
+    redis_url = config.redis_url
+    if redis_url is None:
+        _say("starting embedded Redis ...")
+        servers.append(redis_server := EmbeddedRedis(config.root / "redis", appendonly=True))
+        redis_url = redis_server.start()
+    env = {
+        **os.environ,
+        "ACME_DATABASE_URL": database_url,
+        "ACME_REDIS_URL": redis_url,
+        "ACME_LOG_FORMAT": os.environ.get("ACME_LOG_FORMAT", "console"),
+    }
+    smtp_url = config.smtp_url or _start_sink(supervisor, env, config.root / "mail")
+    env["ACME_SMTP_URL"] = smtp_url
+    applied = asyncio.run(migrate(database_url))
+    _say(f"migrations: {', '.join(applied) if applied else 'schema is current'}")
+    metrics_ports = _start_services(config, supervisor, env)
+    return _Running(database_url, redis_url, smtp_url, metrics_ports)
 
+
+def _start_sink(supervisor: ProcessSupervisor, env: dict[str, str], mail_dir: Path) -> str:
+    port = free_port()
+    argv = acme_argv("smtp-sink", "--mail-dir", str(mail_dir), "--port", str(port))
+    supervisor.spawn("smtp-sink", argv, env, ready=partial(tcp_open, _LOOPBACK, port))
+    return f"smtp://{_LOOPBACK}:{port}"
+
+
+def _start_services(
+    config: _Config, supervisor: ProcessSupervisor, env: dict[str, str]
+) -> dict[str, int]:
+    """The API, the relay and the notifiers, each with its readiness check; their metrics
+    ports by name."""
+    api_ready = partial(http_ready, _probe_host(config.http_host), config.http_port)
+    supervisor.spawn("api", acme_argv("api"), env, ready=api_ready)
+    workers = {"relay": ("relay", env)}
+    for index in range(1, config.notifiers + 1):
+        name = f"notifier-{index}"
+        workers[name] = ("notifier", {**env, "ACME_CONSUMER_NAME": name})
+    ports = _metrics_ports(config, list(workers))
+    for name, (command, worker_env) in workers.items():
+        port = ports[name]
+        # Without a metrics listener (port 0) there is nothing to ask: running is ready.
+        ready = partial(http_ready, _probe_host(config.metrics_host), port) if port else None
+        supervisor.spawn(
+            name, acme_argv(command), {**worker_env, "ACME_METRICS_PORT": str(port)}, ready=ready
+        )
+    return ports
+
+
+def _metrics_ports(config: _Config, names: list[str]) -> dict[str, int]:
+    """The configured port for the first name and the ones after it for the others, except
+    that a port something else listens on (9100 is node_exporter's default) is replaced by a
+    free one, and said so: the worker would otherwise fail to bind it and restart forever.
+    Port 0 turns the listeners off, for every worker."""
+    if config.metrics_port == 0:
+        return dict.fromkeys(names, 0)
+    ports: dict[str, int] = {}
+    for offset, name in enumerate(names):
+        wanted = config.metrics_port + offset
+        if (
+            wanted <= _HIGHEST_PORT
+            and wanted not in (config.http_port, *ports.values())
+            and port_free(config.metrics_host, wanted)
+        ):
+            ports[name] = wanted
+            continue
+        ports[name] = free_port(config.metrics_host)
+        _say(f"port {wanted} is in use: {name} serves its metrics on port {ports[name]}")
+    return ports
+
+
+def _supervise(
+    supervisor: ProcessSupervisor, stop: _StopRequest, announce: Callable[[], None]
+) -> None:
+    """Until Ctrl-C or SIGTERM: restart crashed children; `announce` once all are ready."""
+    started = time.monotonic()
+    announced = hinted = False
+    while not stop.requested:
+        for child in supervisor.restart_dead():
+            _say(
+                f"{child.name} exited with {child.process.returncode}; restarting in "
+                f"{child.backoff_s:.1f}s (see its log)"
+            )
+        if not announced:
+            waiting = supervisor.unready()
+            if not waiting:
+                announce()
+                announced = True
+            elif not hinted and time.monotonic() - started > _SLOW_START_S:
+                names = ", ".join(c.name for c in waiting)
+                _say(f"still waiting for {names} to be ready (logs: {supervisor.logs_dir})")
+                hinted = True
+        time.sleep(_POLL_S)
+
+
+def _notifier_available() -> bool:
     return importlib.util.find_spec("acme_notify.worker") is not None
 
 
-def _restart_dead(children: list[_Child]) -> None:
-    now = time.monotonic()
-    for child in children:
-        if child.process is None or child.process.poll() is None:
-            continue
-        if child.next_start == 0.0:
-            code = child.process.returncode
-            _say(
-                f"{child.name} exited with {code}; restarting in {child.backoff_s:.1f}s "
-                f"(see its log)"
-            )
-            child.next_start = now + child.backoff_s
-        elif now >= child.next_start:
-            child.start()
-            child.restarts += 1
-            child.next_start = 0.0
-            child.backoff_s = min(child.backoff_s * 2, _RESTART_MAX_S)
+def _probe_host(host: str) -> str:
+    """Where to reach a listener bound to `host` from this machine."""
+    return _LOOPBACK if host in ("", "0.0.0.0") else host  # noqa: S104 - compared, not bound
 
 
-def _stop_children(children: list[_Child]) -> None:
-    # Services first, the SMTP sink last, so in-flight e-mails still have somewhere to go.
-    ordered = [c for c in children if c.name != "smtp-sink"] + [
-        c for c in children if c.name == "smtp-sink"
-    ]
-    for group in (ordered[:-1], ordered[-1:]) if ordered else ():
-        for child in group:
-            child.stop()
-        deadline = time.monotonic() + _STOP_GRACE_S
-        for child in group:
-            if child.process is None:
-                continue
-            try:
-                child.process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                child.stop(signal.SIGKILL)
-                child.process.wait()
+def _metrics_lines(config: _Config, ports: dict[str, int]) -> str:
+    if not ports["relay"]:
+        return "relay and notifiers: off (ACME_METRICS_PORT=0)"
+    relay = f"http://{_probe_host(config.metrics_host)}:{ports['relay']}/metrics (relay),"
+    notifiers = ", ".join(
+        f"{name} on port {port}" for name, port in ports.items() if name != "relay"
+    )
+    return f"{relay}\n               {notifiers or 'no notifiers'}"
 
 
-def _banner(
-    host: str,
-    port: int,
-    database_url: str,
-    redis_url: str,
-    smtp_url: str,
-    mail_dir: Path,
-    logs: Path,
-    children: list[_Child],
-    metrics_port: int,
-) -> None:
-    base = f"http://{host}:{port}"
-    names = ", ".join(c.name for c in children)
+def _banner(config: _Config, running: _Running, supervisor: ProcessSupervisor) -> None:
+    base = f"http://{config.http_host}:{config.http_port}"
+    names = ", ".join(c.name for c in supervisor.children)
+    metrics = _metrics_lines(config, running.metrics_ports)
     _say(f"""
 AcME Orders is running ({names})
   API          {base}
   OpenAPI      {base}/schema  (JSON: {base}/schema/openapi.json)
-  metrics      {base}/metrics (API), http://127.0.0.1:{metrics_port}/metrics (relay),
-               notifiers on the ports after it
-  PostgreSQL   {redact_url(database_url)}
-  Redis        {redact_url(redis_url)}
-  SMTP         {redact_url(smtp_url)}
-  mail folder  {mail_dir}
-  logs         {logs}
+  metrics      {base}/metrics (API), {metrics}
+  PostgreSQL   {redact_url(running.database_url)}
+  Redis        {redact_url(running.redis_url)}
+  SMTP         {redact_url(running.smtp_url)}
+  mail folder  {config.root / "mail"}
+  logs         {supervisor.logs_dir}
 
 Place an order:
   curl -si {base}/orders -H 'content-type: application/json' -H 'Idempotency-Key: demo-1' \\

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -56,16 +58,12 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
-def test_acme_up_serves_orders_and_stops_cleanly(tmp_path: Path) -> None:
-    """A fresh `acme up` takes an order, publishes it, and leaves no process behind on SIGTERM."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "ACME_HTTP_PORT": str(port),
-        "ACME_METRICS_PORT": str(free_port()),
-        "ACME_LOG_FORMAT": "json",
-    }
-    for name in ("ACME_DATABASE_URL", "ACME_REDIS_URL", "ACME_SMTP_URL"):
+@contextlib.contextmanager
+def _acme_up(tmp_path: Path, **env_vars: str) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    """`acme up` on a fresh data folder with embedded servers, its output in `up.log`; SIGTERM
+    at the end (the caller asserts on the exit code: `process.returncode`)."""
+    env = {**os.environ, "ACME_LOG_FORMAT": "json", **env_vars}
+    for name in ("ACME_DATABASE_URL", "ACME_REDIS_URL", "ACME_SMTP_URL", "ACME_METRICS_HOST"):
         env.pop(name, None)
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:
@@ -76,21 +74,43 @@ def test_acme_up_serves_orders_and_stops_cleanly(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
-    base = f"http://127.0.0.1:{port}"
     try:
+        yield up, log_path
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(timeout=60)
 
-        def ready() -> bool:
-            try:
-                return httpx.get(f"{base}/health/ready", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
 
-        _wait_for(ready, 90, lambda: f"the API to be ready; log:\n{log_path.read_text()}")
+def _wait_running(log_path: Path) -> str:
+    """Waits for the banner; the output so far."""
+    _wait_for(
+        lambda: "is running" in log_path.read_text(),
+        90,
+        lambda: f"the banner; output:\n{log_path.read_text()}",
+    )
+    return log_path.read_text()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_acme_up_serves_orders_and_stops_cleanly(tmp_path: Path) -> None:
+    """A fresh `acme up` takes an order, publishes it, and leaves no process behind on SIGTERM."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with _acme_up(tmp_path, ACME_HTTP_PORT=str(port), ACME_METRICS_PORT=str(free_port())) as (
+        up,
+        log_path,
+    ):
+        banner = _wait_running(log_path)
         response = httpx.post(f"{base}/orders", json=ORDER, timeout=5)
         assert response.status_code == 201, response.text
         order_id = response.json()["id"]
 
-        banner = log_path.read_text()
         match = re.search(r"Redis\s+(redis://\S+)", banner)
         assert match, banner
         client = redis.Redis.from_url(match.group(1))
@@ -105,10 +125,54 @@ def test_acme_up_serves_orders_and_stops_cleanly(tmp_path: Path) -> None:
             client.close()
         descendants = _descendants(up.pid)
         assert descendants, "acme up runs its services as child processes"
-    finally:
-        up.send_signal(signal.SIGTERM)
-        code = up.wait(timeout=60)
-    assert code == 0, log_path.read_text()
+    assert up.returncode == 0, log_path.read_text()
     _wait_for(lambda: not any(_alive(pid) for pid in descendants), 10, "children to exit")
     assert "stopped." in log_path.read_text()
     assert (tmp_path / "data" / "postgres" / "PG_VERSION").exists(), "data survives in the folder"
+
+
+def test_acme_up_says_it_is_running_only_once_every_process_is_ready(tmp_path: Path) -> None:
+    """When the banner appears, the API and every worker's metrics listener already answer
+    their readiness check: no request made right after it is refused."""
+    port = free_port()
+    with _acme_up(tmp_path, ACME_HTTP_PORT=str(port), ACME_METRICS_PORT=str(free_port())) as (
+        up,
+        log_path,
+    ):
+        banner = _wait_running(log_path)
+        # Asked once each, at once: no retry hides a listener that is not there yet.
+        assert _ready(f"http://127.0.0.1:{port}/health/ready"), banner
+        relay = re.search(r"(http://\S+)/metrics \(relay\)", banner)
+        assert relay, banner
+        assert _ready(f"{relay.group(1)}/health/ready"), banner
+        notifiers = re.findall(r"notifier-\d+ on port (\d+)", banner)
+        assert len(notifiers) == 2, banner
+        for notifier_port in notifiers:
+            assert _ready(f"http://127.0.0.1:{notifier_port}/health/ready"), banner
+    assert up.returncode == 0, log_path.read_text()
+
+
+def test_acme_up_picks_a_free_metrics_port_when_its_own_is_taken(tmp_path: Path) -> None:
+    """Something already listens on the relay's metrics port (node_exporter's 9100, say):
+    `acme up` says so, serves the relay's metrics on a free port it names, and the relay runs
+    instead of restarting in a loop with `[Errno 98] address already in use`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        taken_port = taken.getsockname()[1]
+        with _acme_up(
+            tmp_path, ACME_HTTP_PORT=str(free_port()), ACME_METRICS_PORT=str(taken_port)
+        ) as (up, log_path):
+            banner = _wait_running(log_path)
+            said = re.search(
+                rf"port {taken_port} is in use: relay serves its metrics on port (\d+)", banner
+            )
+            assert said, banner
+            chosen = int(said.group(1))
+            assert chosen != taken_port
+            assert f"http://127.0.0.1:{chosen}/metrics (relay)" in banner
+            assert _ready(f"http://127.0.0.1:{chosen}/health/ready"), banner
+            assert "relay exited" not in log_path.read_text()
+    assert up.returncode == 0, log_path.read_text()
+    relay_log = (tmp_path / "data" / "logs" / "relay.log").read_text()
+    assert "Errno 98" not in relay_log, relay_log

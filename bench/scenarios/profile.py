@@ -1,0 +1,46 @@
+"""The `profile-api` scenario: the intake at saturation with py-spy recording the API."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from bench.figures import orders_of, post_figures
+from bench.profiling import hot_spots, markdown_table, start_profile, stop_profile
+from bench.report import base_report
+from bench.scenarios import RunOptions, Scenario
+from bench.stack import Stack
+from bench.system import Run, child_named, measure_step, warm_up
+
+__all__ = ["profile_api"]
+
+
+async def profile_api(stack: Stack, scenario: Scenario, options: RunOptions) -> dict[str, Any]:
+    report = base_report(scenario, options, 0)
+    run = await Run.open(stack, sink=False, rss_every_s=10.0)
+    folded = stack.root / "api.folded"
+    try:
+        await warm_up(run, scenario, options)
+        api_pid = child_named(stack, "api").process.pid
+
+        async def record() -> dict[str, Any]:
+            await asyncio.sleep(3.0)
+            profiler = start_profile(api_pid, options.profile_s, folded, native=options.native)
+            if profiler is None:
+                return {"error": "py-spy not installed"}
+            await asyncio.to_thread(stop_profile, profiler, options.profile_s + 30)
+            return hot_spots(folded)
+
+        step, spots = await asyncio.gather(
+            measure_step(run, scenario.rate_per_s, scenario.duration_s, 0, options), record()
+        )
+    finally:
+        await run.close()
+    post = post_figures(orders_of(step.loads), step.loads)
+    report.update(post=post, cpu=step.cpu(), user_system=step.user_system, profile=spots)
+    report["profile"]["raw_stacks"] = str(folded)
+    if "error" not in spots:
+        report["profile"]["markdown"] = markdown_table(spots)
+    report["headline"] = {"achieved_per_s": post["achieved_per_s"]}
+    report["targets"] = []
+    return report
