@@ -29,6 +29,7 @@ from typing import Any, Final
 
 import asyncpg
 import msgspec
+import psutil
 from bench.loadgen import LoadResult, http_get_status, run_load
 from bench.stack import HOST, Child, MailLog, Stack, acme_argv, log_tail
 
@@ -118,20 +119,6 @@ async def until(check: Callable[[], bool], timeout_s: float, what: str) -> float
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         await asyncio.sleep(_POLL_S)
     return time.monotonic() - start
-
-
-def _children(parent: int) -> list[int]:
-    """Direct children of a process, from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent:
-                found.append(int(entry.name))
-    return found
 
 
 class FaultControl:
@@ -408,7 +395,7 @@ class ChaosSystem:
         """SIGSTOP PostgreSQL and every backend for `frozen_s`, then SIGCONT: a server that
         hangs (a storage stall, a swapping host) rather than one that is gone."""
         root = self.stack.roots()["postgres"]
-        pids = [root, *_children(root)]
+        pids = [root, *(child.pid for child in psutil.Process(root).children())]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         self.record("freeze", "postgres", f"SIGSTOP {len(pids)} processes")
