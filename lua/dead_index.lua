@@ -6,8 +6,10 @@
 --
 -- Returns a flat list: id, reason_class, order_id, replays, id, ... The entries' envelopes
 -- (most of their bytes) stay in Redis: scanning tens of thousands of entries to pick a few
--- costs a fraction of reading them whole. Positions follow dead_letter.lua's layout: its own
--- 8 pairs first, then the original entry's fields.
+-- costs a fraction of reading them whole. Each field is the first of its name: in
+-- dead_letter.lua's layout (src/acme_runtime/deadletter_layout.py) no name occurs twice, and
+-- in the layout before it the dead letter's own fields come first, so its reason_class wins
+-- over an original field of the same name.
 local stream, lower, upper, count = KEYS[1], ARGV[1], ARGV[2], tonumber(ARGV[3])
 local page
 if ARGV[4] == '1' then
@@ -18,17 +20,13 @@ end
 local out = {}
 for _, entry in ipairs(page) do
   local f = entry[2]
-  local reason_class, order_id, replays = '', '', '0'
+  local wanted = {reason_class = false, order_id = false, replays = false}
   for i = 1, #f, 2 do
-    if i < 17 then
-      if f[i] == 'reason_class' then reason_class = f[i + 1] end
-    elseif f[i] == 'order_id' then order_id = f[i + 1]
-    elseif f[i] == 'replays' then replays = f[i + 1]
-    end
+    if wanted[f[i]] == false then wanted[f[i]] = f[i + 1] end
   end
   out[#out + 1] = entry[1]
-  out[#out + 1] = reason_class
-  out[#out + 1] = order_id
-  out[#out + 1] = replays
+  out[#out + 1] = wanted.reason_class or ''
+  out[#out + 1] = wanted.order_id or ''
+  out[#out + 1] = wanted.replays or '0'
 end
 return out

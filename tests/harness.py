@@ -20,7 +20,7 @@ from acme_notify.processor import Processor
 from acme_notify.render import Renderer
 from acme_notify.settings import NotifySettings
 from acme_notify.smtp import SmtpConfig, SmtpPool
-from acme_notify.streams import Streams
+from acme_notify.streams import RawEntry, Streams
 from acme_notify.telemetry import NotifyMetrics
 from acme_notify.worker import Replica, build_replica, open_clients
 from acme_orders.app import open_clients as open_order_clients
@@ -127,7 +127,7 @@ class Rig:
         )
         return value or 0.0
 
-    async def process(self, entry: tuple[str, dict[bytes, bytes], int]) -> None:
+    async def process(self, entry: RawEntry) -> None:
         self.processor.submit(entry)
         await self.processor.drain()
 

@@ -63,7 +63,7 @@ class Claimer(PeriodicActor):
         if result.missing:
             log.warning("pending_entries_missing", entry_ids=result.missing)
         for entry in result.claimed:
-            log.info("entry_claimed", entry_id=entry[0], deliveries=entry[2])
+            log.info("entry_claimed", entry_id=entry.entry_id, deliveries=entry.deliveries)
             self._processor.submit(entry)
         return len(result.claimed) >= free
 

@@ -14,6 +14,7 @@ from typing import Annotated, Final
 import msgspec
 
 from acme_notify.errors import PoisonMessage
+from acme_runtime.text import as_text
 
 __all__ = [
     "ACCEPTED_MAJOR_VERSION",
@@ -91,16 +92,12 @@ class StreamEntry(msgspec.Struct, frozen=True):
 _decoder = msgspec.json.Decoder(Envelope)
 
 
-def _text(fields: dict[bytes, bytes], name: bytes) -> str | None:
-    value = fields.get(name)
-    return None if value is None else value.decode("utf-8", "replace")
-
-
 def decode_entry(entry_id: str, fields: dict[bytes, bytes], deliveries: int = 1) -> StreamEntry:
     """Decodes a raw stream entry, or raises PoisonMessage saying exactly what is wrong."""
-    version = _text(fields, b"v")
-    if version is None:
+    raw_version = fields.get(b"v")
+    if raw_version is None:
         raise PoisonMessage("missing field 'v' (schema major version)")
+    version = as_text(raw_version, "replace")
     if version != str(ACCEPTED_MAJOR_VERSION):
         raise PoisonMessage(
             f"unsupported schema version {version!r}; this notifier reads "

@@ -98,7 +98,7 @@ class Processor:
 
     def submit(self, entry: RawEntry) -> None:
         """Starts handling an entry in its own task (callers respect `free_slots`)."""
-        entry_id = entry[0]
+        entry_id = entry.entry_id
         if entry_id in self.in_flight:
             return
         task = asyncio.create_task(self._guarded(entry), name=f"entry-{entry_id}")
@@ -124,15 +124,15 @@ class Processor:
                     # Redis or PostgreSQL is unavailable before anything was sent: the entry
                     # stays pending and its try is given back, so an outage of ours never
                     # dead-letters an e-mail.
-                    log.warning("entry_handling_failed", entry_id=raw[0], error=repr(exc))
+                    log.warning("entry_handling_failed", entry_id=raw.entry_id, error=repr(exc))
                     self._metrics.send_failures.labels("outage").inc()
                     with contextlib.suppress(Exception):
-                        await self._streams.refund(raw[0])
+                        await self._streams.refund(raw.entry_id)
                     return
                 # A defect, or a refusal of our storage, met with this entry: it stays pending
                 # and uses up its deliveries, so the reaper dead-letters it in the end instead
                 # of it looping for ever.
-                log.exception("entry_handling_crashed", entry_id=raw[0], error=repr(exc))
+                log.exception("entry_handling_crashed", entry_id=raw.entry_id, error=repr(exc))
                 self._metrics.send_failures.labels("error").inc()
 
     async def handle(self, raw: RawEntry) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from redis.asyncio import Redis
@@ -32,12 +32,20 @@ __all__ = ["ClaimResult", "RawEntry", "Streams"]
 
 log = structlog.get_logger(__name__)
 
-RawEntry = tuple[str, dict[bytes, bytes], int]  # entry id, fields, delivery count
 #: The audit stream's approximate length bound when the notifier itself adds to it.
 RESCIND_AUDIT_MAXLEN = 100_000
 #: A rescind is no operator's replay: the replay cap does not hold it back (nor is it "forced").
 RESCIND_CAP = 2**31 - 1
 _Ack = tuple[str, dict[str, str], bool]  # entry id, receipt, e-mailed just now
+
+
+class RawEntry(NamedTuple):
+    """One events-stream entry as read, before decoding."""
+
+    entry_id: str
+    fields: dict[bytes, bytes]
+    #: Deliveries to the group so far, this one included.
+    deliveries: int
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ class Streams:
             for entry_id, fields in items:
                 if fields is None:  # deleted between XADD and read
                     continue
-                entries.append((as_text(entry_id), fields, 1))
+                entries.append(RawEntry(as_text(entry_id), fields, 1))
         return entries
 
     async def claim_due(
@@ -114,7 +122,7 @@ class Streams:
         claimed: list[RawEntry] = []
         for entry_id, deliveries, flat in claimed_raw:
             fields = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-            claimed.append((as_text(entry_id), fields, int(deliveries)))
+            claimed.append(RawEntry(as_text(entry_id), fields, int(deliveries)))
         return ClaimResult(claimed, [as_text(m) for m in missing])
 
     async def heartbeat(self, entry_ids: list[str]) -> int:
@@ -157,6 +165,9 @@ class Streams:
         min_deliveries: int = 0,
         receipt: bool = True,
     ) -> str | None:
+        """Moves a pending entry to the dead stream with a `dead` receipt (dead_letter.lua,
+        in the layout of `acme_runtime.deadletter_layout`); the dead id, or None when the entry
+        was no longer pending or has had fewer than `min_deliveries` deliveries."""
         dead_id = await load_script("dead_letter").run(
             self.redis,
             [EVENTS_STREAM, DEAD_STREAM, RECEIPTS_STREAM, LAST_ERROR_HASH],

@@ -252,12 +252,12 @@ async def test_interrupted_replay_leaves_each_entry_in_exactly_one_stream(
         assert f"stopped on request: {events} replayed, {dead} not touched".encode() in stderr
 
 
-async def test_replay_script_splits_by_position_and_refuses_what_it_cannot_replay(
+async def test_replay_script_reads_the_layout_before_and_refuses_what_it_cannot_replay(
     redis: Redis,
 ) -> None:
-    """replay_dead.lua: a poison entry whose own fields reuse dead-letter names goes back with
-    exactly its own fields; an entry with no original fields, or not in dead_letter.lua's
-    layout, is refused and left in place."""
+    """replay_dead.lua on layout-1 entries (acme_runtime.deadletter_layout): a poison entry
+    whose own fields reuse dead-letter names goes back with exactly its own fields; an entry
+    with no original fields, or in neither layout, is refused and left in place."""
     meta = {
         "original_id": "1-0",
         "reason_class": "poison",

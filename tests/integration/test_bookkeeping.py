@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from acme_cli.embedded import EmbeddedPostgres
 from acme_cli.smtp_sink import MailSink
 from acme_notify.ledger import UNSTORABLE_REPLY, SendLedger, migrations
-from acme_notify.streams import Streams
+from acme_notify.streams import RawEntry, Streams
 from acme_orders.events import build_envelope, encode_envelope, stream_fields
 from acme_runtime.channels import EVENTS_STREAM, NOTIFIER_GROUP, RECEIPTS_STREAM
 from acme_runtime.ids import uuid7
@@ -91,7 +91,7 @@ async def refuse_ledger_rows(pool: asyncpg.Pool, condition: str, *, errcode: str
     )
 
 
-async def read_all(streams: Streams, count: int) -> list[tuple[str, dict[bytes, bytes], int]]:
+async def read_all(streams: Streams, count: int) -> list[RawEntry]:
     await streams.ensure_group()
     return await streams.read_new(count, 10)
 
@@ -216,7 +216,7 @@ async def test_a_refused_ledger_lookup_uses_up_the_try_instead_of_looping(
     [entry] = await read_all(rig.streams, 1)
     await pool.execute("ALTER TABLE notify.sent_ledger RENAME TO sent_ledger_gone")
     try:
-        await rig.process((entry[0], entry[1], 2))  # its second delivery
+        await rig.process(entry._replace(deliveries=2))  # its second delivery
     finally:
         await pool.execute("ALTER TABLE notify.sent_ledger_gone RENAME TO sent_ledger")
     [pending] = await redis.xpending_range(EVENTS_STREAM, NOTIFIER_GROUP, "-", "+", 1)
@@ -253,14 +253,14 @@ async def test_an_unreachable_ledger_before_the_send_gives_the_try_back_and_send
         [entry] = await read_all(rig.streams, 1)
         await redis.execute_command("XCLAIM", EVENTS_STREAM, NOTIFIER_GROUP, "solo", 0, entry[0])
         await asyncio.to_thread(private_postgres.stop)
-        await rig.process((entry[0], entry[1], 2))
+        await rig.process(entry._replace(deliveries=2))
         [pending] = await redis.xpending_range(EVENTS_STREAM, NOTIFIER_GROUP, "-", "+", 1)
         assert int(pending["times_delivered"]) == 1, "the failed try was given back"
         assert sink.messages == [], "nothing is sent while the ledger cannot be asked"
         await asyncio.to_thread(private_postgres.start)
 
         async def delivered() -> bool:
-            await rig.process((entry[0], entry[1], 2))
+            await rig.process(entry._replace(deliveries=2))
             return len(sink.messages) == 1
 
         await eventually(delivered, timeout_s=15, what="the e-mail once PostgreSQL is back")

@@ -115,8 +115,8 @@ async def test_a_send_our_own_breaker_holds_back_is_no_attempt(
     )
     await publish(redis)
     [entry] = await read_all(streams, 1)
-    await redis.execute_command("XCLAIM", EVENTS_STREAM, NOTIFIER_GROUP, "a", 0, entry[0])
-    processor.submit((entry[0], entry[1], 2))
+    await redis.execute_command("XCLAIM", EVENTS_STREAM, NOTIFIER_GROUP, "a", 0, entry.entry_id)
+    processor.submit(entry._replace(deliveries=2))
     await processor.drain()
     assert await redis.xlen(RECEIPTS_STREAM) == 0, "no attempt_failed receipt"
     [pending] = await redis.xpending_range(EVENTS_STREAM, NOTIFIER_GROUP, "-", "+", 1)

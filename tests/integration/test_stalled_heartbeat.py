@@ -23,7 +23,7 @@ from acme_cli.smtp_sink import MailSink
 from acme_notify.claimer import Heartbeat
 from acme_notify.keys import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP, RECEIPTS_STREAM
 from acme_notify.reaper import Reaper
-from acme_notify.streams import Streams
+from acme_notify.streams import RawEntry, Streams
 from acme_orders.events import stream_fields
 from acme_orders.receipts import apply_receipts
 from acme_runtime.actors import Supervisor
@@ -77,12 +77,12 @@ async def test_an_email_accepted_after_its_entry_was_reaped_leaves_the_order_sen
 
     # Two tries the mailbox refuses for now; the claimer's XCLAIM counts each new delivery.
     sink.policy = lambda _envelope: "450 4.2.0 mailbox busy"
-    await rig.process((entry_id, fields, 1))
+    await rig.process(RawEntry(entry_id, fields, 1))
     for delivery in range(2, MAX_DELIVERIES + 1):
         await redis.xclaim(EVENTS_STREAM, NOTIFIER_GROUP, "solo", 0, [entry_id])
         assert await deliveries_of(redis, entry_id) == delivery
         if delivery < MAX_DELIVERIES:
-            await rig.process((entry_id, fields, delivery))
+            await rig.process(RawEntry(entry_id, fields, delivery))
     sink.policy = None
     assert sink.messages == []
 
@@ -93,7 +93,7 @@ async def test_an_email_accepted_after_its_entry_was_reaped_leaves_the_order_sen
         await release.wait()
 
     sink.rcpt_policy = stall
-    rig.processor.submit((entry_id, fields, MAX_DELIVERIES))
+    rig.processor.submit(RawEntry(entry_id, fields, MAX_DELIVERIES))
 
     unreachable = Redis.from_url(f"redis://127.0.0.1:{free_port()}")
     heartbeat = Heartbeat(

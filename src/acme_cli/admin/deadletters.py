@@ -1,4 +1,5 @@
-"""Dead letters as data: dead_letter.lua's layout decoded into typed entries.
+"""Dead letters as data: dead_letter.lua's layout (acme_runtime.deadletter_layout) decoded into
+typed entries.
 
 Pure (raw fields in, typed entry out, no I/O), so that metrics and other tools can reuse it;
 the reads are in deadstream.py. Decoding is tolerant: a poison entry may lack any field, and
@@ -7,12 +8,14 @@ then that field reads as empty rather than failing the whole listing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 import msgspec
 
 from acme_cli.admin.parse import ms_to_datetime
+from acme_runtime.deadletter_layout import split_dead_fields
 from acme_runtime.logs import mask_email
 from acme_runtime.text import as_text
 
@@ -65,12 +68,12 @@ class DeadDetail(msgspec.Struct, frozen=True, kw_only=True):
         return msgspec.structs.replace(self, entry=self.entry.masked(), envelope=envelope)
 
 
-def _field(fields: RawFields, name: bytes) -> str:
+def _field(fields: Mapping[Any, bytes], name: str | bytes) -> str:
     # A dead letter may be a poison message: its bytes need not be UTF-8.
     return as_text(fields.get(name, b""), "replace")
 
 
-def _int(fields: RawFields, name: bytes) -> int | None:
+def _int(fields: Mapping[Any, bytes], name: str | bytes) -> int | None:
     try:
         return int(fields.get(name, b""))
     except ValueError:
@@ -81,7 +84,7 @@ def _id_ms(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
 
 
-def _envelope(fields: RawFields) -> tuple[Any, str | None]:
+def _envelope(fields: Mapping[bytes, bytes]) -> tuple[Any, str | None]:
     data = fields.get(b"data")
     if data is None:
         return None, "no `data` field"
@@ -101,44 +104,30 @@ def _email(envelope: Any) -> str | None:
 
 def decode_dead_entry(dead_id: str, fields: RawFields, *, envelope: Any = None) -> DeadEntry:
     """A dead entry from its raw fields; tolerant: a missing field reads as empty."""
+    own, original, _named = split_dead_fields(fields)
     if envelope is None:
-        envelope, _error = _envelope(fields)
-    first_ms = _int(fields, b"first_attempt_ms")
+        envelope, _error = _envelope(original)
+    first_ms = _int(own, "first_attempt_ms")
     return DeadEntry(
         dead_id=dead_id,
-        original_id=_field(fields, b"original_id"),
-        event_id=_field(fields, b"event_id") or None,
-        order_id=_field(fields, b"order_id") or None,
+        original_id=_field(own, "original_id"),
+        event_id=_field(original, b"event_id") or None,
+        order_id=_field(original, b"order_id") or None,
         email=_email(envelope),
-        reason_class=_field(fields, b"reason_class"),
-        reason=_field(fields, b"reason"),
-        last_error=_field(fields, b"last_error"),
-        deliveries=_int(fields, b"deliveries") or 0,
-        consumer=_field(fields, b"consumer"),
-        replays=_int(fields, b"replays") or 0,
+        reason_class=_field(own, "reason_class"),
+        reason=_field(own, "reason"),
+        last_error=_field(own, "last_error"),
+        deliveries=_int(own, "deliveries") or 0,
+        consumer=_field(own, "consumer"),
+        replays=_int(original, b"replays") or 0,
         first_attempt_at=None if first_ms is None else ms_to_datetime(first_ms),
-        dead_at=ms_to_datetime(_int(fields, b"dead_at_ms") or _id_ms(dead_id)),
+        dead_at=ms_to_datetime(_int(own, "dead_at_ms") or _id_ms(dead_id)),
     )
 
 
-#: dead_letter.lua's own fields (and the envelope), as opposed to the original entry's.
-_META: Final = frozenset(
-    {
-        b"original_id",
-        b"reason_class",
-        b"reason",
-        b"last_error",
-        b"deliveries",
-        b"consumer",
-        b"first_attempt_ms",
-        b"dead_at_ms",
-        b"data",
-    }
-)
-
-
 def decode_dead_detail(dead_id: str, fields: RawFields) -> DeadDetail:
-    envelope, error = _envelope(fields)
+    original = split_dead_fields(fields).original
+    envelope, error = _envelope(original)
     trace = envelope.get("trace") if isinstance(envelope, dict) else None
     traceparent = trace.get("traceparent") if isinstance(trace, dict) else None
     parts = traceparent.split("-") if isinstance(traceparent, str) else []
@@ -146,8 +135,8 @@ def decode_dead_detail(dead_id: str, fields: RawFields) -> DeadDetail:
         entry=decode_dead_entry(dead_id, fields, envelope=envelope),
         fields={
             k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
-            for k, v in fields.items()
-            if k not in _META
+            for k, v in original.items()
+            if k != b"data"
         },
         envelope=envelope,
         envelope_error=error,
