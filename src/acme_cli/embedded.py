@@ -36,6 +36,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 __all__ = [
     "LOCALHOST",
     "POSTGRES_OS_USER",
@@ -44,6 +46,7 @@ __all__ = [
     "EmbeddedStartError",
     "child_preexec",
     "free_port",
+    "log_tail",
     "postgres_bin_dir",
     "redis_server_binary",
 ]
@@ -236,7 +239,8 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a log (read from its last bytes only)."""
     try:
         with path.open("rb") as log:
             size = log.seek(0, os.SEEK_END)
@@ -247,39 +251,24 @@ def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
     return "\n".join(data.decode("utf-8", "replace").splitlines()[-lines:])
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, ppid) of a process from /proc, or None if it is gone (or not Linux)."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after it.
-    state, ppid = raw[raw.rindex(")") + 2 :].split(" ", 2)[:2]
-    return state, int(ppid)
-
-
 def _child_pids(parent: int) -> list[int]:
     try:
-        entries = os.listdir("/proc")
-    except OSError:
+        return [child.pid for child in psutil.Process(parent).children()]
+    except psutil.Error:
         return []
-    children = []
-    for entry in entries:
-        if entry.isdigit():
-            stat_ = _proc_stat(int(entry))
-            if stat_ is not None and stat_[1] == parent:
-                children.append(int(entry))
-    return children
 
 
 def _wait_gone(pids: Sequence[int], timeout_s: float) -> None:
+    # A zombie has already released its memory; nobody may ever reap it (PID 1 in a bare
+    # container does not), so it counts as gone.
     deadline = time.monotonic() + timeout_s
     for pid in pids:
-        # A zombie has already released its memory; nobody may ever reap it (PID 1 in a
-        # bare container does not), so it counts as gone.
-        while (stat_ := _proc_stat(pid)) is not None and stat_[0] != "Z":
-            if time.monotonic() >= deadline:
-                return
+        while time.monotonic() < deadline:
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.Error:
+                break
             time.sleep(0.01)
 
 
@@ -348,7 +337,7 @@ class _ServerProcess:
 
     def start_error(self, reason: str) -> EmbeddedStartError:
         return EmbeddedStartError(
-            f"{self.name} {reason}; last lines of {self.log_path}:\n{_log_tail(self.log_path)}"
+            f"{self.name} {reason}; last lines of {self.log_path}:\n{log_tail(self.log_path)}"
         )
 
     def wait_ready(self, probe: Callable[[], bool], timeout_s: float) -> None:

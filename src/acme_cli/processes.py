@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from acme_cli.embedded import child_preexec
+from acme_cli.embedded import child_preexec, log_tail
 
 __all__ = [
     "SINK_PREFIXES",
@@ -43,23 +43,12 @@ SINK_PREFIXES: Final = ("smtp-sink", "sink")
 _STOP_GRACE_S: Final = 20.0
 _FIRST_BACKOFF_S: Final = 0.5
 _MAX_BACKOFF_S: Final = 30.0
-_TAIL_BYTES: Final = 64 * 1024
 _PROBE_TIMEOUT_S: Final = 1.0
 
 
 def acme_argv(*args: str) -> list[str]:
     """The command line of `acme <args>` with this interpreter."""
     return [sys.executable, "-m", "acme_cli.main", *args]
-
-
-def log_tail(path: Path, lines: int = 20) -> str:
-    """The last `lines` lines of a log (read from its last 64 KiB)."""
-    try:
-        with path.open("rb") as log:
-            log.seek(max(0, log.seek(0, 2) - _TAIL_BYTES))
-            return "\n".join(log.read().decode("utf-8", "replace").splitlines()[-lines:])
-    except OSError:
-        return f"(no log at {path})"
 
 
 @dataclass(eq=False)
