@@ -16,8 +16,8 @@ import pytest
 from redis.asyncio import Redis
 
 from acme_cli.admin.deadstream import list_dead
+from acme_cli.admin.edge import parse_duration_ms, parse_since, stream_id
 from acme_cli.admin.errors import UsageError
-from acme_cli.admin.parse import parse_duration_ms, parse_since, stream_id
 from acme_cli.main import main
 from acme_notify.streams import Streams
 from acme_orders.contract import parse_order

@@ -13,7 +13,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from acme_cli.admin import inspect
+from acme_cli.admin import health
 from acme_cli.embedded import free_port
 from acme_cli.main import main
 from acme_runtime.channels import EVENTS_STREAM, RECEIPTS_STREAM
@@ -102,8 +102,8 @@ async def test_stats_reports_lag_pending_consumers_dead_outbox_and_rate(
 async def test_lag_counting_stops_at_its_cap(redis: Redis, monkeypatch: pytest.MonkeyPatch) -> None:
     """A backlog beyond the cap is reported as at least the cap, not counted to the end."""
     ids = await seed_streams(redis)
-    monkeypatch.setattr(inspect, "LAG_CAP", 3)
-    stats = await inspect.stream_stats(redis, EVENTS_STREAM, now_ms())
+    monkeypatch.setattr(health, "LAG_CAP", 3)
+    stats = await health.stream_stats(redis, EVENTS_STREAM, now_ms())
     group = stats.groups[0]
     assert (group.lag, group.lag_capped, group.last_delivered_id) == (3, True, ids[3])
 

@@ -1,32 +1,60 @@
-"""Replay and purge: the only writes the admin commands make, each one Lua script per entry.
+"""Replay and purge, the only writes the admin commands make, and their audit trail read back.
 
 Per entry, replay_dead.lua moves the original fields back onto the events stream (a new entry:
 a fresh delivery budget), deletes the dead entry and writes the audit record, atomically; so
 an interrupted run (Ctrl-C, a killed pod, a dropped connection) leaves every entry in exactly
 one of the two streams, and re-running it carries on. Scripts are pipelined a page at a time
 for speed; atomicity is per script, which is per entry. A `stop` event ends a run between two
-pages (see interrupt.py), so what was done is known exactly.
+pages, so what was done is known exactly.
+
+Ctrl-C during a run: finish the page in flight, then stop and say how far. The first SIGINT or
+SIGTERM (a closed `kubectl exec` session sends one) only sets the `stop` event that the write
+loop checks between pages (`stop_on_signal`), so the run stops at a known point and reports
+exactly what it did. A second signal leaves at once. Relying on task cancellation instead is
+not enough on Python 3.11: redis-py sends through `asyncio.wait_for`, which there can swallow a
+cancellation that arrives while a command is being written, and the run would go on.
+
+replay_dead.lua and purge_dead.lua write the audit records in the same atomic step as the
+action, so the trail can never disagree with the streams; `find_audit` reads them back.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import signal
+import threading
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 
 import msgspec
 from redis.asyncio import Redis
 
+from acme_cli.admin.deadletters import ms_to_datetime
 from acme_notify.keys import AUDIT_STREAM, DEAD_STREAM, EVENTS_STREAM
 from acme_runtime.clock import now_ms
 from acme_runtime.lua import Script, load_script
 from acme_runtime.text import as_text
 
-__all__ = ["Outcome", "Progress", "purge", "replay"]
+__all__ = [
+    "AuditRecord",
+    "Outcome",
+    "Progress",
+    "decode_audit",
+    "find_audit",
+    "purge",
+    "replay",
+    "stop_on_signal",
+]
 
 #: Scripts per pipeline round trip: fast, yet a Ctrl-C stops within one page.
 PIPELINE_PAGE: Final = 100
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Audit records read per round trip.
+_AUDIT_PAGE = 500
 
 Args = Sequence[str | int]
 
@@ -135,3 +163,91 @@ async def purge(
             status = "purged" if int(deleted) else "not_found"
             progress.outcomes.append(Outcome(dead_id=str(entry_args[0]), status=status))
     return progress
+
+
+@contextmanager
+def stop_on_signal(stop: asyncio.Event, note: Callable[[str], None]) -> Iterator[None]:
+    """While inside, the first signal sets `stop`; the second raises KeyboardInterrupt."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers live in the main thread only (an embedding test, say)
+        return
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        note("acme: stopping after the entries in flight (press Ctrl-C again to leave now)")
+
+    for signum in _SIGNALS:
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        yield
+    finally:
+        for signum in _SIGNALS:
+            loop.remove_signal_handler(signum)
+
+
+class AuditRecord(msgspec.Struct, frozen=True, kw_only=True):
+    audit_id: str
+    action: str
+    at: datetime
+    who: str
+    why: str
+    dead_id: str
+    event_id: str | None
+    order_id: str | None
+    reason_class: str
+    #: Replays of the event after this action (a purge keeps the count it had).
+    replays: int
+    #: The events-stream entry a replay created; None for a purge.
+    new_id: str | None
+    forced: bool
+
+
+def decode_audit(audit_id: str, fields: dict[bytes, bytes]) -> AuditRecord:
+    def text(name: str) -> str:
+        return fields.get(name.encode(), b"").decode("utf-8", "replace")
+
+    at_ms = text("at_ms")
+    return AuditRecord(
+        audit_id=audit_id,
+        action=text("action"),
+        at=ms_to_datetime(int(at_ms) if at_ms.isdigit() else int(audit_id.partition("-")[0])),
+        who=text("who"),
+        why=text("why"),
+        dead_id=text("dead_id"),
+        event_id=text("event_id") or None,
+        order_id=text("order_id") or None,
+        reason_class=text("reason_class"),
+        replays=int(text("replays") or 0),
+        new_id=text("new_id") or None,
+        forced=text("forced") == "1",
+    )
+
+
+async def find_audit(
+    redis: Redis,
+    *,
+    since_ms: int,
+    order_ids: Collection[str] = (),
+    event_ids: Collection[str] = (),
+    max_scan: int = 50_000,
+) -> tuple[list[AuditRecord], bool]:
+    """Records since `since_ms` about these orders or events, oldest first, and whether the
+    scan stopped at `max_scan` entries before the end (results may then be incomplete)."""
+    lower = f"{since_ms}-0"
+    found: list[AuditRecord] = []
+    scanned = 0
+    while scanned < max_scan:
+        page: Any = await redis.xrange(AUDIT_STREAM, lower, "+", count=_AUDIT_PAGE)
+        for raw_id, fields in page:
+            order_id = fields.get(b"order_id", b"").decode()
+            event_id = fields.get(b"event_id", b"").decode()
+            if order_id in order_ids or event_id in event_ids:
+                found.append(decode_audit(raw_id.decode(), fields))
+        scanned += len(page)
+        if len(page) < _AUDIT_PAGE:
+            return found, False
+        lower = f"({page[-1][0].decode()}"
+    return found, True

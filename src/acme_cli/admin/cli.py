@@ -1,8 +1,8 @@
 """The argparse side of `acme dead …`, `acme stats` and `acme trace`: flags, help, examples.
 
-`register` adds the subcommands to `acme`'s parser. The handlers (handlers.py) are imported
-only when one of these commands runs: `acme api` and the others must not pay for rich and the
-admin modules at every start.
+`register` adds the subcommands to `acme`'s parser. Each command's handler (`run_*`, in the
+command module next to its flow) is imported only when that command runs: `acme api` and the
+others must not pay for rich and the admin modules at every start.
 """
 
 from __future__ import annotations
@@ -44,11 +44,14 @@ DEAD_EPILOG: Final = (
 )
 
 
-def _handler(name: str) -> Callable[[argparse.Namespace], int]:
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _handler(module: str, name: str) -> Handler:
+    """`name` in `acme_cli.admin.<module>`, imported when the command runs."""
+
     def run(args: argparse.Namespace) -> int:
-        handler: Callable[[argparse.Namespace], int] = getattr(
-            importlib.import_module("acme_cli.admin.handlers"), name
-        )
+        handler: Handler = getattr(importlib.import_module(f"acme_cli.admin.{module}"), name)
         return handler(args)
 
     return run
@@ -68,6 +71,11 @@ def _why_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--why", default="", help="why you do this, kept in the audit trail")
 
 
+def _plan_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
+    parser.add_argument("--yes", action="store_true", help="do not ask, however many entries")
+
+
 def _dead(sub: Subparsers) -> None:
     dead = sub.add_parser(
         "dead",
@@ -77,7 +85,13 @@ def _dead(sub: Subparsers) -> None:
         formatter_class=_RAW,
     )
     commands = dead.add_subparsers(dest="dead_command", required=True, metavar="ACTION")
+    _dead_list(commands)
+    _dead_show(commands)
+    _dead_replay(commands)
+    _dead_purge(commands)
 
+
+def _dead_list(commands: Subparsers) -> None:
     listing = commands.add_parser(
         "list",
         help="dead letters, newest first, a page at a time",
@@ -94,8 +108,10 @@ def _dead(sub: Subparsers) -> None:
     )
     _pii_flag(listing)
     _json_flag(listing)
-    listing.set_defaults(handler=_handler("dead_list"))
+    listing.set_defaults(handler=_handler("commands_dead", "run_dead_list"))
 
+
+def _dead_show(commands: Subparsers) -> None:
     show = commands.add_parser(
         "show",
         help="one dead letter: why, envelope, order timeline, audit",
@@ -105,8 +121,10 @@ def _dead(sub: Subparsers) -> None:
     show.add_argument("id", metavar="DEAD_ID")
     _pii_flag(show)
     _json_flag(show)
-    show.set_defaults(handler=_handler("dead_show"))
+    show.set_defaults(handler=_handler("commands_dead", "run_dead_show"))
 
+
+def _dead_replay(commands: Subparsers) -> None:
     replay = commands.add_parser(
         "replay",
         help="put dead letters back on the events stream with a fresh delivery budget",
@@ -120,13 +138,14 @@ def _dead(sub: Subparsers) -> None:
     replay.add_argument("--all", action="store_true", help="every dead letter (see --since)")
     replay.add_argument("--reason", action="append", metavar="CLASS", help="by reason class")
     replay.add_argument("--since", help="with --all/--reason: only entries dead since then")
-    replay.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
-    replay.add_argument("--yes", action="store_true", help="do not ask, however many entries")
+    _plan_flags(replay)
     replay.add_argument("--force", action="store_true", help="ignore the replay cap")
     _why_flag(replay)
     _json_flag(replay)
-    replay.set_defaults(handler=_handler("dead_replay"))
+    replay.set_defaults(handler=_handler("commands_replay", "run_dead_replay"))
 
+
+def _dead_purge(commands: Subparsers) -> None:
     purge = commands.add_parser(
         "purge",
         help="delete dead letters, with an audit record each",
@@ -135,16 +154,13 @@ def _dead(sub: Subparsers) -> None:
     )
     purge.add_argument("ids", nargs="*", metavar="DEAD_ID", help="entries to delete")
     purge.add_argument("--older-than", metavar="DURATION", help="dead longer ago than (30d)")
-    purge.add_argument("--dry-run", action="store_true", help="show the plan, change nothing")
-    purge.add_argument("--yes", action="store_true", help="do not ask, however many entries")
+    _plan_flags(purge)
     _why_flag(purge)
     _json_flag(purge)
-    purge.set_defaults(handler=_handler("dead_purge"))
+    purge.set_defaults(handler=_handler("commands_replay", "run_dead_purge"))
 
 
-def register(sub: Subparsers) -> None:
-    """Adds `dead`, `stats` and `trace` to `acme`'s subcommands."""
-    _dead(sub)
+def _stats(sub: Subparsers) -> None:
     stats = sub.add_parser(
         "stats",
         help="streams, lag, pending, dead letters, outbox, e-mail rate",
@@ -163,8 +179,10 @@ def register(sub: Subparsers) -> None:
     stats.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
     stats.add_argument("--count", type=int, help="with --watch: stop after this many")
     _json_flag(stats)
-    stats.set_defaults(handler=_handler("stats"))
+    stats.set_defaults(handler=_handler("commands_ops", "run_stats"))
 
+
+def _trace(sub: Subparsers) -> None:
     trace = sub.add_parser(
         "trace",
         help="the whole path of one order, from creation to e-mail",
@@ -176,4 +194,11 @@ def register(sub: Subparsers) -> None:
     trace.add_argument("order_id", metavar="ORDER_ID")
     _pii_flag(trace)
     _json_flag(trace)
-    trace.set_defaults(handler=_handler("trace"))
+    trace.set_defaults(handler=_handler("commands_ops", "run_trace"))
+
+
+def register(sub: Subparsers) -> None:
+    """Adds `dead`, `stats` and `trace` to `acme`'s subcommands."""
+    _dead(sub)
+    _stats(sub)
+    _trace(sub)

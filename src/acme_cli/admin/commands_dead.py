@@ -1,26 +1,28 @@
-"""The flows of `acme dead list` and `acme dead show`: connect, read, render. Read-only."""
+"""`acme dead list` and `acme dead show`: each command's handler (the sync edge: input checks,
+exit code) next to its flow (connect, read, render). Read-only."""
 
 from __future__ import annotations
 
+import argparse
 import uuid
 from collections.abc import Collection
 from typing import TypeGuard
 
 import msgspec
 
-from acme_cli.admin.audit import find_audit
+from acme_cli.admin.actions import find_audit
 from acme_cli.admin.clients import connect
-from acme_cli.admin.deadletters import decode_dead_detail
+from acme_cli.admin.deadletters import decode_dead_detail, ms_to_datetime
 from acme_cli.admin.deadstream import fetch_dead, list_dead
-from acme_cli.admin.errors import NotFound
-from acme_cli.admin.parse import ms_to_datetime
+from acme_cli.admin.edge import Flow, checked, since_arg, stream_id
+from acme_cli.admin.errors import NotFound, UsageError
 from acme_cli.admin.records import ledger_rows, order_record
 from acme_cli.admin.render import Output, render_dead_detail, render_dead_list
 from acme_cli.admin.settings import AdminSettings
 from acme_notify.keys import DEAD_STREAM
 from acme_runtime.clock import now_ms
 
-__all__ = ["dead_list", "dead_show"]
+__all__ = ["dead_list", "dead_show", "run_dead_list", "run_dead_show"]
 
 
 async def dead_list(
@@ -44,6 +46,25 @@ async def dead_list(
     else:
         render_dead_list(out, entries, total, page.next_before, ms_to_datetime(now_ms()))
     return 0
+
+
+def run_dead_list(args: argparse.Namespace) -> int:
+    def build() -> Flow:
+        if not 1 <= args.limit <= 10_000:
+            raise UsageError(f"--limit must be between 1 and 10000, got {args.limit}")
+        before = None if args.before is None else stream_id(args.before)
+        since_ms = since_arg(args.since)
+        return lambda s, out: dead_list(
+            s,
+            out,
+            limit=args.limit,
+            before=before,
+            since_ms=since_ms,
+            reasons=args.reason or (),
+            show_pii=args.show_pii,
+        )
+
+    return checked(args, build)
 
 
 async def dead_show(settings: AdminSettings, out: Output, *, dead_id: str, show_pii: bool) -> int:
@@ -85,6 +106,14 @@ async def dead_show(settings: AdminSettings, out: Output, *, dead_id: str, show_
         now = ms_to_datetime(now_ms())
         render_dead_detail(out, detail, order, ledger[0] if ledger else None, audit, now)
     return 0
+
+
+def run_dead_show(args: argparse.Namespace) -> int:
+    def build() -> Flow:
+        dead_id = stream_id(args.id)
+        return lambda s, out: dead_show(s, out, dead_id=dead_id, show_pii=args.show_pii)
+
+    return checked(args, build)
 
 
 def _is_uuid(value: str | None) -> TypeGuard[str]:

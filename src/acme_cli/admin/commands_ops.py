@@ -1,22 +1,24 @@
-"""The flows of `acme stats` and `acme trace`: connect, gather, render."""
+"""`acme stats` and `acme trace`: each command's handler (the sync edge: input checks, exit
+code) next to its flow (connect, gather, render)."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import uuid
 
 from rich.live import Live
 
 from acme_cli.admin.clients import connect
-from acme_cli.admin.errors import NotFound
-from acme_cli.admin.render import Output
-from acme_cli.admin.render_ops import render_trace, stats_view
+from acme_cli.admin.edge import Flow, checked, parse_order_id
+from acme_cli.admin.errors import NotFound, UsageError
+from acme_cli.admin.health import snapshot
+from acme_cli.admin.render import Output, render_trace, stats_view
 from acme_cli.admin.settings import AdminSettings
-from acme_cli.admin.stats import snapshot
 from acme_cli.admin.trace import trace_order
 from acme_runtime.clock import now_ms
 
-__all__ = ["stats", "trace"]
+__all__ = ["run_stats", "run_trace", "stats", "trace"]
 
 
 async def stats(
@@ -52,6 +54,20 @@ async def stats(
     return 0
 
 
+def run_stats(args: argparse.Namespace) -> int:
+    def build() -> Flow:
+        if args.interval <= 0 or (args.count is not None and args.count < 1):
+            raise UsageError("--interval and --count must be greater than 0")
+        return lambda s, out: stats(
+            s, out, watch=args.watch, interval_s=args.interval, count=args.count
+        )
+
+    try:
+        return checked(args, build)
+    except KeyboardInterrupt:  # how one leaves --watch
+        return 0
+
+
 async def trace(
     settings: AdminSettings, out: Output, *, order_id: uuid.UUID, show_pii: bool
 ) -> int:
@@ -64,3 +80,11 @@ async def trace(
     else:
         render_trace(out, found)
     return 0
+
+
+def run_trace(args: argparse.Namespace) -> int:
+    def build() -> Flow:
+        order_id = parse_order_id(args.order_id)
+        return lambda s, out: trace(s, out, order_id=order_id, show_pii=args.show_pii)
+
+    return checked(args, build)

@@ -1,13 +1,15 @@
-"""The flows of `acme dead replay` and `acme dead purge`.
+"""`acme dead replay` and `acme dead purge`: each command's handler (the sync edge: input
+checks, exit code, a second Ctrl-C) next to its flow.
 
-Each first selects what it will touch (named ids, which must all exist, or a scan by reason and
-time), then, unless `--dry-run`, asks before touching more than a few entries (`--yes` skips
-the question), then acts through actions.py, stopping between pages on Ctrl-C. Nothing is
-changed when an id is unknown, the question is declined, or `--dry-run` is given.
+Each flow first selects what it will touch (named ids, which must all exist, or a scan by
+reason and time), then, unless `--dry-run`, asks before touching more than a few entries
+(`--yes` skips the question), then acts through actions.py, stopping between pages on Ctrl-C.
+Nothing is changed when an id is unknown, the question is declined, or `--dry-run` is given.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -16,13 +18,21 @@ import msgspec
 
 from acme_cli.admin import actions
 from acme_cli.admin.clients import connect
-from acme_cli.admin.errors import Failure
-from acme_cli.admin.interrupt import stop_on_signal
+from acme_cli.admin.deadstream import Selected, select_dead
+from acme_cli.admin.edge import (
+    Flow,
+    ask_terminal,
+    checked_write,
+    parse_duration_ms,
+    since_arg,
+    stream_id,
+)
+from acme_cli.admin.errors import Failure, UsageError
 from acme_cli.admin.render import Output, render_outcomes, summary_line
-from acme_cli.admin.selection import Selected, select_dead
 from acme_cli.admin.settings import AdminSettings
+from acme_runtime.clock import now_ms
 
-__all__ = ["Ask", "dead_purge", "dead_replay"]
+__all__ = ["Ask", "dead_purge", "dead_replay", "run_dead_purge", "run_dead_replay"]
 
 Ask = Callable[[str], bool]
 
@@ -108,7 +118,7 @@ async def dead_replay(
             return 0
         await _confirm(settings, ask, len(selected), "Replay", yes)
         stop = asyncio.Event()
-        with stop_on_signal(stop, out.note):
+        with actions.stop_on_signal(stop, out.note):
             await actions.replay(
                 clients.redis,
                 [s.dead_id for s in selected],
@@ -126,6 +136,33 @@ async def dead_replay(
     return _stopped(out, progress, selected, "replayed") or (
         0 if set(summary) <= {"replayed"} else 1
     )
+
+
+def run_dead_replay(args: argparse.Namespace) -> int:
+    progress = actions.Progress()
+
+    def build() -> Flow:
+        ids = [stream_id(i) for i in args.ids]
+        if sum((bool(ids), args.all, bool(args.reason))) != 1:
+            raise UsageError("say which entries: dead ids, --all, or --reason CLASS")
+        if ids and args.since:
+            raise UsageError("--since selects by time; it does not combine with dead ids")
+        since_ms = since_arg(args.since)
+        return lambda s, out: dead_replay(
+            s,
+            out,
+            ids=ids,
+            reasons=args.reason or (),
+            since_ms=since_ms,
+            dry_run=args.dry_run,
+            yes=args.yes,
+            force=args.force,
+            why=args.why,
+            ask=ask_terminal,
+            progress=progress,
+        )
+
+    return checked_write(args, build, progress, "replayed")
 
 
 async def dead_purge(
@@ -155,7 +192,7 @@ async def dead_purge(
             return 0
         await _confirm(settings, ask, len(selected), "Delete", yes)
         stop = asyncio.Event()
-        with stop_on_signal(stop, out.note):
+        with actions.stop_on_signal(stop, out.note):
             await actions.purge(
                 clients.redis,
                 [s.dead_id for s in selected],
@@ -167,3 +204,28 @@ async def dead_purge(
             )
     summary = _report(out, "Purge", progress.outcomes, selected, dry=False, replay=False)
     return _stopped(out, progress, selected, "purged") or (0 if set(summary) <= {"purged"} else 1)
+
+
+def run_dead_purge(args: argparse.Namespace) -> int:
+    progress = actions.Progress()
+
+    def build() -> Flow:
+        ids = [stream_id(i) for i in args.ids]
+        if bool(ids) == (args.older_than is not None):
+            raise UsageError("say which entries: dead ids, or --older-than DURATION")
+        until_ms = None
+        if args.older_than is not None:
+            until_ms = now_ms() - parse_duration_ms(args.older_than)
+        return lambda s, out: dead_purge(
+            s,
+            out,
+            ids=ids,
+            until_ms=until_ms,
+            dry_run=args.dry_run,
+            yes=args.yes,
+            why=args.why,
+            ask=ask_terminal,
+            progress=progress,
+        )
+
+    return checked_write(args, build, progress, "purged")

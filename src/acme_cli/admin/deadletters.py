@@ -9,17 +9,23 @@ then that field reads as empty rather than failing the whole listing.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from acme_cli.admin.parse import ms_to_datetime
 from acme_runtime.deadletter_layout import split_dead_fields
 from acme_runtime.logs import mask_email
 from acme_runtime.text import as_text
 
-__all__ = ["DeadDetail", "DeadEntry", "RawFields", "decode_dead_detail", "decode_dead_entry"]
+__all__ = [
+    "DeadDetail",
+    "DeadEntry",
+    "RawFields",
+    "decode_dead_detail",
+    "decode_dead_entry",
+    "ms_to_datetime",
+]
 
 RawFields = dict[bytes, bytes]
 
@@ -78,6 +84,11 @@ def _int(fields: Mapping[Any, bytes], name: str | bytes) -> int | None:
         return int(fields.get(name, b""))
     except ValueError:
         return None
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    """A Unix-ms time of the streams (an entry id's first part, `dead_at_ms`, `at_ms`), in UTC."""
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 def _id_ms(entry_id: str) -> int:

@@ -1,7 +1,8 @@
 """The ways an admin command ends badly, each tied to its `acme` exit code.
 
 The codes are the ones `acme --help` documents (main.py owns 0-4; 5 is the admin commands'
-"not found"). Handlers raise these; `cli.run` prints the message as one line and exits.
+"not found"). The flows raise these; `edge.checked` prints the message as one line and
+returns the exit code.
 """
 
 from __future__ import annotations

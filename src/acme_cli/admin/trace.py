@@ -17,7 +17,7 @@ import asyncpg
 import msgspec
 from redis.asyncio import Redis
 
-from acme_cli.admin.audit import find_audit
+from acme_cli.admin.actions import find_audit
 from acme_cli.admin.deadletters import decode_dead_entry
 from acme_cli.admin.deadstream import fetch_dead, scan_index
 from acme_cli.admin.records import ledger_rows, order_record
