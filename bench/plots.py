@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_report"]
+__all__ = ["plot_report", "plot_storage"]
 
 
 def plot_report(report: dict[str, Any], path: Path) -> bool:
@@ -95,5 +95,52 @@ def plot_report(report: dict[str, Any], path: Path) -> bool:
             axis.axvline(step["start_s"], color="grey", lw=0.5, ls="--")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def plot_storage(report: dict[str, Any], path: Path) -> bool:
+    """Redis memory and keys, and each table's bytes, over the run, as one PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot", file=sys.stderr)
+        return False
+    samples = report["storage_samples"]
+    ts = [s["t_s"] for s in samples]
+    fig, axes = plt.subplots(3, 1, figsize=(11, 11), sharex=True)
+    fig.suptitle(f"{report['scenario']}: {report.get('description', '')}")
+    ax = axes[0]
+    ax.plot(ts, [s["redis"]["used_memory"] / 2**20 for s in samples], label="used_memory", lw=1)
+    ax.set_ylabel("Redis MiB")
+    ax.legend(loc="upper left", fontsize=8)
+    twin = ax.twinx()
+    twin.plot(
+        ts, [s["redis"]["non_stream_keys"] for s in samples], color="black", lw=1, ls=":",
+        label="keys that are not streams",
+    )  # fmt: skip
+    twin.plot(
+        ts, [s["redis"]["longest_stream"] for s in samples], color="grey", lw=1, ls="--",
+        label="longest stream (entries)",
+    )  # fmt: skip
+    twin.legend(loc="upper right", fontsize=8)
+    tables = sorted({t for s in samples for t in s["postgres"]["tables"]})
+    for ax, kept in ((axes[1], True), (axes[2], False)):
+        for table in tables:
+            if (table in ("orders", "order_items")) != kept:
+                continue
+            tables_of = [s["postgres"]["tables"] for s in samples]
+            sizes = [t.get(table, {}).get("bytes", 0) / 2**20 for t in tables_of]
+            ax.plot(ts, sizes, label=table, lw=1)
+        ax.set_ylabel("MiB (with indexes)")
+        ax.legend(loc="upper left", fontsize=8)
+    axes[1].set_title("kept: business data", fontsize=9)
+    axes[2].set_title("with a retention", fontsize=9)
+    axes[2].set_xlabel("seconds since the system was ready")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return True

@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from bench.cpu import format_cpu_table
 from bench.monitor import machine
-from bench.plots import plot_report
+from bench.plots import plot_report, plot_storage
 from bench.scenarios import RunOptions, Scenario
 from bench.stack import git_revision
 
@@ -94,6 +94,10 @@ def save_report(report: dict[str, Any], out_dir: Path, plot: bool) -> Path:
         picture = path.with_suffix(".png")
         if plot_report(report, picture):
             report["plot"] = str(picture)
+    if plot and report.get("storage_samples"):
+        picture = path.with_name(f"{path.stem}-storage.png")
+        if plot_storage(report, picture):
+            report["plot"] = str(picture)
     for phase, info in report.get("phases", {}).items() if plot else ():
         # One picture per ramp (max): its own timeline, a dashed line where each step starts.
         picture = path.with_name(f"{path.stem}-{phase}.png")
@@ -135,6 +139,25 @@ def format_report(report: dict[str, Any]) -> str:
             f"e2e       p50 {x['p50']} p90 {x['p90']} p99 {x['p99']} max {x['max']} ms; "
             f"missing {e['missing']}, duplicates {e['duplicates']}; "
             f"{e['emails_per_s_first_to_last']} e-mails/s"
+        )
+    if "storage" in report:
+        figures = report["storage"]["per_order"]
+        redis = report["storage"]["after"]["redis"]
+        lines.append(
+            f"redis     {redis['non_stream_keys']} keys that are not streams, longest stream "
+            f"{redis['longest_stream']}, {figures['redis_bytes_left_per_order']} B per order "
+            f"left behind"
+        )
+        lines.append(
+            "postgres  B/order: "
+            + ", ".join(f"{t} {b:g}" for t, b in figures["postgres_bytes_per_order"].items())
+            + f"; total {figures['postgres_total_bytes_per_order']:g}, WAL "
+            f"{figures['wal_bytes_per_order']:g}"
+        )
+    for name, slope in report.get("growth", {}).items():
+        lines.append(
+            f"growth    {name}: {slope['first_half_bytes_per_min']:+,.0f} B/min first half, "
+            f"{slope['second_half_bytes_per_min']:+,.0f} second"
         )
     if "recovery" in report:
         lines.append(f"recovery  {json.dumps(report['recovery'], default=str)}")

@@ -30,6 +30,11 @@ Scenarios (`--notifiers` replicas, 2 unless said otherwise):
                    (SLA 300 s), the drain time, and what the circuit breaker did.
   soak             200/s for ACME_BENCH_SOAK_S seconds (600): RSS of every process every 10 s,
                    the maximum and the growth slope per process.
+  storage          200/s for 30 s (6,000 orders), every e-mail, then 30 s quiet: Redis keys that
+                   are not streams, the longest stream, Redis bytes per order left behind,
+                   PostgreSQL bytes per order per table (partitions and indexes) and WAL.
+  storage-soak     200/s for ACME_BENCH_STORAGE_SOAK_S seconds (900) with retentions of minutes:
+                   Redis memory and the tables with a retention flat over the second half.
   tracing-cost     intake (API + relay) with tracing on (SDK, no exporter, every trace
                    recorded), sampled (parent-based 10 % ratio: OTEL_TRACES_SAMPLER) and off
                    (OTEL_SDK_DISABLED=true), interleaved, `--repeat` rounds: CPU-ms per order at
@@ -76,6 +81,7 @@ from bench.scenarios.constant import constant
 from bench.scenarios.outage import outage
 from bench.scenarios.profile import profile_api
 from bench.scenarios.ramp import max_scenario
+from bench.scenarios.storage import SOAK_RETENTION_ENV, storage
 from bench.scenarios.tracing import tracing
 from bench.stack import RESULTS_DIR, Stack, log_tail, raise_interrupt
 from bench.system import stack_run
@@ -97,14 +103,17 @@ def run_scenario(name: str, options: RunOptions, rounds: int = 1) -> dict[str, A
         report = max_scenario(root, scenario, options, notifiers)
     else:
         body: Callable[[Stack], Coroutine[Any, Any, dict[str, Any]]]
-        if scenario.kind == "outage":
+        env = SOAK_RETENTION_ENV if name == "storage-soak" else None
+        if scenario.kind == "storage":
+            body = lambda stack: storage(stack, scenario, options, notifiers)  # noqa: E731
+        elif scenario.kind == "outage":
             body = lambda stack: outage(stack, scenario, options, notifiers)  # noqa: E731
         elif scenario.kind == "profile":
             body = lambda stack: profile_api(stack, scenario, options)  # noqa: E731
         else:
             body = lambda stack: constant(stack, scenario, options, notifiers)  # noqa: E731
         report = stack_run(
-            root, notifiers, options, sink=scenario.kind != "profile", env=None, body=body
+            root, notifiers, options, sink=scenario.kind != "profile", env=env, body=body
         )
     report["machine"]["loadavg_after"] = loadavg()
     report["data_dir"] = str(root)

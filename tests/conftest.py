@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -93,21 +94,37 @@ def template_ready(pg_admin_url: str) -> str:
     return pg_admin_url
 
 
+async def _admin(admin_url: str, statement: str) -> None:
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+@asynccontextmanager
+async def _fresh_database(admin_url: str, *, template: str | None) -> AsyncIterator[str]:
+    name = f"t_{uuid7().hex}"
+    cloned = f' TEMPLATE "{template}"' if template else ""
+    await _admin(admin_url, f'CREATE DATABASE "{name}"{cloned}')
+    try:
+        yield _with_database(admin_url, name)
+    finally:
+        await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 async def database_url(template_ready: str) -> AsyncIterator[str]:
     """A fresh, migrated database for this test alone."""
-    name = f"t_{uuid7().hex}"
-    admin = await asyncpg.connect(template_ready)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
-    finally:
-        await admin.close()
-    yield _with_database(template_ready, name)
-    admin = await asyncpg.connect(template_ready)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with _fresh_database(template_ready, template=TEMPLATE_DB) as url:
+        yield url
+
+
+@pytest.fixture
+async def empty_database_url(template_ready: str) -> AsyncIterator[str]:
+    """A fresh database with no schema at all, for migrations that start from nothing."""
+    async with _fresh_database(template_ready, template=None) as url:
+        yield url
 
 
 @pytest.fixture

@@ -1,8 +1,9 @@
 """The benchmark suite's named scenarios (`bench/run.py <name>`) and the options of a run.
 
 Each scenario kind has its module beside this one: constant.py (smoke, steady-50, peak-200,
-sustain-500, soak), ramp.py (max), outage.py (outage-recovery), tracing.py (tracing-cost)
-and profile.py (profile-api). This module only says what each named scenario is.
+sustain-500, soak), ramp.py (max), outage.py (outage-recovery), tracing.py (tracing-cost),
+profile.py (profile-api) and storage.py (storage, storage-soak). This module only says what
+each named scenario is.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "OUTAGE_S",
     "SCENARIOS",
     "SOAK_ENV",
+    "STORAGE_SOAK_ENV",
     "TRACING_ARMS",
     "TRACING_SATURATION_PER_S",
     "TRACING_SATURATION_S",
@@ -33,12 +35,14 @@ __all__ = [
 
 SOAK_ENV: Final = "ACME_BENCH_SOAK_S"
 DEFAULT_SOAK_S: Final = 600.0
+STORAGE_SOAK_ENV: Final = "ACME_BENCH_STORAGE_SOAK_S"
+DEFAULT_STORAGE_SOAK_S: Final = 900.0
 
 
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str  # constant, max, outage, tracing, profile
+    kind: str  # constant, max, outage, tracing, profile, storage
     rate_per_s: float = 200.0
     duration_s: float = 60.0
     notifiers: int = 2
@@ -48,11 +52,11 @@ class Scenario:
     description: str = ""
 
 
-def _soak_s() -> float:
+def _soak_s(variable: str = SOAK_ENV, default: float = DEFAULT_SOAK_S) -> float:
     try:
-        value = float(os.environ.get(SOAK_ENV, DEFAULT_SOAK_S))
+        value = float(os.environ.get(variable, default))
     except ValueError:
-        return DEFAULT_SOAK_S
+        return default
     return min(max(value, 30.0), MAX_RUN_S)
 
 
@@ -89,6 +93,33 @@ def _scenarios() -> dict[str, Scenario]:
                 _soak_s(),
                 rss_every_s=10.0,
                 description=f"memory soak ({SOAK_ENV} s)",
+            ),
+            Scenario(
+                "storage",
+                "storage",
+                200.0,
+                30.0,
+                warmup_s=0.0,
+                description="what Redis and PostgreSQL keep: 6,000 orders, then 30 s quiet",
+            ),
+            Scenario(
+                "storage-smoke",
+                "storage",
+                50.0,
+                3.0,
+                notifiers=1,
+                warmup_s=0.0,
+                mail_drain_s=60.0,
+                description="CI test of the storage scenario",
+            ),
+            Scenario(
+                "storage-soak",
+                "storage",
+                200.0,
+                _soak_s(STORAGE_SOAK_ENV, DEFAULT_STORAGE_SOAK_S),
+                warmup_s=0.0,
+                rss_every_s=10.0,
+                description=f"storage flat across retentions of minutes ({STORAGE_SOAK_ENV} s)",
             ),
             Scenario("tracing-cost", "tracing", 200.0, 20.0, notifiers=0, warmup_s=3.0),
             Scenario("profile-api", "profile", 1_000.0, 30.0, notifiers=0, warmup_s=3.0),

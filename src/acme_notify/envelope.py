@@ -8,6 +8,7 @@ the contract in docs/asyncapi.yaml; it shares no code with the producer.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import Annotated, Final
 
@@ -90,6 +91,21 @@ class StreamEntry(msgspec.Struct, frozen=True):
 
 
 _decoder = msgspec.json.Decoder(Envelope)
+#: How far ahead of this notifier's clock an event id's time may be (clock skew between
+#: hosts); the send ledger's partitions are made at least this far ahead.
+EVENT_ID_MAX_AHEAD_MS: Final = 3_600_000
+
+
+def _check_event_id(event_id: str) -> None:
+    """The order service makes every event id a UUIDv7 of the time it was made; the send
+    ledger is partitioned by that time (docs/adr/0018-partitioned-tables.md), so any other id
+    could not be recorded after its e-mail went out, and a retry would send it again. Refused
+    here, before any e-mail, as poison."""
+    if event_id[14] != "7":
+        raise PoisonMessage(f"event_id {event_id!r} is not a UUIDv7")
+    made_ms = int(event_id[:8] + event_id[9:13], 16)
+    if made_ms > time.time() * 1000 + EVENT_ID_MAX_AHEAD_MS:
+        raise PoisonMessage(f"event_id {event_id!r} was made more than an hour in the future")
 
 
 def decode_entry(entry_id: str, fields: dict[bytes, bytes], deliveries: int = 1) -> StreamEntry:
@@ -116,4 +132,5 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], deliveries: int = 1)
         raise PoisonMessage(f"envelope schema_version {envelope.schema_version} does not match")
     if not envelope.payload.items:
         raise PoisonMessage("order without items")
+    _check_event_id(envelope.event_id)
     return StreamEntry(entry_id=entry_id, deliveries=deliveries, envelope=envelope)

@@ -17,6 +17,7 @@ from acme_runtime.channels import (
 )
 
 __all__ = [
+    "ARCHIVER_LOCK",
     "AUDIT_STREAM",
     "BREAKER_KEY",
     "DEAD_STREAM",
@@ -35,6 +36,9 @@ LAST_ERROR_HASH: Final = f"{HASH_TAG}:notify:last-error"
 BREAKER_KEY: Final = f"{HASH_TAG}:notify:smtp-breaker"
 #: Held (SET NX PX) by the replica doing this round of reaping and trimming.
 REAPER_LOCK: Final = f"{HASH_TAG}:notify:reaper-lock"
+#: Held (SET NX PX) by the replica moving dead letters to the archive; its token fences the
+#: removal from the dead stream (lua/archive_dead.lua), so two archivers never race.
+ARCHIVER_LOCK: Final = f"{HASH_TAG}:notify:archiver-lock"
 #: Operator actions on the dead stream (replay, purge): who, when, why, which entry. Written
 #: by the admin scripts in the same atomic step as the action itself.
 AUDIT_STREAM: Final = f"{HASH_TAG}:audit"

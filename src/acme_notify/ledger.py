@@ -14,6 +14,11 @@ A row that cannot be written at all (an outage outlasting the caller's patience,
 is remembered in this process instead (`remember_unrecorded`, the 10,000 latest), so this
 replica never sends that e-mail again itself.
 
+The table is RANGE-partitioned by event id (a UUIDv7: the time the order was placed), and the
+ledger janitor (`worker.py`) drops whole partitions past `ACME_LEDGER_RETENTION_S` instead of
+deleting rows (docs/adr/0018-partitioned-tables.md). An event id beyond the partitions
+made ahead (not a UUIDv7 of ours) cannot be recorded: that row is refused, as above.
+
 What the server said is stored cleaned (`acme_runtime.text.printable`: one line, no NUL, no
 undecodable bytes, at most `SMTP_REPLY_MAX_CHARS`). Should PostgreSQL still refuse a batch
 with a data error, its rows are inserted one by one, so one row can never fail its neighbours,
@@ -38,7 +43,10 @@ from acme_runtime.failures import is_outage
 from acme_runtime.migrate import Migration, discover
 from acme_runtime.text import printable
 
-__all__ = ["SendLedger", "migrations"]
+__all__ = ["LEDGER_TABLE", "SendLedger", "migrations"]
+
+#: RANGE-partitioned by event_id (a UUIDv7), its primary key: still unique across partitions.
+LEDGER_TABLE: Final = "notify.sent_ledger"
 
 
 def migrations() -> list[Migration]:
@@ -159,13 +167,3 @@ class SendLedger:
                 )
                 refusal = exc
         return refusal
-
-    async def delete_older_than(self, retention_s: int, limit: int = 5_000) -> int:
-        result: str = await self._pool.execute(
-            "DELETE FROM notify.sent_ledger WHERE event_id IN ("
-            " SELECT event_id FROM notify.sent_ledger"
-            " WHERE sent_at < now() - make_interval(secs => $1) LIMIT $2)",
-            float(retention_s),
-            limit,
-        )
-        return int(result.split()[-1])

@@ -112,9 +112,10 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
         int,
         Env(
             "ACME_STREAM_RETENTION_MS",
-            "acknowledged entries younger than this stay on the stream (for `acme trace`)",
+            "acknowledged entries younger than this stay on the stream (0: trimmed at the next"
+            " reaper round once every group acknowledged them)",
         ),
-    ] = 3_600_000
+    ] = 0
     smtp_pool_size: Annotated[
         int, Env("ACME_SMTP_POOL_SIZE", "SMTP connections per replica", minimum=1)
     ] = 8
@@ -209,14 +210,49 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
     breaker_max_cooldown_s: Annotated[
         float, Env("ACME_BREAKER_MAX_COOLDOWN_S", "longest open period", minimum=0.1)
     ] = 30.0
+    dead_max_entries: Annotated[
+        int,
+        Env(
+            "ACME_DEAD_MAX_ENTRIES",
+            "the dead stream keeps at most this many entries; the archiver moves the oldest to "
+            "PostgreSQL (notify.dead_letters)",
+            minimum=1,
+        ),
+    ] = 100_000
+    dead_retention_s: Annotated[
+        int,
+        Env(
+            "ACME_DEAD_RETENTION_S",
+            "dead letters older than this leave the dead stream for the archive in PostgreSQL",
+            minimum=1,
+        ),
+    ] = 7 * 86_400
+    dead_archive_retention_s: Annotated[
+        int,
+        Env(
+            "ACME_DEAD_ARCHIVE_RETENTION_S",
+            "archived dead letters older than this (since they died) are deleted",
+            minimum=1,
+        ),
+    ] = 90 * 86_400
     ledger_retention_s: Annotated[
         int,
         Env(
             "ACME_LEDGER_RETENTION_S",
-            "send-ledger rows older than this are deleted (must outlive any re-delivery)",
+            "send-ledger partitions whose whole range (by the event id's time) is older than "
+            "this are dropped (must outlive any re-delivery)",
             minimum=3600,
         ),
     ] = 7 * 86_400
+    partition_interval_s: Annotated[
+        int,
+        Env(
+            "ACME_PARTITION_INTERVAL_S",
+            "width of one send-ledger partition; created ahead and dropped whole by the ledger "
+            "janitor",
+            minimum=60,
+        ),
+    ] = 86_400
     db_pool_max: Annotated[int, Env("ACME_NOTIFY_DB_POOL_MAX", "ledger connections", minimum=1)] = 8
     metrics_host: Annotated[str, Env("ACME_METRICS_HOST", "/metrics listen address")] = "0.0.0.0"  # noqa: S104 - scraped by Prometheus from outside the pod
     metrics_port: Annotated[
@@ -272,6 +308,12 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if not 0 < self.storm_share <= 1:
             raise SettingsError(f"ACME_SMTP_STORM_SHARE must be in (0, 1], got {self.storm_share}")
+        if self.dead_archive_retention_s < self.dead_retention_s:
+            raise SettingsError(
+                f"ACME_DEAD_ARCHIVE_RETENTION_S ({self.dead_archive_retention_s}) must be at "
+                f"least ACME_DEAD_RETENTION_S ({self.dead_retention_s}): a dead letter would be "
+                "deleted as soon as it reached the archive"
+            )
         if self.breaker_max_cooldown_s < self.breaker_cooldown_s:
             raise SettingsError(
                 f"ACME_BREAKER_MAX_COOLDOWN_S ({self.breaker_max_cooldown_s:g}) must be at "

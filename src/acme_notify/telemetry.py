@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from acme_runtime.actors import tick_failures_counter
 from acme_runtime.heap import gc_pause_histogram
+from acme_runtime.partitions import PartitionMetrics
 
 __all__ = ["E2E_BUCKETS_S", "NotifyMetrics"]
 
@@ -25,6 +26,7 @@ class NotifyMetrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.gc_pauses = gc_pause_histogram(r)
+        self.partitions = PartitionMetrics.register(r)
         self.emails_sent = Counter(
             "acme_notify_emails_sent_total", "E-mails accepted by the SMTP server.", registry=r
         )
@@ -59,6 +61,17 @@ class NotifyMetrics:
             "acme_notify_dead_letters_rescinded_total",
             "Dead letters put back on the stream by the notifier itself: refused by SMTP just "
             "before a storm of the same refusal showed the relay was refusing us.",
+            registry=r,
+        )
+        self.dead_archived = Counter(
+            "acme_notify_dead_letters_archived_total",
+            "Dead letters moved from the dead stream to the archive in PostgreSQL (over "
+            "ACME_DEAD_MAX_ENTRIES or older than ACME_DEAD_RETENTION_S).",
+            registry=r,
+        )
+        self.dead_archive_expired = Counter(
+            "acme_notify_dead_archive_expired_total",
+            "Archived dead letters deleted after ACME_DEAD_ARCHIVE_RETENTION_S.",
             registry=r,
         )
         self.duplicates_suppressed = Counter(

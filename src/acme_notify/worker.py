@@ -16,11 +16,13 @@ import asyncpg
 import structlog
 from redis.asyncio import Redis
 
+from acme_notify.archiver import Archiver
 from acme_notify.claimer import Claimer, Heartbeat
 from acme_notify.consumer import Consumer
+from acme_notify.dead_archive import DeadArchive
 from acme_notify.delivery import BreakerSync, Delivery
 from acme_notify.flow import CircuitBreaker, RefusalStorm, TokenBucket
-from acme_notify.ledger import SendLedger
+from acme_notify.ledger import LEDGER_TABLE, SendLedger
 from acme_notify.probe import StreamProbe
 from acme_notify.processor import Processor
 from acme_notify.providers import FALLBACK, Provider
@@ -33,6 +35,7 @@ from acme_notify.telemetry import CIRCUIT_STATES, NotifyMetrics
 from acme_runtime.actors import Actor, PeriodicActor, Supervisor, install_signal_handlers
 from acme_runtime.heap import freeze_startup_heap, timing_collections
 from acme_runtime.metrics_http import WorkerHttp, dependencies_answer
+from acme_runtime.partitions import maintain
 from acme_runtime.pg import reset_connection
 
 __all__ = ["Replica", "build_replica", "run_notifier"]
@@ -73,7 +76,8 @@ def build_replica(
         metrics=metrics,
     )
     _export_gauges(metrics, delivery, settings.smtp_fallback_alert_after_s)
-    actors = _actors(settings, redis, streams, processor, delivery, ledger, metrics)
+    actors = _actors(settings, redis, pool, streams, processor, delivery, metrics)
+    actors.append(_archiver(settings, redis, pool, metrics))
     return Replica(streams, processor, delivery, ledger, actors, metrics)
 
 
@@ -106,17 +110,24 @@ def _delivery(settings: NotifySettings, redis: Redis, metrics: NotifyMetrics) ->
 def _actors(
     settings: NotifySettings,
     redis: Redis,
+    pool: asyncpg.Pool,
     streams: Streams,
     processor: Processor,
     delivery: Delivery,
-    ledger: SendLedger,
     metrics: NotifyMetrics,
 ) -> list[Actor]:
     """Every loop of a replica, one actor each."""
 
     async def sweep_ledger() -> bool:
-        deleted = await ledger.delete_older_than(settings.ledger_retention_s)
-        return deleted >= 5_000
+        # The first round runs at start: the partitions this replica will write exist first.
+        await maintain(
+            pool,
+            LEDGER_TABLE,
+            interval_s=settings.partition_interval_s,
+            retention_s=settings.ledger_retention_s,
+            metrics=metrics.partitions,
+        )
+        return False
 
     return [
         Consumer(streams, processor, block_ms=settings.block_ms, capacity=delivery.capacity),
@@ -143,6 +154,22 @@ def _actors(
         StreamProbe(redis, metrics, interval_s=settings.probe_interval_s),
         PeriodicActor("ledger-janitor", sweep_ledger, 300.0),
     ]
+
+
+def _archiver(
+    settings: NotifySettings, redis: Redis, pool: asyncpg.Pool, metrics: NotifyMetrics
+) -> Archiver:
+    """Keeps the dead stream bounded: its oldest entries move to notify.dead_letters."""
+    return Archiver(
+        redis,
+        DeadArchive(pool),
+        owner=settings.consumer_name,
+        max_entries=settings.dead_max_entries,
+        retention_s=settings.dead_retention_s,
+        archive_retention_s=settings.dead_archive_retention_s,
+        archived=metrics.dead_archived,
+        expired=metrics.dead_archive_expired,
+    )
 
 
 def _provider_parts(

@@ -140,6 +140,9 @@ def relay_actors(
             clients.store,
             interval_s=settings.janitor_interval_s,
             idempotency_ttl_s=settings.idempotency_ttl_s,
+            partition_interval_s=settings.partition_interval_s,
+            timeline_retention_s=settings.timeline_retention_s,
+            partition_metrics=metrics.partitions,
         ),
         # Blocking reads must end before the client's socket timeout does.
         ReceiptsConsumer(

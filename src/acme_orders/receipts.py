@@ -5,7 +5,9 @@ statement: `sent` and `dead` set the order's notification status and delete the 
 (which ends its re-drive); `attempt_failed` records the try. Each timeline entry carries the
 receipt's stream id, so applying a receipt twice (after a crash, or a claim of another
 replica's pending receipts) changes nothing. Receipts only move an order forward: a sent order
-stays sent, a dead one may still turn sent, and an older receipt never moves it back.
+stays sent, a dead one may still turn sent, and an older receipt never moves it back. Once a
+`sent` or `dead` receipt is applied, the event's publish-once key goes too (ADR 0012): Redis
+keeps a key per event only while the event is in flight.
 
 Receipts this consumer has read but not applied (PostgreSQL failed mid-batch, or the process
 restarted) stay in its own pending list; it reads that list again (`XREADGROUP … 0`) first,
@@ -35,7 +37,7 @@ from redis.exceptions import RedisError, ResponseError
 from acme_orders.store import OrderStore
 from acme_runtime.actors import sleep_or_stop
 from acme_runtime.backoff import Backoff
-from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM
+from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM, published_key
 from acme_runtime.consumers import ensure_group, prune_consumers
 from acme_runtime.tracing import context_from_traceparent, tracer
 
@@ -63,7 +65,10 @@ t AS (
                'provider', nullif(r.provider, ''))),
            r.source_id
     FROM r
-    ON CONFLICT (source_id) WHERE source_id IS NOT NULL DO NOTHING
+    -- Only for orders that exist: an id that is no order's (a hostile receipt's random UUID)
+    -- may have no timeline partition to go to (docs/adr/0018-partitioned-tables.md).
+    WHERE EXISTS (SELECT 1 FROM orders WHERE orders.id = r.order_id)
+    ON CONFLICT (order_id, source_id) WHERE source_id IS NOT NULL DO NOTHING
     RETURNING source_id
 ),
 -- The receipts applied now. Everything below reads these alone, so a receipt applied again
@@ -187,6 +192,21 @@ async def apply_receipts(store: OrderStore, receipts: list[Receipt]) -> int:
     return len(columns[0])
 
 
+def _finished_dedupe_keys(receipts: list[Receipt]) -> list[str]:
+    """The publish-once keys of events whose e-mail is now settled (sent or dead).
+
+    Called only after the statement that deleted their outbox rows has committed: from then
+    on no relay or re-drive can publish them again (a relay holding a row's lock made that
+    DELETE wait for its commit), so the key has done its job and need not live out its TTL.
+    """
+    keys = []
+    for _sid, fields in receipts:
+        if fields.get(b"type") in (b"sent", b"dead"):
+            with contextlib.suppress(ValueError):
+                keys.append(published_key(str(uuid.UUID(_field(fields, b"event_id")))))
+    return keys
+
+
 class ReceiptsConsumer:
     name = "receipts"
 
@@ -297,6 +317,8 @@ class ReceiptsConsumer:
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.xack(RECEIPTS_STREAM, RECEIPTS_GROUP, *ids)
             pipe.xdel(RECEIPTS_STREAM, *ids)
+            if done := _finished_dedupe_keys(receipts):
+                pipe.unlink(*done)
             await pipe.execute()
         return len(receipts)
 

@@ -130,6 +130,24 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
             minimum=1,
         ),
     ] = 60
+    partition_interval_s: Annotated[
+        int,
+        Env(
+            "ACME_PARTITION_INTERVAL_S",
+            "width of one partition of the order timeline (by the order id's time); created "
+            "ahead and dropped whole by the janitor",
+            minimum=60,
+        ),
+    ] = 86_400
+    timeline_retention_s: Annotated[
+        int,
+        Env(
+            "ACME_TIMELINE_RETENTION_S",
+            "timeline partitions whose whole range is older than this are dropped (orders and "
+            "their items are kept)",
+            minimum=60,
+        ),
+    ] = 30 * 86_400
     metrics_host: Annotated[
         str, Env("ACME_METRICS_HOST", "where the relay process serves /metrics")
     ] = "0.0.0.0"  # noqa: S104 - scraped by Prometheus from outside the pod

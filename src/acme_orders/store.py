@@ -3,6 +3,12 @@
 Writing an order is ONE statement (data-modifying CTEs): idempotency key, order, items, outbox
 row and the first timeline entry commit together or not at all, in a single round trip. That is
 both the transactional outbox's guarantee and most of the intake throughput.
+
+The timeline is partitioned by order id and its old partitions dropped whole (the janitor;
+docs/adr/0018-partitioned-tables.md). The outbox stays a plain table emptied by DELETE (the
+receipts consumer, once an e-mail is sent or dead): a row lives seconds, so the table only ever
+holds the in-flight backlog, and a small hot table's dead tuples are vacuumed as fast as they
+come; partitions would drop nothing that a DELETE has not already removed.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from acme_orders.domain import OrderDraft
 from acme_runtime.migrate import Migration, discover
 
 __all__ = [
+    "TIMELINE_TABLE",
     "Created",
     "IdempotencyMismatch",
     "OrderStore",
@@ -33,6 +40,8 @@ __all__ = [
 ]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: RANGE-partitioned by order_id (a UUIDv7): the janitor creates and drops its partitions.
+TIMELINE_TABLE = "order_timeline"
 
 #: Anything that runs a statement: a pooled connection inside a transaction, or the pool.
 Executor = asyncpg.Connection | PoolConnectionProxy | asyncpg.Pool
@@ -284,7 +293,11 @@ class OrderStore:
         return [_outbox_event(r) for r in rows]
 
     async def delete_expired_keys(self, ttl_s: int, limit: int = 5_000) -> int:
-        """Deletes up to `limit` idempotency keys older than `ttl_s`; returns how many."""
+        """Deletes up to `limit` idempotency keys older than `ttl_s`; returns how many.
+
+        A DELETE, not partitions: keys are only written for requests that carry one, live a
+        day, and go in batches that each hold their locks for milliseconds; autovacuum keeps
+        up with that, and a partition per day would buy little (docs/adr/0018)."""
         result: str = await self.pool.execute(
             "DELETE FROM idempotency_keys WHERE key IN ("
             " SELECT key FROM idempotency_keys"

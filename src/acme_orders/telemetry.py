@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from acme_runtime.actors import tick_failures_counter
 from acme_runtime.heap import gc_pause_histogram
+from acme_runtime.partitions import PartitionMetrics
 
 __all__ = ["HTTP_BUCKETS_S", "OrdersMetrics"]
 
@@ -23,6 +24,7 @@ class OrdersMetrics:
         r = self.registry
         self.actor_tick_failures = tick_failures_counter(r)
         self.gc_pauses = gc_pause_histogram(r)
+        self.partitions = PartitionMetrics.register(r)
         self.http_duration = Histogram(
             "acme_http_request_duration_seconds",
             "HTTP request duration, by route template, method and status code.",

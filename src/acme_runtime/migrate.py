@@ -3,7 +3,12 @@
 Each service keeps its migrations as `NNNN_name.sql` files beside its code and owns its rows in
 `schema_migrations`. A transaction-scoped advisory lock serialises concurrent runners (two
 `acme migrate` Jobs, or `acme up` racing a test), so each file runs exactly once, in order, and a
-failing file rolls back whole.
+failing file rolls back whole (the files before it stay applied; the next run resumes there).
+
+Each file is its own transaction, and its locks end with it: a migration can take a strong lock
+for an instant in one file (`ADD CONSTRAINT ... NOT VALID`), scan under a weak one in the next
+(`VALIDATE CONSTRAINT`, which lets reads and writes go on) and swap tables in a third, instead
+of holding the strongest lock across the scan (docs/adr/0018-partitioned-tables.md).
 """
 
 from __future__ import annotations
@@ -24,7 +29,13 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     version    text        NOT NULL,
     applied_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (service, version)
-)
+);
+-- The smallest UUIDv7 of an instant (its 48-bit Unix milliseconds, every other bit zero): the
+-- partition bound the services' migrations start from (acme_runtime.partitions.uuid7_bound).
+CREATE OR REPLACE FUNCTION acme_uuid7_bound(at timestamptz) RETURNS uuid
+    LANGUAGE sql IMMUTABLE STRICT
+    AS $$ SELECT (lpad(to_hex((extract(epoch FROM at) * 1000)::bigint), 12, '0')
+                  || repeat('0', 20))::uuid $$;
 """
 
 
@@ -49,10 +60,17 @@ async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
         await conn.execute(_BOOTSTRAP)
-        rows = await conn.fetch("SELECT service, version FROM schema_migrations")
-        done = {(row["service"], row["version"]) for row in rows}
-        for migration in migrations:
-            if (migration.service, migration.version) in done:
+    for migration in migrations:
+        async with conn.transaction():
+            # Taken again per file: a concurrent runner applies whole files between ours, and
+            # what it applied is read after the lock, never before.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            done = await conn.fetchval(
+                "SELECT true FROM schema_migrations WHERE service = $1 AND version = $2",
+                migration.service,
+                migration.version,
+            )
+            if done:
                 continue
             await conn.execute(migration.sql)
             await conn.execute(

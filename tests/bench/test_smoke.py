@@ -37,3 +37,20 @@ def test_the_smoke_scenario_delivers_every_email_and_writes_its_results(tmp_path
     assert any("notifier-1" in sample.get("cores", {}) for sample in saved["samples"])
     assert {"api", "relay", "notifier-1", "sink"} <= saved["cpu"]["by_process"].keys()
     assert Path(saved["plot"]).stat().st_size > 10_000
+
+
+def test_the_whole_path_leaves_nothing_per_order_in_redis(tmp_path: Path) -> None:
+    """storage-smoke: 150 orders through the real processes, then 5 s of quiet: no publish-once
+    key left, acknowledged entries trimmed, and the per-table figures written with a plot."""
+    options = RunOptions(out_dir=tmp_path, quiet_timeout_s=0, command="pytest storage-smoke")
+
+    report = run_scenario("storage-smoke", options)
+    path = save_report(report, tmp_path, plot=True)
+
+    saved = json.loads(path.read_text())
+    after = saved["storage"]["after"]
+    assert saved["e2e"]["missing"] == 0 and saved["e2e"]["duplicates"] == 0
+    assert after["redis"]["publish_once_keys"] == 0, "a publish-once key outlived its e-mail"
+    assert saved["storage"]["per_order"]["postgres_bytes_per_order"]["orders"] > 0
+    assert all(target["met"] for target in saved["targets"]), saved["targets"]
+    assert Path(saved["plot"]).stat().st_size > 10_000

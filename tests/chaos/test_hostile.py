@@ -20,6 +20,8 @@ from bench.stack import HOST
 from redis.asyncio import Redis
 
 from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM
+from acme_runtime.clock import now_ms
+from acme_runtime.ids import uuid7
 from tests.chaos.client import post_order
 from tests.chaos.conftest import StartSystem
 from tests.chaos.harness import ChaosSystem, Scale
@@ -50,7 +52,7 @@ _ENVELOPE: Final[dict[str, Any]] = {
 
 def _envelope(**changes: Any) -> bytes:
     document = json.loads(json.dumps(_ENVELOPE))
-    document["event_id"] = str(uuid.uuid4())
+    document["event_id"] = str(uuid7())
     for path, value in changes.items():
         target = document
         *parents, leaf = path.split("__")
@@ -70,6 +72,11 @@ POISON: Final[list[tuple[dict[str, bytes], str, str]]] = [
     ({"v": b"1", "data": _envelope(type="order.cancelled")}, "poison", "unknown event type"),
     ({"v": b"1", "data": _envelope(schema_version=2)}, "poison", "schema_version 2"),
     ({"v": b"1", "data": _envelope(payload__items=[])}, "poison", "order without items"),
+    # The send ledger is partitioned by the event id's time: an id that is no UUIDv7 of now
+    # could not be recorded once e-mailed, so it is refused before any e-mail.
+    ({"v": b"1", "data": _envelope(event_id=str(uuid.uuid4()))}, "poison", "not a UUIDv7"),
+    ({"v": b"1", "data": _envelope(event_id=str(uuid7(now_ms() + 30 * 86_400_000)))}, "poison",
+     "in the future"),
     ({"v": b"1", "data": _envelope(payload__items__0__unit_price="NaN")}, "poison",
      "undecodable envelope"),
     ({"v": b"1", "data": _envelope(payload__customer__email="a@b.example\r\nBcc: x@y.example")},

@@ -38,6 +38,7 @@ from acme_runtime.channels import (
     DEAD_STREAM,
     EVENTS_STREAM,
     NOTIFIER_GROUP,
+    PUBLISHED_PREFIX,
     RECEIPTS_GROUP,
     RECEIPTS_STREAM,
 )
@@ -154,6 +155,10 @@ class Verdict:
     partial_orders: int = 0
     events_pending: int = 0
     receipts_pending: int = 0
+    #: Publish-once keys still in Redis, and the events stream's length, when judged: Redis
+    #: keeps a key per event only while it is in flight (its outbox row still there).
+    published_keys_left: int = 0
+    events_length: int = 0
     e2e_s: dict[str, float] = field(default_factory=dict)
     #: SMTP accepted -> ledger row written, ms: how wide the duplicate window really was.
     ledger_gap_ms: dict[str, float] = field(default_factory=dict)
@@ -197,6 +202,9 @@ class Verdict:
                 (self.status_mismatches == 0,
                  f"{self.status_mismatches} orders whose status does not match their e-mail"),
                 (self.outbox_left == 0, f"{self.outbox_left} outbox rows never confirmed"),
+                (self.published_keys_left <= self.outbox_left,
+                 f"{self.published_keys_left} publish-once keys outlive their events "
+                 f"({self.outbox_left} events still in flight)"),
             ]  # fmt: skip
         if max_e2e_s is not None:
             worst = self.e2e_s.get("max", math.nan)
@@ -226,6 +234,8 @@ class Verdict:
             f"orders db status mismatches {self.status_mismatches}, outbox left "
             f"{self.outbox_left}, pending events {self.events_pending} receipts "
             f"{self.receipts_pending}; waits {self.waits}",
+            f"redis     publish-once keys left {self.published_keys_left}, events stream "
+            f"{self.events_length} entries",
             f"logs      {self.log_events}",
             *(f"extra     {k}: {v}" for k, v in self.extra.items()),
         ]
@@ -281,6 +291,16 @@ async def _redis_state(url: str) -> tuple[dict[str, list[str]], int, int, int]:
             await _pending(redis, EVENTS_STREAM, NOTIFIER_GROUP),
             await _pending(redis, RECEIPTS_STREAM, RECEIPTS_GROUP),
         )
+    finally:
+        await redis.aclose()
+
+
+async def _redis_leftovers(url: str) -> tuple[int, int]:
+    """(publish-once keys, events stream length) left in Redis."""
+    redis = Redis.from_url(url, socket_timeout=10)
+    try:
+        keys = [key async for key in redis.scan_iter(match=f"{PUBLISHED_PREFIX}*", count=1_000)]
+        return len(keys), int(await redis.xlen(EVENTS_STREAM))
     finally:
         await redis.aclose()
 
@@ -348,6 +368,7 @@ async def judge(
                 receipts_pending=receipts_pending,
                 faults=_fault_counts(system), waits=waits or {})  # fmt: skip
     v.unknown_orders = len(orders.keys() - intake.accepted.keys())
+    v.published_keys_left, v.events_length = await _redis_leftovers(system.stack.redis_url)
     v.timeline = [
         f"{e.at - system.started_at:.2f}s {e.kind} {e.target} {e.detail}".rstrip()
         for e in system.timeline

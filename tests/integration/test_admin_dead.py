@@ -188,7 +188,9 @@ async def test_list_json_has_the_documented_schema(
         "replays",
         "first_attempt_at",
         "dead_at",
+        "where",
     ]
+    assert first["where"] == "stream" and document["in_archive"] == 0
     assert first["dead_id"] == seeded[1].dead_id and first["order_id"] == seeded[1].order_id
     assert first["email"] == "a***@example.com" and first["deliveries"] == 1
     assert first["dead_at"].endswith("Z") and datetime.fromisoformat(first["dead_at"])

@@ -7,7 +7,6 @@ for an event recorded twice, and acknowledge (with one receipt each) exactly its
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import asyncpg
@@ -17,13 +16,15 @@ from redis.asyncio import Redis
 from acme_notify.ledger import SendLedger
 from acme_notify.streams import Streams
 from acme_runtime.channels import EVENTS_STREAM, RECEIPTS_STREAM
+from acme_runtime.ids import uuid7
 from acme_runtime.lua import load_script
 
 pytestmark = pytest.mark.slow
 
 
 def _uuid() -> str:
-    return str(uuid.uuid4())
+    # Event ids are UUIDv7s: the ledger is partitioned by their time (ADR 0018).
+    return str(uuid7())
 
 
 async def _record(ledger: SendLedger, event_id: str, message_id: str) -> None:

@@ -38,6 +38,20 @@ POISON: dict[bytes, bytes] = {
 }
 
 
+#: A layout-1 dead entry's own fields (no dead_layout; original_id first, dead_at_ms last).
+LEGACY_OWN: list[bytes] = [
+    b"original_id", b"1-0", b"reason_class", b"poison", b"reason", b"undecodable",
+    b"last_error", b"", b"deliveries", b"1", b"consumer", b"n1",
+    b"first_attempt_ms", b"1", b"dead_at_ms", b"2",
+]  # fmt: skip
+
+
+async def add_legacy(redis: Redis, *original: bytes) -> str:
+    """A layout-1 dead entry with these original fields (name, value, ...); its id."""
+    reply = await redis.execute_command("XADD", DEAD_STREAM, "*", *LEGACY_OWN, *original)
+    return str(reply.decode())
+
+
 def lua_own_fields(script: str) -> set[str]:
     """The names in a script's `local OWN = {...}` table."""
     source = (LUA / f"{script}.lua").read_text()
@@ -54,10 +68,10 @@ async def raw_entry(redis: Redis, stream: str, entry_id: str) -> list[bytes]:
     return list(reply)
 
 
-async def dead_letter_poison(redis: Redis) -> tuple[str, str]:
-    """POISON on the events stream, read once and dead-lettered by the notifier's own script;
-    (original id, dead id)."""
-    entry_id = (await redis.xadd(EVENTS_STREAM, POISON)).decode()  # type: ignore[arg-type]
+async def dead_letter_poison(redis: Redis, fields: dict[bytes, bytes] = POISON) -> tuple[str, str]:
+    """POISON (or `fields`) on the events stream, read once and dead-lettered by the
+    notifier's own script; (original id, dead id)."""
+    entry_id = (await redis.xadd(EVENTS_STREAM, fields)).decode()  # type: ignore[arg-type]
     streams = Streams(redis, "n1")
     await streams.ensure_group()
     await streams.read_new(1, 10)
@@ -134,16 +148,7 @@ async def test_a_replay_puts_back_exactly_the_original_fields(redis: Redis) -> N
 async def test_an_entry_in_the_layout_before_still_reads_and_replays(redis: Redis) -> None:
     """Layout 1 (no dead_layout field, the own fields first, a poison's clashing name after
     them): the scripts take the own reason class and replay the fields after dead_at_ms."""
-    own = [
-        b"original_id", b"1-0", b"reason_class", b"poison", b"reason", b"undecodable",
-        b"last_error", b"", b"deliveries", b"1", b"consumer", b"n1",
-        b"first_attempt_ms", b"1", b"dead_at_ms", b"2",
-    ]  # fmt: skip
-    legacy = (
-        await redis.execute_command(
-            "XADD", DEAD_STREAM, "*", *own, b"reason_class", b"forged", b"v", b"1"
-        )
-    ).decode()
+    legacy = await add_legacy(redis, b"reason_class", b"forged", b"v", b"1")
 
     [indexed] = [e async for e in scan_index(redis)]
     assert indexed.reason_class == "poison"

@@ -34,31 +34,35 @@ def draft() -> OrderDraft:
     return parsed
 
 
-async def insert_orders(store: OrderStore, count: int) -> list[uuid.UUID]:
-    """Writes orders straight through the store, as a crashed API would have left them."""
-    event_ids = []
-    for _ in range(count):
-        order_id, event_id, now = uuid7(), uuid7(), datetime.now(UTC)
-        envelope = encode_envelope(
-            build_envelope(
-                event_id=str(event_id),
-                order_id=str(order_id),
-                draft=draft(),
-                created_at=now,
-                traceparent=None,
-            )
-        )
-        await store.create_order(
-            order_id=order_id,
-            event_id=event_id,
+async def insert_order(store: OrderStore, at_ms: int | None = None) -> tuple[uuid.UUID, uuid.UUID]:
+    """Writes an order (made now, or at `at_ms`) straight through the store, as a crashed API
+    would have left it: (order id, event id)."""
+    order_id, event_id = uuid7(at_ms), uuid7(at_ms)
+    now = datetime.now(UTC) if at_ms is None else datetime.fromtimestamp(at_ms / 1000, UTC)
+    envelope = encode_envelope(
+        build_envelope(
+            event_id=str(event_id),
+            order_id=str(order_id),
             draft=draft(),
             created_at=now,
-            envelope=envelope,
-            trace_id=None,
-            idempotency_key=None,
+            traceparent=None,
         )
-        event_ids.append(event_id)
-    return event_ids
+    )
+    await store.create_order(
+        order_id=order_id,
+        event_id=event_id,
+        draft=draft(),
+        created_at=now,
+        envelope=envelope,
+        trace_id=None,
+        idempotency_key=None,
+    )
+    return order_id, event_id
+
+
+async def insert_orders(store: OrderStore, count: int) -> list[uuid.UUID]:
+    """Writes `count` orders through the store; returns their event ids."""
+    return [(await insert_order(store))[1] for _ in range(count)]
 
 
 async def stream_event_ids(redis: Redis) -> list[str]:

@@ -12,10 +12,11 @@ import pytest
 from redis.asyncio import Redis
 
 from acme_orders.receipts import Receipt, ReceiptsConsumer, apply_receipts
+from acme_orders.relay import redrive_once, relay_once
 from acme_orders.store import OrderStore
-from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM
+from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM, published_key
 from tests.harness import eventually
-from tests.integration.test_outbox import insert_orders
+from tests.integration.test_outbox import insert_orders, stream_event_ids
 
 
 async def order_ids(pool: asyncpg.Pool) -> list[str]:
@@ -276,6 +277,31 @@ class CountingPool:
             self.refused += 1
             raise
         return result
+
+
+async def test_a_settled_events_publish_once_key_goes_with_its_receipt_and_no_sooner(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    """Sent and dead receipts remove their events' publish-once keys; an attempt_failed
+    (still in flight) and an event with no receipt keep theirs, so a re-drive still cannot
+    publish them twice, and nothing settled is published again."""
+    store = OrderStore(pool)
+    event_ids = [str(e) for e in await insert_orders(store, 4)]
+    await relay_once(store, redis, grace_ms=0, batch=10, dedupe_ttl_s=3_600)
+    orders = {
+        str(r["event_id"]): str(r["order_id"]) for r in await pool.fetch("SELECT * FROM outbox")
+    }
+    sent, dead, failing, quiet = event_ids
+    for kind, event_id in (("sent", sent), ("dead", dead), ("attempt_failed", failing)):
+        await redis.xadd(RECEIPTS_STREAM, receipt(kind, event_id, orders[event_id], 1, T))
+    consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=10)
+    await consumer._ensure_group()
+    assert await consumer.consume_once() == 3
+
+    left = {e for e in event_ids if await redis.exists(published_key(e))}
+    assert left == {failing, quiet}
+    assert await redrive_once(store, redis, older_than_s=0, batch=10, dedupe_ttl_s=3_600) == 2
+    assert sorted(await stream_event_ids(redis)) == sorted(event_ids), "nothing published twice"
 
 
 async def test_a_trickle_of_receipts_is_applied_in_few_statements_while_lingering(

@@ -170,3 +170,23 @@ async def test_an_email_sent_for_a_pending_entry_acks_it_once_and_clears_its_err
     assert not await is_pending(redis, entry_id)
     assert await receipt_kinds(redis) == ["attempt_failed", "sent"]
     assert not await redis.hexists(LAST_ERROR_HASH, entry_id)
+
+
+async def test_trimming_removes_what_every_group_acknowledged_and_keeps_the_rest(
+    redis: Redis,
+) -> None:
+    """With no retention, the reaper's trim drops acknowledged entries at once (whole listpack
+    nodes, so at most a node's worth stays) and never a pending or an unread one."""
+    streams = Streams(redis, "a")
+    ids = [await add_entry(redis) for _ in range(400)]
+    await streams.ensure_group()
+    await streams.read_new(300, 10)
+    assert await redis.xack(EVENTS_STREAM, streams.group, *ids[:250]) == 250
+    await streams.trim_acknowledged(retention_ms=0)
+    left: Any = await redis.xrange(EVENTS_STREAM)
+    kept = {entry_id.decode() for entry_id, _fields in left}
+    assert set(ids[250:]) <= kept, "a pending (250-299) or unread (300-399) entry was trimmed"
+    assert len(kept) <= 150 + 100, f"{len(kept)} entries left: acknowledged ones stayed"
+
+    await streams.trim_acknowledged(retention_ms=3_600_000)
+    assert await redis.xlen(EVENTS_STREAM) == len(kept), "a retention keeps recent entries"

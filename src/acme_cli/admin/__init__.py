@@ -5,6 +5,8 @@ One concern per module:
   errors               the ways a command ends badly, each with its exit code
   deadletters          dead entries decoded (pure; reusable by metrics)
   deadstream           bounded reads of the dead stream; what a replay/purge will touch
+  archive              the dead stream and its PostgreSQL archive together: merged reads
+  archive_actions      replay and purge of archived entries
   health, records      stream/group health (reusable) and the `stats` snapshot; PostgreSQL
   actions              replay and purge through Lua, Ctrl-C handling; the audit trail
   trace                one order's whole path

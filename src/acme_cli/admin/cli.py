@@ -21,7 +21,9 @@ _RAW = argparse.RawDescriptionHelpFormatter
 
 FOOTER: Final = """
 environment:
-  ACME_REDIS_URL, ACME_DATABASE_URL  the servers (each command needs only the ones it reads)
+  ACME_REDIS_URL, ACME_DATABASE_URL  the servers (each command needs only the ones it reads;
+                              `acme dead` reads the archive of old dead letters in PostgreSQL
+                              when ACME_DATABASE_URL is set)
   ACME_REPLAY_MAX=3           an entry already replayed this often is refused unless --force
   ACME_ADMIN_CONFIRM_ABOVE=3  replay/purge of more entries asks first unless --yes
   ACME_OPERATOR               your name in the audit trail (default $USER@host)
@@ -95,8 +97,9 @@ def _dead_list(commands: Subparsers) -> None:
     listing = commands.add_parser(
         "list",
         help="dead letters, newest first, a page at a time",
-        description="Dead letters, newest first. Reads one page (XREVRANGE ... COUNT), never "
-        "the whole stream; `--before` the last id shown gives the next page.",
+        description="Dead letters, newest first, from the dead stream and its archive in "
+        "PostgreSQL (column `where`). Reads one page of each, never the whole stream; "
+        "`--before` the last id shown gives the next page.",
         epilog=DEAD_EPILOG,
         formatter_class=_RAW,
     )

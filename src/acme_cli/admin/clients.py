@@ -29,6 +29,8 @@ __all__ = ["Clients", "connect"]
 class Clients:
     redis_client: Redis | None = None
     pool_client: asyncpg.Pool | None = None
+    #: Why PostgreSQL, asked for "if up", is not there (not configured, unreachable); or None.
+    postgres_missing: str | None = None
 
     @property
     def redis(self) -> Redis:
@@ -82,9 +84,15 @@ def _why(exc: BaseException) -> str:
 
 @asynccontextmanager
 async def connect(
-    settings: AdminSettings, *, redis: bool = False, postgres: bool = False
+    settings: AdminSettings,
+    *,
+    redis: bool = False,
+    postgres: bool = False,
+    postgres_if_up: bool = False,
 ) -> AsyncIterator[Clients]:
-    """The clients a command asked for; any later failure of one names its URL too."""
+    """The clients a command asked for; any later failure of one names its URL too.
+    `postgres_if_up`: PostgreSQL when it is configured and answers; else the command goes on
+    without it, and `postgres_missing` says why."""
     redis_url = settings.require_redis() if redis else None
     database_url = settings.require_database() if postgres else None
     clients = Clients()
@@ -93,6 +101,14 @@ async def connect(
             clients.redis_client = await _open_redis(redis_url, settings.connect_timeout_s)
         if database_url is not None:
             clients.pool_client = await _open_pool(database_url, settings.connect_timeout_s)
+        elif postgres_if_up and settings.database_url is None:
+            clients.postgres_missing = "ACME_DATABASE_URL is not set"
+        elif postgres_if_up and settings.database_url is not None:
+            database_url = settings.database_url
+            try:
+                clients.pool_client = await _open_pool(database_url, settings.connect_timeout_s)
+            except Unavailable as exc:
+                clients.postgres_missing = str(exc)
         try:
             yield clients
         except RedisError as exc:

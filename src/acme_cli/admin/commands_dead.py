@@ -11,9 +11,9 @@ from typing import TypeGuard
 import msgspec
 
 from acme_cli.admin.actions import find_audit
+from acme_cli.admin.archive import find_dead, list_all, open_archive
 from acme_cli.admin.clients import connect
-from acme_cli.admin.deadletters import decode_dead_detail, ms_to_datetime
-from acme_cli.admin.deadstream import fetch_dead, list_dead
+from acme_cli.admin.deadletters import ms_to_datetime
 from acme_cli.admin.edge import Flow, checked, since_arg, stream_id
 from acme_cli.admin.errors import NotFound, UsageError
 from acme_cli.admin.records import ledger_rows, order_record
@@ -35,16 +35,28 @@ async def dead_list(
     reasons: Collection[str],
     show_pii: bool,
 ) -> int:
-    async with connect(settings, redis=True) as clients:
-        page = await list_dead(
-            clients.redis, limit=limit, before=before, since_ms=since_ms, reasons=reasons
+    async with connect(settings, redis=True, postgres_if_up=True) as c:
+        archive = open_archive(c, out)
+        page = await list_all(
+            c.redis, archive, limit=limit, before=before, since_ms=since_ms, reasons=reasons
         )
-        total = int(await clients.redis.xlen(DEAD_STREAM))
+        in_stream = int(await c.redis.xlen(DEAD_STREAM))
+        in_archive = None if archive is None else await archive.count()
     entries = page.entries if show_pii else [e.masked() for e in page.entries]
+    total = in_stream + (in_archive or 0)
     if out.as_json:
-        out.json({"total": total, "entries": entries, "next_before": page.next_before})
+        out.json(
+            {
+                "total": total,
+                "in_stream": in_stream,
+                "in_archive": in_archive,
+                "entries": entries,
+                "next_before": page.next_before,
+            }
+        )
     else:
-        render_dead_list(out, entries, total, page.next_before, ms_to_datetime(now_ms()))
+        now = ms_to_datetime(now_ms())
+        render_dead_list(out, entries, total, page.next_before, now, in_archive=in_archive)
     return 0
 
 
@@ -69,10 +81,9 @@ def run_dead_list(args: argparse.Namespace) -> int:
 
 async def dead_show(settings: AdminSettings, out: Output, *, dead_id: str, show_pii: bool) -> int:
     async with connect(settings, redis=True, postgres=True) as clients:
-        found = await fetch_dead(clients.redis, [dead_id])
-        if dead_id not in found:
+        detail = await find_dead(clients.redis, open_archive(clients, out), dead_id)
+        if detail is None:
             raise NotFound(f"no dead entry {dead_id} (`acme dead list` shows the ids)")
-        detail = decode_dead_detail(dead_id, found[dead_id])
         e = detail.entry
         record = None
         if e.order_id:

@@ -17,8 +17,10 @@ from collections.abc import Callable, Collection, Sequence
 import msgspec
 
 from acme_cli.admin import actions
+from acme_cli.admin.archive import forget_archived, open_archive, select_all
+from acme_cli.admin.archive_actions import Acting, purge_archived, replay_archived
 from acme_cli.admin.clients import connect
-from acme_cli.admin.deadstream import Selected, select_dead
+from acme_cli.admin.deadstream import Selected
 from acme_cli.admin.edge import (
     Flow,
     ask_terminal,
@@ -69,6 +71,12 @@ def _report(
     return summary
 
 
+def _split(selected: list[Selected]) -> tuple[list[str], list[str]]:
+    """The ids in the dead stream, and those in the archive (each acted on its own way)."""
+    stream = [s.dead_id for s in selected if s.where != "archive"]
+    return stream, [s.dead_id for s in selected if s.where == "archive"]
+
+
 def _stopped(out: Output, progress: actions.Progress, selected: list[Selected], done: str) -> int:
     """1, with a note of how far the run got, if a signal stopped it; else 0."""
     if not progress.stopped:
@@ -95,8 +103,9 @@ async def dead_replay(
     ask: Ask,
     progress: actions.Progress,
 ) -> int:
-    async with connect(settings, redis=True) as clients:
-        selected = await select_dead(clients.redis, ids=ids, reasons=reasons, since_ms=since_ms)
+    async with connect(settings, redis=True, postgres_if_up=True) as c:
+        archive = open_archive(c, out)
+        selected = await select_all(c.redis, archive, ids=ids, reasons=reasons, since_ms=since_ms)
         cap = settings.replay_max
         if dry_run:
             planned = [
@@ -118,18 +127,18 @@ async def dead_replay(
             return 0
         await _confirm(settings, ask, len(selected), "Replay", yes)
         stop = asyncio.Event()
+        acting = Acting(settings.operator, why, settings.audit_maxlen, stop)
+        stream, archived = _split(selected)
         with actions.stop_on_signal(stop, out.note):
             await actions.replay(
-                clients.redis,
-                [s.dead_id for s in selected],
-                cap=cap,
-                force=force,
-                who=settings.operator,
-                why=why,
-                audit_maxlen=settings.audit_maxlen,
-                progress=progress,
-                stop=stop,
+                c.redis, stream, cap=cap, force=force, progress=progress, **acting._asdict()
             )
+            await forget_archived(archive, progress.outcomes)
+            if archive is not None and archived and not progress.stopped:
+                await replay_archived(
+                    c.redis, archive, archived, cap=cap, force=force, acting=acting,
+                    progress=progress,
+                )  # fmt: skip
     summary = _report(out, "Replay", progress.outcomes, selected, dry=False, replay=True)
     if summary.get("capped"):
         out.note(f"entries replayed {cap} times already were refused; --force overrides the cap")
@@ -177,8 +186,9 @@ async def dead_purge(
     ask: Ask,
     progress: actions.Progress,
 ) -> int:
-    async with connect(settings, redis=True) as clients:
-        selected = await select_dead(clients.redis, ids=ids, until_ms=until_ms)
+    async with connect(settings, redis=True, postgres_if_up=True) as c:
+        archive = open_archive(c, out)
+        selected = await select_all(c.redis, archive, ids=ids, until_ms=until_ms)
         if dry_run:
             planned = [actions.Outcome(dead_id=s.dead_id, status="would_purge") for s in selected]
             _report(
@@ -192,16 +202,13 @@ async def dead_purge(
             return 0
         await _confirm(settings, ask, len(selected), "Delete", yes)
         stop = asyncio.Event()
+        acting = Acting(settings.operator, why, settings.audit_maxlen, stop)
+        stream, archived = _split(selected)
         with actions.stop_on_signal(stop, out.note):
-            await actions.purge(
-                clients.redis,
-                [s.dead_id for s in selected],
-                who=settings.operator,
-                why=why,
-                audit_maxlen=settings.audit_maxlen,
-                progress=progress,
-                stop=stop,
-            )
+            await actions.purge(c.redis, stream, progress=progress, **acting._asdict())
+            await forget_archived(archive, progress.outcomes)
+            if archive is not None and archived and not progress.stopped:
+                await purge_archived(c.redis, archive, archived, acting=acting, progress=progress)
     summary = _report(out, "Purge", progress.outcomes, selected, dry=False, replay=False)
     return _stopped(out, progress, selected, "purged") or (0 if set(summary) <= {"purged"} else 1)
 

@@ -47,6 +47,9 @@ class DeadEntry(msgspec.Struct, frozen=True, kw_only=True):
     replays: int
     first_attempt_at: datetime | None
     dead_at: datetime
+    #: "stream" (the dead stream in Redis) or "archive" (notify.dead_letters in PostgreSQL,
+    #: where the notifier's archiver moves the oldest entries).
+    where: str = "stream"
 
     def masked(self) -> DeadEntry:
         email = None if self.email is None else mask_email(self.email)
@@ -63,6 +66,8 @@ class DeadDetail(msgspec.Struct, frozen=True, kw_only=True):
     envelope: Any
     envelope_error: str | None
     trace_id: str | None
+    #: When the archiver moved it to PostgreSQL; None while it is in the dead stream.
+    archived_at: datetime | None = None
 
     def masked(self) -> DeadDetail:
         """The same, with the customer's e-mail masked wherever it appears."""
@@ -113,7 +118,9 @@ def _email(envelope: Any) -> str | None:
     return email if isinstance(email, str) else None
 
 
-def decode_dead_entry(dead_id: str, fields: RawFields, *, envelope: Any = None) -> DeadEntry:
+def decode_dead_entry(
+    dead_id: str, fields: RawFields, *, envelope: Any = None, where: str = "stream"
+) -> DeadEntry:
     """A dead entry from its raw fields; tolerant: a missing field reads as empty."""
     own, original, _named = split_dead_fields(fields)
     if envelope is None:
@@ -133,17 +140,24 @@ def decode_dead_entry(dead_id: str, fields: RawFields, *, envelope: Any = None) 
         replays=_int(original, b"replays") or 0,
         first_attempt_at=None if first_ms is None else ms_to_datetime(first_ms),
         dead_at=ms_to_datetime(_int(own, "dead_at_ms") or _id_ms(dead_id)),
+        where=where,
     )
 
 
-def decode_dead_detail(dead_id: str, fields: RawFields) -> DeadDetail:
+def decode_dead_detail(
+    dead_id: str,
+    fields: RawFields,
+    *,
+    where: str = "stream",
+    archived_at: datetime | None = None,
+) -> DeadDetail:
     original = split_dead_fields(fields).original
     envelope, error = _envelope(original)
     trace = envelope.get("trace") if isinstance(envelope, dict) else None
     traceparent = trace.get("traceparent") if isinstance(trace, dict) else None
     parts = traceparent.split("-") if isinstance(traceparent, str) else []
     return DeadDetail(
-        entry=decode_dead_entry(dead_id, fields, envelope=envelope),
+        entry=decode_dead_entry(dead_id, fields, envelope=envelope, where=where),
         fields={
             k.decode("utf-8", "replace"): v.decode("utf-8", "replace")
             for k, v in original.items()
@@ -152,4 +166,5 @@ def decode_dead_detail(dead_id: str, fields: RawFields) -> DeadDetail:
         envelope=envelope,
         envelope_error=error,
         trace_id=parts[1] if len(parts) == 4 else None,
+        archived_at=archived_at,
     )

@@ -34,6 +34,7 @@ __all__ = [
     "list_dead",
     "scan_index",
     "select_dead",
+    "selected_of",
 ]
 
 #: Never ask Redis for more than this many entries in one round trip.
@@ -146,6 +147,8 @@ class Selected(msgspec.Struct, frozen=True, kw_only=True):
     order_id: str | None
     reason_class: str
     replays: int
+    #: "stream" or "archive" (selected by acme_cli.admin.archive).
+    where: str = "stream"
 
 
 async def select_dead(
@@ -164,7 +167,7 @@ async def select_dead(
         if missing:
             more = f" and {len(missing) - 5} more" if missing[5:] else ""
             raise NotFound(f"no dead entry {', '.join(missing[:5])}{more}; nothing was changed")
-        return [_selected(i, found[i]) for i in dict.fromkeys(ids)]
+        return [selected_of(i, found[i]) for i in dict.fromkeys(ids)]
     lower = "-" if since_ms is None else f"{since_ms}-0"
     upper = "+" if until_ms is None else str(until_ms - 1)  # <ms> alone: its last sequence
     return [
@@ -179,7 +182,8 @@ async def select_dead(
     ]
 
 
-def _selected(dead_id: str, fields: dict[bytes, bytes]) -> Selected:
+def selected_of(dead_id: str, fields: dict[bytes, bytes], where: str = "stream") -> Selected:
+    """What a replay or purge plan needs of one entry."""
     # envelope={}: the plan needs no e-mail, so the JSON body is not decoded.
     entry = decode_dead_entry(dead_id, fields, envelope={})
     return Selected(
@@ -187,4 +191,5 @@ def _selected(dead_id: str, fields: dict[bytes, bytes]) -> Selected:
         order_id=entry.order_id,
         reason_class=entry.reason_class,
         replays=entry.replays,
+        where=where,
     )

@@ -94,23 +94,39 @@ def _compact(moment: datetime | None) -> str:
 
 
 def render_dead_list(
-    out: Output, entries: Sequence[DeadEntry], total: int, next_before: str | None, now: datetime
+    out: Output,
+    entries: Sequence[DeadEntry],
+    total: int,
+    next_before: str | None,
+    now: datetime,
+    *,
+    in_archive: int | None = None,
 ) -> None:
     if not entries:
-        out.say(f"No dead letters to show ({total:,} in the dead stream).")
+        held = (
+            f"{total:,} in the dead stream"
+            if in_archive is None
+            else f"{total:,} in all, {in_archive:,} of them archived"
+        )
+        out.say(f"No dead letters to show ({held}).")
         return
     # Ids must never be cut (they are copied into the next command): on a narrow terminal,
     # columns go instead, and the error gives way last; `dead show` has everything.
     wide = out.console.width >= 180
-    table = Table(title=f"Dead letters, newest first: {len(entries)} of {total:,} (times UTC)")
-    columns = ["dead id", "order", "e-mail", "reason", "tries", "replays", "first attempt"]
-    columns += ["dead at", "age"]
+    table = Table(
+        title=f"Dead letters, newest first: {len(entries)} of {total:,}"
+        + ("" if in_archive is None else f" ({in_archive:,} archived)")
+        + " (times UTC)"
+    )
+    columns = ["dead id", "where", "order", "e-mail", "reason", "tries", "replays"]
+    columns += ["first attempt", "dead at", "age"]
     if not wide:
-        columns = ["dead id", "order", "reason", "tries", "age"]
+        columns = ["dead id", "where", "order", "reason", "tries", "age"]
     rows = []
     for e in entries:
         cells = {
             "dead id": e.dead_id,
+            "where": e.where,
             "order": e.order_id or "-",
             "e-mail": e.email or "-",
             "reason": e.reason_class,
@@ -134,6 +150,12 @@ def render_dead_list(
         out.say(f"older entries: acme dead list --before {next_before}")
 
 
+def _where(where: str, archived_at: datetime | None) -> str:
+    if where == "archive":
+        return f"archive (PostgreSQL notify.dead_letters, archived {when(archived_at)})"
+    return "dead stream (Redis)"
+
+
 def render_dead_detail(
     out: Output,
     detail: DeadDetail,
@@ -148,6 +170,7 @@ def render_dead_detail(
     facts.add_column(overflow="fold")
     rows = [
         ("dead id", e.dead_id),
+        ("where", _where(e.where, detail.archived_at)),
         ("original stream id", e.original_id),
         ("event id", e.event_id or "-"),
         ("order id", e.order_id or "-"),
