@@ -241,9 +241,17 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
             "ACME_LEDGER_RETENTION_S",
             "send-ledger partitions whose whole range (by the event id's time) is older than "
             "this are dropped (must outlive any re-delivery)",
-            minimum=3600,
+            minimum=60,
         ),
     ] = 7 * 86_400
+    ledger_janitor_interval_s: Annotated[
+        float,
+        Env(
+            "ACME_LEDGER_JANITOR_INTERVAL_S",
+            "how often the send ledger's partitions are created ahead and dropped",
+            minimum=1,
+        ),
+    ] = 300.0
     partition_interval_s: Annotated[
         int,
         Env(

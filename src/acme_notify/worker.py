@@ -152,7 +152,7 @@ def _actors(
         ),
         BreakerSync(delivery),
         StreamProbe(redis, metrics, interval_s=settings.probe_interval_s),
-        PeriodicActor("ledger-janitor", sweep_ledger, 300.0),
+        PeriodicActor("ledger-janitor", sweep_ledger, settings.ledger_janitor_interval_s),
     ]
 
 
