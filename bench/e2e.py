@@ -145,6 +145,7 @@ async def _measure(stack: Stack, args: argparse.Namespace, received_path: Path) 
         warmup = await run_load(
             HOST, stack.http_port, args.rate, args.warmup_s, args.connections,
             drain_timeout_s=args.drain_timeout_s, key_prefix=f"warmup-{os.getpid()}", seed=1,
+            api_key=stack.api_key,
         )  # fmt: skip
         # Start the measured window with no warm-up e-mail still in flight.
         wanted = _accepted_ids(warmup)
@@ -157,6 +158,7 @@ async def _measure(stack: Stack, args: argparse.Namespace, received_path: Path) 
     load = await run_load(
         HOST, stack.http_port, args.rate, args.duration_s, args.connections,
         drain_timeout_s=args.drain_timeout_s, key_prefix=f"measure-{os.getpid()}", seed=2,
+        api_key=stack.api_key,
     )  # fmt: skip
     posted = stack.snapshot(roots)
     wanted = _accepted_ids(load)

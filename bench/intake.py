@@ -186,6 +186,7 @@ async def _measure(stack: Stack, args: argparse.Namespace) -> _Measurement:
         warmup = await run_load(
             HOST, stack.http_port, args.rate, args.warmup_s, args.connections,
             drain_timeout_s=args.drain_timeout_s, key_prefix=f"warmup-{os.getpid()}", seed=1,
+            api_key=stack.api_key,
         )  # fmt: skip
     roots = stack.roots()
     print(f"measuring {args.rate:g}/s for {args.duration_s:g} s ...", flush=True)
@@ -193,6 +194,7 @@ async def _measure(stack: Stack, args: argparse.Namespace) -> _Measurement:
     load = await run_load(
         HOST, stack.http_port, args.rate, args.duration_s, args.connections,
         drain_timeout_s=args.drain_timeout_s, key_prefix=f"measure-{os.getpid()}", seed=2,
+        api_key=stack.api_key,
     )  # fmt: skip
     after = stack.snapshot(roots)
     redis = Redis.from_url(stack.redis_url, socket_timeout=5)

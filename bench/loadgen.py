@@ -23,6 +23,7 @@ import contextlib
 import ipaddress
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -486,6 +487,8 @@ class _Run:
     key_prefix: str
     path: str
     rng: random.Random
+    #: `Authorization: Bearer` of every request (None: sent without, as a stranger would).
+    api_key: str | None = None
     t0: float = 0.0
     records: list[RequestRecord] = field(default_factory=list)
     retries: int = 0
@@ -497,7 +500,8 @@ class _Run:
             f"Host: {self.pool.host}:{self.pool.port}\r\n"
             "Content-Type: application/json\r\n"
             f"Idempotency-Key: {self.key_prefix}-{index}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
+            + (f"Authorization: Bearer {self.api_key}\r\n" if self.api_key else "")
+            + f"Content-Length: {len(body)}\r\n\r\n"
         )
         return head.encode() + body
 
@@ -608,6 +612,7 @@ async def run_load(
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     key_prefix: str | None = None,
     seed: int = 0,
+    api_key: str | None = None,
 ) -> LoadResult:
     """Offer `rate_per_s` orders per second for `duration_s` seconds; wait for the answers.
 
@@ -627,6 +632,7 @@ async def run_load(
         key_prefix=key_prefix or f"bench-{uuid.uuid4().hex[:12]}",
         path=path,
         rng=random.Random(seed),
+        api_key=api_key,
     )
     in_flight: dict[asyncio.Task[None], int] = {}
     drain_timeouts = 0
@@ -711,6 +717,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--connections", type=int, default=DEFAULT_CONNECTIONS)
     parser.add_argument("--drain-timeout-s", type=float, default=DEFAULT_DRAIN_TIMEOUT_S)
     parser.add_argument("--request-timeout-s", type=float, default=DEFAULT_REQUEST_TIMEOUT_S)
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("ACME_API_KEY"),
+        help="sent as `Authorization: Bearer` (default $ACME_API_KEY; from `acme keys create`)",
+    )
     parser.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON too")
     return parser
@@ -734,6 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.connections,
             request_timeout_s=args.request_timeout_s,
             drain_timeout_s=args.drain_timeout_s,
+            api_key=args.api_key,
         )
     )
     print(result.format_summary())

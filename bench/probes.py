@@ -1,5 +1,5 @@
 """What the servers say about themselves after a run: PostgreSQL's sessions and table churn,
-and the API's garbage-collection pauses from its own /metrics."""
+and the API's garbage-collection pauses from its own /metrics (on its metrics port)."""
 
 from __future__ import annotations
 

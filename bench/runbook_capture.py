@@ -173,7 +173,7 @@ async def place(system: ChaosSystem, index: int, email: str) -> tuple[str, float
     }
     key = f"runbook-{uuid.uuid4()}"
     status, _headers, payload = await post_order(
-        HOST, system.stack.http_port, json.dumps(body).encode(), key
+        HOST, system.stack.http_port, json.dumps(body).encode(), key, api_key=system.stack.api_key
     )
     assert status == 201, (status, payload)
     document = json.loads(payload)

@@ -148,7 +148,7 @@ async def soak(args: argparse.Namespace) -> int:
         run, _ = await asyncio.gather(
             run_retrying_load(HOST, system.stack.http_port, args.rate, args.duration_s,
                               key_prefix=f"soak-{args.seed}", seed=args.seed,
-                              give_up_after_s=180.0),
+                              give_up_after_s=180.0, api_key=system.stack.api_key),
             _nemesis(system, args, faults),
         )  # fmt: skip
         verdict = await conclude(

@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from acme_cli.migrations import migrate
 from acme_cli.processes import Child, ProcessSupervisor, acme_argv, log_tail
+from acme_orders.api_keys import issue_key
 from acme_runtime.channels import EVENTS_STREAM
 from bench import cpu
 from bench.loadgen import http_get_status
@@ -102,6 +103,8 @@ class Stack:
     smtp_url: str = ""
     sink_port: int = 0
     http_port: int = 0
+    #: A key with both scopes, created with the schema: every load sends it.
+    api_key: str = ""
 
     def __post_init__(self) -> None:
         # Durable PostgreSQL and AOF Redis, as `acme up` runs them: fsync cost is part of it.
@@ -121,6 +124,7 @@ class Stack:
         self.database_url = self.postgres.start()
         self.redis_url = self.redis.start()
         asyncio.run(migrate(self.database_url))
+        self.api_key = asyncio.run(issue_key(self.database_url, name="bench", operator="bench"))
         self.logs_dir.mkdir(parents=True, exist_ok=True)
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -130,6 +134,9 @@ class Stack:
             "ACME_DATABASE_URL": self.database_url,
             "ACME_REDIS_URL": self.redis_url,
             "ACME_LOG_FORMAT": "json",
+            # One key offers the whole load: the benches measure the system, not the per-key
+            # rate limit (ADR 0021), which a scenario may still set through `extra`.
+            "ACME_API_RATE_PER_S": "0",
         }
         if self.smtp_url:
             env["ACME_SMTP_URL"] = self.smtp_url
@@ -182,6 +189,11 @@ class Stack:
         # (9100 on all interfaces) would collide between our processes and anyone else's.
         ports = {"ACME_METRICS_HOST": HOST, "ACME_METRICS_PORT": str(free_port())}
         return self.processes.spawn(name, argv, self.env({**ports, **(extra_env or {})}))
+
+    def metrics_port(self, name: str) -> int:
+        """The metrics listener's port of the child `name` (the API's is not its HTTP port)."""
+        (child,) = [c for c in self.children if c.name == name]
+        return int(child.env["ACME_METRICS_PORT"])
 
     def dead_children(self) -> list[Child]:
         return self.processes.dead()

@@ -139,6 +139,7 @@ async def offer(
     *,
     connections: int,
     drain_timeout_s: float = 30.0,
+    api_key: str | None = None,
 ) -> list[LoadResult]:
     """`rate_per_s` for `duration_s`, as back-to-back run_load chunks of at most _CHUNK_S."""
     results: list[LoadResult] = []
@@ -157,6 +158,7 @@ async def offer(
                 drain_timeout_s=drain_timeout_s,
                 key_prefix=f"{prefix}-{chunk}",
                 seed=seed + chunk,
+                api_key=api_key,
             )
         )
         remaining -= length
@@ -173,6 +175,7 @@ async def warm_up(run: Run, scenario: Scenario, options: RunOptions) -> list[Loa
         f"warmup-{os.getpid()}",
         1,
         connections=options.connections,
+        api_key=run.stack.api_key,
     )
     if run.mail is not None:
         wanted = {o.order_id for o in orders_of(loads) if o.order_id}
@@ -206,6 +209,7 @@ async def measure_step(
         f"step{index}-{os.getpid()}",
         10 + index,
         connections=options.connections,
+        api_key=run.stack.api_key,
         drain_timeout_s=20.0,
     )
     after = run.snapshot()

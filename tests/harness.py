@@ -9,8 +9,10 @@ import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
+from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from acme_notify.delivery import Delivery
@@ -23,9 +25,11 @@ from acme_notify.smtp import SmtpConfig, SmtpPool
 from acme_notify.streams import RawEntry, Streams
 from acme_notify.telemetry import NotifyMetrics
 from acme_notify.worker import Replica, build_replica, open_clients
+from acme_orders.api_keys import SCOPES, issue_key
+from acme_orders.app import api_app, relay_actors
 from acme_orders.app import open_clients as open_order_clients
-from acme_orders.app import relay_actors
 from acme_orders.settings import OrdersSettings
+from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.actors import Supervisor
 
 
@@ -49,6 +53,8 @@ def notify_env(
         "ACME_BREAKER_COOLDOWN_S": "0.3",
         "ACME_BREAKER_MAX_COOLDOWN_S": "1",
         "ACME_NOTIFY_GRACE_S": "5",
+        # Tests mail one address many times; tests/integration/test_abuse.py sets a cap.
+        "ACME_RECIPIENT_MAX_PER_HOUR": "0",
         **overrides,
     }
 
@@ -162,3 +168,19 @@ def build_rig(
         metrics=metrics,
     )
     return Rig(processor, streams, ledger, metrics, smtp)
+
+
+async def api_key(database_url: str, *scopes: str, name: str = "tests") -> str:
+    """A new API key in this database (both scopes unless some are named), as a caller sends it."""
+    return await issue_key(database_url, name=name, scopes=scopes or SCOPES, operator="tests")
+
+
+@asynccontextmanager
+async def api_client(
+    settings: OrdersSettings, metrics: OrdersMetrics | None = None
+) -> AsyncIterator[AsyncTestClient[Any]]:
+    """The API app in this test's event loop, with a key of both scopes on every request."""
+    key = await api_key(settings.database_url)
+    async with AsyncTestClient(app=api_app(settings, metrics)) as client:
+        client.headers["Authorization"] = f"Bearer {key}"
+        yield client

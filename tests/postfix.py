@@ -1,7 +1,8 @@
 """A private Postfix MTA for integration and chaos tests: a strict relay on loopback.
 
 This module owns two things: installing the Debian `postfix` package on a test machine without
-configuring or starting the system mail service (`ensure_postfix_installed`), and running one
+configuring or starting the system mail service (`ensure_postfix_installed`, through
+tests/debian.py), and running one
 throw-away Postfix instance per test (`PostfixServer`) whose every file lives under a folder the
 caller hands in. The instance listens on 127.0.0.1 only, demands STARTTLS and a fully-qualified
 HELO like a production relay, and forwards everything it accepts to a next hop the test runs
@@ -12,9 +13,7 @@ environment without MAIL_*, so nothing here can reach the system instance in /et
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
-import shutil
 import signal
 import socket
 import socketserver
@@ -31,6 +30,7 @@ from typing import Self
 import trustme
 
 from acme_cli.embedded import LOCALHOST, free_port
+from tests.debian import PackageUnavailableError, ensure_installed, install_hint
 
 __all__ = [
     "MTA_HOSTNAME",
@@ -43,21 +43,14 @@ __all__ = [
 
 POSTFIX = Path("/usr/sbin/postfix")
 POSTCONF = Path("/usr/sbin/postconf")
-INSTALL_HINT = (
-    "install it without configuring the system mail service: "
-    "echo 'postfix postfix/main_mailer_type select No configuration' "
-    "| sudo debconf-set-selections && sudo env DEBIAN_FRONTEND=noninteractive "
-    "apt-get install -y --no-install-recommends postfix"
+# Installed without configuring the system mail service.
+_PRESEED = "postfix postfix/main_mailer_type select No configuration\n"
+INSTALL_HINT = "install it without configuring the system mail service: " + install_hint(
+    ["postfix"], _PRESEED
 )
 
-_INSTALL_LOCK = Path("/tmp/acme-test-postfix-install.lock")  # noqa: S108 - shared by design
-_INSTALL_LOCK_TIMEOUT_S = 900.0
-_APT_INSTALL_TIMEOUT_S = 600.0
-_APT_UPDATE_TIMEOUT_S = 300.0
 _COMMAND_TIMEOUT_S = 30.0
 _POLL_INTERVAL_S = 0.05
-# What apt says when its package lists are missing or older than the mirror.
-_STALE_LISTS = ("Unable to locate package", "has no installation candidate", "Failed to fetch")
 
 
 class PostfixUnavailableError(RuntimeError):
@@ -91,29 +84,6 @@ def _run(
     )
 
 
-@contextlib.contextmanager
-def _install_lock() -> Iterator[None]:
-    """One installer on the machine at a time: pytest-xdist workers and parallel sessions all
-    call ensure_postfix_installed(), and dpkg's own lock makes the losers fail, not wait."""
-    with _INSTALL_LOCK.open("a") as handle:
-        deadline = time.monotonic() + _INSTALL_LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise PostfixUnavailableError(
-                        f"another process held {_INSTALL_LOCK} for {_INSTALL_LOCK_TIMEOUT_S:g} s "
-                        "while installing Postfix"
-                    ) from None
-                time.sleep(0.2)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def postfix_version() -> str:
     """The installed Postfix version, e.g. "3.7.11"."""
     # -d: the compiled-in default, so this works before any main.cf exists.
@@ -123,40 +93,6 @@ def postfix_version() -> str:
             f"`postconf -d mail_version` failed ({result.returncode}): {result.stderr.strip()}"
         )
     return result.stdout.strip()
-
-
-def _apt_install() -> None:
-    debconf = _run(
-        ["debconf-set-selections"],
-        stdin="postfix postfix/main_mailer_type select No configuration\n",
-    )
-    if debconf.returncode != 0:
-        raise PostfixUnavailableError(f"debconf-set-selections failed: {debconf.stderr.strip()}")
-    env = _command_env() | {"DEBIAN_FRONTEND": "noninteractive"}
-    install = [
-        "apt-get",
-        "install",
-        "-y",
-        "--no-install-recommends",
-        # Wait for another apt (unattended-upgrades, a colleague) instead of failing at once.
-        "-o",
-        "DPkg::Lock::Timeout=120",
-        "-o",
-        "Dpkg::Options::=--force-confold",
-        "postfix",
-    ]
-    result = _run(install, timeout_s=_APT_INSTALL_TIMEOUT_S, env=env)
-    output = result.stdout + result.stderr
-    if result.returncode != 0 and any(sign in output for sign in _STALE_LISTS):
-        update = _run(["apt-get", "update"], timeout_s=_APT_UPDATE_TIMEOUT_S, env=env)
-        if update.returncode != 0:
-            raise PostfixUnavailableError(f"apt-get update failed: {update.stderr.strip()[-2000:]}")
-        result = _run(install, timeout_s=_APT_INSTALL_TIMEOUT_S, env=env)
-    if result.returncode != 0:
-        raise PostfixUnavailableError(
-            f"apt-get install postfix failed ({result.returncode}): "
-            f"{(result.stdout + result.stderr).strip()[-2000:]}"
-        )
 
 
 def _stop_system_instance() -> None:
@@ -170,13 +106,10 @@ def _stop_system_instance() -> None:
 def ensure_postfix_installed() -> None:
     """Install the `postfix` package if missing (root + apt only), leaving the system service
     unconfigured and stopped; raise PostfixUnavailableError if that is not possible."""
-    if not POSTFIX.exists():
-        if os.geteuid() != 0 or shutil.which("apt-get") is None:
-            raise PostfixUnavailableError(f"Postfix is not installed ({POSTFIX}); {INSTALL_HINT}")
-        with _install_lock():
-            if not POSTFIX.exists():  # another process may have installed it meanwhile
-                _apt_install()
-                _stop_system_instance()
+    try:
+        ensure_installed(POSTFIX.exists, ["postfix"], preseed=_PRESEED, after=_stop_system_instance)
+    except PackageUnavailableError as exc:
+        raise PostfixUnavailableError(f"Postfix is not installed: {exc}") from None
     postfix_version()
 
 

@@ -50,6 +50,7 @@ async def constant(
             f"measure-{os.getpid()}",
             2,
             connections=options.connections,
+            api_key=stack.api_key,
         )
         posted = run.snapshot()
         orders = orders_of(loads)
@@ -66,7 +67,7 @@ async def constant(
         await asyncio.sleep(2.0)  # late duplicates; one more monitor sample
         run.mail.poll()
         report["redis"] = await redis_state(run.redis)
-        report["api_gc"] = await gc_pauses_of(stack.http_port)
+        report["api_gc"] = await gc_pauses_of(stack.metrics_port("api"))
     finally:
         await run.close()
     report["database"] = await database_state(stack.database_url)

@@ -55,6 +55,7 @@ async def outage(
                 f"measure-{os.getpid()}",
                 2,
                 connections=options.connections,
+                api_key=stack.api_key,
             ),
             _outage_window(run, OUTAGE_BEFORE_S, outage_s, marks),
         )

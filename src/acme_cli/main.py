@@ -102,6 +102,23 @@ def _cmd_migrate(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_SETUP_ACL_EPILOG = """environment:
+  ACME_REDIS_URL      Redis, as a user that may run ACL SETUSER (skipped when unset)
+  ACME_DATABASE_URL   PostgreSQL, as the owner role of `acme migrate`, with CREATEROLE
+                      (skipped when unset)
+  passwords, each in the variable or in the file its _FILE twin names (unset: skipped):
+  ACME_ACL_REDIS_API_PASSWORD, ACME_ACL_REDIS_RELAY_PASSWORD,
+  ACME_ACL_REDIS_NOTIFIER_PASSWORD, ACME_ACL_REDIS_ADMIN_PASSWORD,
+  ACME_ACL_REDIS_SCALER_PASSWORD, ACME_ACL_PG_ORDERS_PASSWORD,
+  ACME_ACL_PG_NOTIFIER_PASSWORD, ACME_ACL_PG_ADMIN_PASSWORD"""
+
+
+def _cmd_setup_acl(args: argparse.Namespace) -> int:
+    from acme_cli.acl.command import run_setup_acl
+
+    return run_setup_acl(args)
+
+
 def _cmd_openapi(_args: argparse.Namespace) -> int:
     import json
 
@@ -132,7 +149,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="acme",
         description="AcME Orders: orders over HTTP with a guaranteed confirmation e-mail.",
         epilog="Exit codes: 0 ok, 1 failure, 2 usage, 3 bad configuration, 4 service unreachable, "
-        "5 not found. Operator commands: acme dead --help, acme stats --help, acme trace --help.",
+        "5 not found. Operator commands: acme dead --help, acme stats --help, acme trace --help, "
+        "acme keys --help.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: list[tuple[str, str, Callable[[argparse.Namespace], int]]] = [
@@ -153,6 +171,17 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--data-dir", default=None, help="where data and mail go (default .acme/)")
     up.add_argument("--notifiers", type=int, default=2, help="notifier replicas (default 2)")
     up.set_defaults(handler=_cmd_up)
+    acl = sub.add_parser(
+        "setup-acl",
+        help="create or update each service's Redis user and PostgreSQL role (idempotent)",
+        description="Creates or updates the Redis ACL users acme-api, acme-relay, "
+        "acme-notifier, acme-admin, acme-scaler and the PostgreSQL roles acme_orders, "
+        "acme_notifier, acme_admin, each allowed only its service's job, then grants the "
+        "roles their tables. Prints what it did, never a password (docs/security.md).",
+        epilog=_SETUP_ACL_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    acl.set_defaults(handler=_cmd_setup_acl)
     sink = sub.add_parser(
         "smtp-sink",
         help="a development SMTP server that stores every message as an .eml file",

@@ -16,6 +16,7 @@ import hashlib
 import inspect
 import logging
 import os
+import ssl
 import time
 import weakref
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,8 @@ RcptPolicy = Callable[[str], str | Awaitable[str | None] | None]
 
 _ACCEPTED = "250 OK"
 _STORE_FAILED = "451 4.3.0 local error storing the message"
+#: How long stop() lets open sessions end by themselves once their connections are closed.
+_STOP_GRACE_S = 1.0
 _ORDER_ID_HEADER = "X-Acme-Order-Id"
 
 
@@ -110,8 +113,16 @@ class MailSink:
         port: int = 0,
         policy: SmtpPolicy | None = None,
         rcpt_policy: RcptPolicy | None = None,
+        tls: ssl.SSLContext | None = None,
+        implicit_tls: bool = False,
     ) -> None:
+        """`tls`: the server's context; clients must then STARTTLS before MAIL, or, with
+        `implicit_tls`, speak TLS from the first byte (SMTPS)."""
+        if implicit_tls and tls is None:
+            raise ValueError("implicit_tls needs a tls context")
         self.mail_dir = mail_dir
+        self.tls = tls
+        self.implicit_tls = implicit_tls
         self.host = host
         self.policy = policy  # public so a test can switch faults on and off mid-run
         # Decides at RCPT time, before any message data is sent: stalling here models a slow
@@ -136,7 +147,10 @@ class MailSink:
 
     @property
     def url(self) -> str:
-        return f"smtp://{self.host}:{self.port}"
+        if self.implicit_tls:
+            return f"smtps://{self.host}:{self.port}"
+        suffix = "?starttls=true" if self.tls is not None else ""
+        return f"smtp://{self.host}:{self.port}{suffix}"
 
     async def start(self) -> None:
         """Listen in the current event loop; afterwards `port` and `url` are known."""
@@ -155,11 +169,18 @@ class MailSink:
                 ident="acme mail sink",
                 enable_SMTPUTF8=True,
                 loop=loop,
+                tls_context=None if self.implicit_tls else self.tls,
+                require_starttls=self.tls is not None and not self.implicit_tls,
             )
             self._connections.add(smtp)
             return smtp
 
-        self._server = await loop.create_server(protocol, host=self.host, port=self._requested_port)
+        self._server = await loop.create_server(
+            protocol,
+            host=self.host,
+            port=self._requested_port,
+            ssl=self.tls if self.implicit_tls else None,
+        )
         self._port = int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -178,7 +199,13 @@ class MailSink:
             if task is not None:
                 sessions.append(task)
         await server.wait_closed()
-        await asyncio.gather(*sessions, return_exceptions=True)
+        if sessions:
+            _ended, stuck = await asyncio.wait(sessions, timeout=_STOP_GRACE_S)
+            # A session whose STARTTLS handshake failed keeps reading from a stream that its
+            # closed transport no longer feeds: it would wait forever.
+            for task in stuck:
+                task.cancel()
+            await asyncio.gather(*sessions, return_exceptions=True)
         self._connections.clear()
 
     async def wait_for(self, count: int, timeout_s: float) -> list[ReceivedMessage]:

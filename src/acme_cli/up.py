@@ -1,7 +1,8 @@
 """`acme up`: the whole system on one machine, for a newcomer, with nothing but Python.
 
 Starts (unless the matching ACME_*_URL is set) an embedded PostgreSQL, Redis and SMTP sink under
-the data folder, applies migrations, then runs the API, the relay and the notifier replicas as
+the data folder, applies migrations, creates an API key with both scopes for this run (printed
+in the banner: development mode), then runs the API, the relay and the notifier replicas as
 child processes of this one (acme_cli/processes.py). Says the system is running only once every
 child answers its readiness check. Ctrl-C or SIGTERM stops the children first (so in-flight
 e-mails finish), then the servers. Every child is tied to this process (PR_SET_PDEATHSIG), so
@@ -25,6 +26,7 @@ from typing import Final
 from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from acme_cli.migrations import migrate
 from acme_cli.processes import ProcessSupervisor, acme_argv, http_ready, port_free, tcp_open
+from acme_orders.api_keys import issue_key
 from acme_runtime.env import EnvReader, redact_url
 
 __all__ = ["run_up"]
@@ -50,7 +52,7 @@ class _Config:
     #: Where the relay and notifiers bind their metrics listener; "" when unset, which means
     #: what their default (every interface) means to bind().
     metrics_host: str
-    #: The relay's metrics port; the notifiers' are the ones after it.
+    #: The relay's metrics port; the notifiers' and then the API's are the ones after it.
     metrics_port: int
 
     @classmethod
@@ -76,8 +78,10 @@ class _Running:
     database_url: str
     redis_url: str
     smtp_url: str
-    #: The metrics port of the relay and of each notifier, by child name.
+    #: The metrics port of the relay, of each notifier and of the API, by child name.
     metrics_ports: dict[str, int]
+    #: A key with both scopes, created at start, for the person at the terminal.
+    api_key: str
 
 
 class _StopRequest:
@@ -138,8 +142,11 @@ def _start(
     env["ACME_SMTP_URL"] = smtp_url
     applied = asyncio.run(migrate(database_url))
     _say(f"migrations: {', '.join(applied) if applied else 'schema is current'}")
+    # A new key per run: the secret of an earlier one is not kept anywhere to show again.
+    name = f"acme up {time.strftime('%Y-%m-%d %H:%M')}"
+    api_key = asyncio.run(issue_key(database_url, name=name, operator="acme up"))
     metrics_ports = _start_services(config, supervisor, env)
-    return _Running(database_url, redis_url, smtp_url, metrics_ports)
+    return _Running(database_url, redis_url, smtp_url, metrics_ports, api_key)
 
 
 def _start_sink(supervisor: ProcessSupervisor, env: dict[str, str], mail_dir: Path) -> str:
@@ -153,14 +160,15 @@ def _start_services(
     config: _Config, supervisor: ProcessSupervisor, env: dict[str, str]
 ) -> dict[str, int]:
     """The API, the relay and the notifiers, each with its readiness check; their metrics
-    ports by name."""
-    api_ready = partial(http_ready, _probe_host(config.http_host), config.http_port)
-    supervisor.spawn("api", acme_argv("api"), env, ready=api_ready)
+    ports by name (the API's comes last: the relay keeps the configured port)."""
     workers = {"relay": ("relay", env)}
     for index in range(1, config.notifiers + 1):
         name = f"notifier-{index}"
         workers[name] = ("notifier", {**env, "ACME_CONSUMER_NAME": name})
-    ports = _metrics_ports(config, list(workers))
+    ports = _metrics_ports(config, [*workers, "api"])
+    api_ready = partial(http_ready, _probe_host(config.http_host), config.http_port)
+    api_env = {**env, "ACME_METRICS_PORT": str(ports["api"])}
+    supervisor.spawn("api", acme_argv("api"), api_env, ready=api_ready)
     for name, (command, worker_env) in workers.items():
         port = ports[name]
         # Without a metrics listener (port 0) there is nothing to ask: running is ready.
@@ -228,12 +236,10 @@ def _probe_host(host: str) -> str:
 
 def _metrics_lines(config: _Config, ports: dict[str, int]) -> str:
     if not ports["relay"]:
-        return "relay and notifiers: off (ACME_METRICS_PORT=0)"
+        return "off (ACME_METRICS_PORT=0)"
     relay = f"http://{_probe_host(config.metrics_host)}:{ports['relay']}/metrics (relay),"
-    notifiers = ", ".join(
-        f"{name} on port {port}" for name, port in ports.items() if name != "relay"
-    )
-    return f"{relay}\n               {notifiers or 'no notifiers'}"
+    others = ", ".join(f"{name} on port {port}" for name, port in ports.items() if name != "relay")
+    return f"{relay}\n               {others}"
 
 
 def _banner(config: _Config, running: _Running, supervisor: ProcessSupervisor) -> None:
@@ -244,7 +250,9 @@ def _banner(config: _Config, running: _Running, supervisor: ProcessSupervisor) -
 AcME Orders is running ({names})
   API          {base}
   OpenAPI      {base}/schema  (JSON: {base}/schema/openapi.json)
-  metrics      {base}/metrics (API), {metrics}
+  API key      {running.api_key}
+               (orders:write + orders:read, made for this run; more: acme keys create)
+  metrics      {metrics}
   PostgreSQL   {redact_url(running.database_url)}
   Redis        {redact_url(running.redis_url)}
   SMTP         {redact_url(running.smtp_url)}
@@ -252,7 +260,8 @@ AcME Orders is running ({names})
   logs         {supervisor.logs_dir}
 
 Place an order:
-  curl -si {base}/orders -H 'content-type: application/json' -H 'Idempotency-Key: demo-1' \\
+  curl -si {base}/orders -H 'Authorization: Bearer {running.api_key}' \\
+    -H 'content-type: application/json' -H 'Idempotency-Key: demo-1' \\
     -d '{{"customer": {{"name": "Ana Souza", "email": "ana@example.com", "locale": "pt-BR"}},
          "items": [{{"sku": "CANECA-01", "name": "Caneca", "quantity": 2, "unit_price": "19.90"}}],
          "currency": "BRL"}}'

@@ -11,6 +11,9 @@ one stream operation:
                        retries it after its backoff (a `ProviderError` or a server that is
                        down gives the try back: the relay's problem is not this e-mail's)
 * PermanentError    -> dead-letter now with the reason (dead_letter.lua) + `dead` receipt
+* over its recipient's cap (ACME_RECIPIENT_MAX_PER_HOUR, recipient_quota.lua)
+                    -> held (hold.lua): stays pending, unclaimed until the window has room,
+                       its try given back (never reaped), and a `held` receipt with the reason
 
 Our own storage failing is handled by what it can cost. Before the e-mail is sent, an outage of
 PostgreSQL or Redis leaves the entry pending and gives its try back; a refusal (a defect, not
@@ -78,9 +81,14 @@ class Processor:
         concurrency: int,
         max_deliveries: int,
         record_patience_s: float = 30.0,
+        recipient_cap: int = 0,
+        recipient_window_s: float = 3600.0,
         metrics: NotifyMetrics | None = None,
     ) -> None:
         self._streams = streams
+        self._recipient_cap = recipient_cap
+        self._recipient_window_ms = round(recipient_window_s * 1000)
+        self._window_text = "hour" if recipient_window_s == 3600 else f"{recipient_window_s:g} s"
         self._ledger = ledger
         self._renderer = renderer
         self._send = send
@@ -197,6 +205,10 @@ class Processor:
             log.info("duplicate_suppressed", message_id=already)
             self._metrics.duplicates_suppressed.inc()
             return
+        # An event counts against its recipient's cap once: on its first delivery (or its
+        # release after a hold, which gives the delivery back), not on a retry.
+        if self._recipient_cap and entry.deliveries == 1 and await self._held(entry):
+            return
         try:
             message = self._renderer.render(envelope)
             accepted = await self._smtp_send(message)
@@ -237,6 +249,30 @@ class Processor:
             return
         await self._sent(entry, message, accepted)
         log.info("email_sent", message_id=message.message_id, provider=accepted.provider)
+
+    async def _held(self, entry: StreamEntry) -> bool:
+        """Holds the entry when its recipient already had the cap's worth of e-mails in the
+        window: a protection of the recipient (an e-mail bombing through our orders), so the
+        e-mail waits, pending, and is never dropped nor charged a try."""
+        envelope = entry.envelope
+        quota = await self._streams.recipient_quota(
+            envelope.payload.customer.email,
+            cap=self._recipient_cap,
+            window_ms=self._recipient_window_ms,
+        )
+        if quota.allowed:
+            return False
+        reason = f"recipient rate limit: {quota.counted} in the last {self._window_text}"
+        receipt = self._receipt(entry, "held", reason, reason_class="recipient_rate_limit")
+        await self._streams.hold(entry.entry_id, quota.release_at_ms, receipt)
+        log.info(
+            "email_held",
+            reason=reason,
+            release_at_ms=quota.release_at_ms,
+            to=mask_email(envelope.payload.customer.email),
+        )
+        self._metrics.held.inc()
+        return True
 
     async def _smtp_send(self, message: RenderedMessage) -> Accepted:
         started = time.perf_counter()

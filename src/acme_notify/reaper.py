@@ -3,7 +3,8 @@
 Only one replica needs to reap per round: it takes a short lock (SET NX PX). Concurrent reapers
 would still be safe, because dead_letter.lua re-checks, atomically, that the entry is pending
 and over budget before moving it. Trimming removes only entries that every group acknowledged
-and that are older than the retention; never a pending or undelivered one.
+and that are older than the retention; never a pending or undelivered one. Entries held over
+their recipient's cap (lua/hold.lua) are never reaped: they are waiting, not failing.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from prometheus_client import Counter
 from acme_notify.keys import EVENTS_STREAM, REAPER_LOCK
 from acme_notify.streams import Streams
 from acme_runtime.actors import PeriodicActor
+from acme_runtime.clock import now_ms
 from acme_runtime.consumers import prune_consumers
 
 __all__ = ["Reaper"]
@@ -24,6 +26,9 @@ log = structlog.get_logger(__name__)
 
 #: A consumer with nothing pending and silent this long left for good (a rollout, a scale-down).
 CONSUMER_GONE_AFTER_MS = 3_600_000
+#: A held-set member released this long ago has no entry left to hold: its entry was claimed at
+#: release (which removes it) or settled by other means.
+HELD_FORGET_AFTER_MS = 3_600_000
 _PRUNE_EVERY_S = 60.0
 
 
@@ -62,6 +67,7 @@ class Reaper(PeriodicActor):
         )
         if gone:
             log.info("departed_consumers_pruned", consumers=gone)
+        await self._streams.forget_held(now_ms() - HELD_FORGET_AFTER_MS)
 
     async def _reap(self) -> bool:
         # A failure propagates: PeriodicActor logs it, counts it and tries again next round.

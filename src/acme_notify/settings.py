@@ -261,6 +261,23 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
             minimum=60,
         ),
     ] = 86_400
+    recipient_max_per_hour: Annotated[
+        int,
+        Env(
+            "ACME_RECIPIENT_MAX_PER_HOUR",
+            "confirmations per recipient address per window (ACME_RECIPIENT_WINDOW_S, an hour); "
+            "more are held, pending, until the window has room, never dropped (0 = no cap)",
+            minimum=0,
+        ),
+    ] = 20
+    recipient_window_s: Annotated[
+        float,
+        Env(
+            "ACME_RECIPIENT_WINDOW_S",
+            "the sliding window of ACME_RECIPIENT_MAX_PER_HOUR; shorter only in tests",
+            minimum=0.1,
+        ),
+    ] = 3600.0
     db_pool_max: Annotated[int, Env("ACME_NOTIFY_DB_POOL_MAX", "ledger connections", minimum=1)] = 8
     metrics_host: Annotated[str, Env("ACME_METRICS_HOST", "/metrics listen address")] = "0.0.0.0"  # noqa: S104 - scraped by Prometheus from outside the pod
     metrics_port: Annotated[

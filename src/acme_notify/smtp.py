@@ -50,6 +50,8 @@ class SmtpConfig:
     use_tls: bool = False
     start_tls: bool | None = False
     verify_certs: bool = True
+    #: A CA bundle to trust instead of the system's (a relay with a private CA); None: system.
+    ca_file: str | None = None
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     #: The name we give in EHLO: strict relays refuse one that is not fully qualified.
@@ -64,8 +66,9 @@ class SmtpConfig:
     def from_url(
         cls, url: str, *, timeout_s: float, pool_size: int, helo_name: str = "localhost"
     ) -> SmtpConfig:
-        """smtp://[user:pass@]host[:port][?starttls=true|false|opportunistic][&verify=false],
-        or smtps://… for implicit TLS."""
+        """smtp://[user:pass@]host[:port][?starttls=true|false|opportunistic][&verify=false]
+        [&cafile=/path/ca.pem], or smtps://… for implicit TLS. The certificate is verified
+        (chain and host name) unless verify=false, against `cafile` or the system's CAs."""
 
         def bad(why: str) -> ValueError:
             return ValueError(f"bad SMTP URL {_redact(url)!r}: {why}")
@@ -82,7 +85,7 @@ class SmtpConfig:
             query = dict(parse_qsl(parts.query, keep_blank_values=True, strict_parsing=False))
         except ValueError as exc:
             raise bad(str(exc)) from None
-        unknown = set(query) - {"starttls", "verify"}
+        unknown = set(query) - {"starttls", "verify", "cafile"}
         if unknown:
             raise bad(f"unknown parameter(s) {', '.join(sorted(unknown))}")
         starttls, verify = query.get("starttls", "false"), query.get("verify", "true")
@@ -92,6 +95,9 @@ class SmtpConfig:
         use_tls = parts.scheme == "smtps"
         if use_tls and start_tls is not False:
             raise bad("smtps:// already uses TLS; starttls applies to smtp:// only")
+        ca_file = query.get("cafile") or None
+        if ca_file is not None and not use_tls and start_tls is False:
+            raise bad("cafile applies to TLS: use smtps:// or starttls=true")
         if timeout_s <= 0 or pool_size < 1:
             raise ValueError(f"need timeout_s > 0 and pool_size >= 1, got {timeout_s}, {pool_size}")
         return cls(
@@ -102,6 +108,7 @@ class SmtpConfig:
             use_tls=use_tls,
             start_tls=start_tls,
             verify_certs=_BOOL[verify.lower()],
+            ca_file=ca_file,
             username=unquote(parts.username) if parts.username else None,
             password=unquote(parts.password) if parts.password is not None else None,
             helo_name=helo_name,
@@ -301,7 +308,7 @@ class SmtpPool:
 
     def _build_tls_context(self) -> ssl.SSLContext:
         # Once per pool: loading the CA store for every connection would cost milliseconds.
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=self.config.ca_file)
         if not self.config.verify_certs:
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE

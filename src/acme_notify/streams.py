@@ -18,9 +18,12 @@ from acme_notify.keys import (
     AUDIT_STREAM,
     DEAD_STREAM,
     EVENTS_STREAM,
+    HELD_SET,
     LAST_ERROR_HASH,
     NOTIFIER_GROUP,
     RECEIPTS_STREAM,
+    recipient_field,
+    recipient_windows,
 )
 from acme_runtime.clock import now_ms
 from acme_runtime.coalesce import Coalescer
@@ -28,7 +31,7 @@ from acme_runtime.consumers import ensure_group
 from acme_runtime.lua import load_script
 from acme_runtime.text import as_text
 
-__all__ = ["ClaimResult", "RawEntry", "Streams"]
+__all__ = ["ClaimResult", "Quota", "RawEntry", "Streams"]
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +55,16 @@ class RawEntry(NamedTuple):
 class ClaimResult:
     claimed: list[RawEntry]
     missing: list[str]
+
+
+class Quota(NamedTuple):
+    """A recipient's window as `recipient_quota` found it."""
+
+    allowed: bool
+    #: E-mails counted in the window (this one included when allowed).
+    counted: int
+    #: When a held e-mail may be tried again (ms since the epoch; 0 when allowed).
+    release_at_ms: int
 
 
 class Streams:
@@ -104,7 +117,7 @@ class Streams:
         the previous call stopped, so entries deep in a long list are reached on schedule."""
         reply = await load_script("claim_due").run(
             self.redis,
-            [EVENTS_STREAM, LAST_ERROR_HASH],
+            [EVENTS_STREAM, LAST_ERROR_HASH, HELD_SET],
             [
                 self.group,
                 self.consumer,
@@ -115,6 +128,7 @@ class Streams:
                 limit,
                 scan,
                 self._claim_cursor,
+                now_ms(),
             ],
         )
         claimed_raw, missing, cursor = reply
@@ -223,6 +237,36 @@ class Streams:
         )
         return deliveries
 
+    async def recipient_quota(self, address: str, *, cap: int, window_ms: int) -> Quota:
+        """Counts this e-mail against its recipient's window, unless the window is full
+        (recipient_quota.lua); callers count an event once."""
+        now = now_ms()
+        current, previous, start = recipient_windows(now, window_ms)
+        allowed, counted, release_at = await load_script("recipient_quota").run(
+            self.redis,
+            [current, previous],
+            [now, window_ms, cap, recipient_field(address), start],
+        )
+        return Quota(bool(allowed), int(counted), int(release_at))
+
+    async def hold(self, entry_id: str, release_at_ms: int, receipt: dict[str, str]) -> int:
+        """Keeps an entry pending, unclaimed until `release_at_ms`, gives its delivery back and
+        writes the `held` receipt (hold.lua). Returns the entry's delivery count (0 if it was
+        no longer pending here)."""
+        flat = [part for pair in receipt.items() for part in pair]
+        deliveries: int = await load_script("hold").run(
+            self.redis,
+            [EVENTS_STREAM, RECEIPTS_STREAM, HELD_SET],
+            [self.group, self.consumer, entry_id, release_at_ms, *flat],
+        )
+        return deliveries
+
+    async def forget_held(self, released_before_ms: int) -> int:
+        """Removes held-set members released before this time: their entries were claimed
+        long since, or acknowledged or dead-lettered by other means."""
+        removed: int = await self.redis.zremrangebyscore(HELD_SET, "-inf", released_before_ms)
+        return removed
+
     async def exhausted(self, max_deliveries: int, min_idle_ms: int, scan: int = 200) -> list[str]:
         """Pending entries that used up their delivery budget and sat idle `min_idle_ms`,
         examined `scan` at a time from where the previous call stopped."""
@@ -235,9 +279,15 @@ class Streams:
             idle=min_idle_ms,
         )
         self._reap_cursor = f"({as_text(reply[-1]['message_id'])}" if len(reply) >= scan else "-"
-        return [
+        over = [
             as_text(p["message_id"]) for p in reply if int(p["times_delivered"]) >= max_deliveries
         ]
+        if not over:
+            return over
+        # A held entry is waiting for its recipient's window, not failing: never reaped
+        # (with ACME_MAX_DELIVERIES=1 its one delivery cannot be given back).
+        held: Any = await self.redis.zmscore(HELD_SET, over)
+        return [entry_id for entry_id, score in zip(over, held, strict=True) if score is None]
 
     async def trim_acknowledged(self, retention_ms: int) -> int:
         """Trims entries every consumer acknowledged and older than the retention; never a

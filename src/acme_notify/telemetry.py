@@ -51,6 +51,13 @@ class NotifyMetrics:
             "Entries handled (each try counts once).",
             registry=r,
         )
+        self.held = Counter(
+            "acme_notify_held_total",
+            "Tries held back because their recipient reached ACME_RECIPIENT_MAX_PER_HOUR: the "
+            "entry stays pending, its try is given back, and it is tried again when the "
+            "window has room.",
+            registry=r,
+        )
         self.dead_lettered = Counter(
             "acme_notify_dead_lettered_total",
             "Entries moved to the dead stream, by reason.",

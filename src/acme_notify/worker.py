@@ -73,6 +73,8 @@ def build_replica(
         concurrency=settings.concurrency,
         max_deliveries=settings.max_deliveries,
         record_patience_s=settings.ledger_patience_s,
+        recipient_cap=settings.recipient_max_per_hour,
+        recipient_window_s=settings.recipient_window_s,
         metrics=metrics,
     )
     _export_gauges(metrics, delivery, settings.smtp_fallback_alert_after_s)
@@ -107,6 +109,25 @@ def _delivery(settings: NotifySettings, redis: Redis, metrics: NotifyMetrics) ->
     )
 
 
+async def _ledger_partitions(
+    settings: NotifySettings,
+    pool: asyncpg.Pool,
+    metrics: NotifyMetrics,
+    *,
+    wait: bool = False,
+) -> None:
+    """One round of the ledger's partitions: the ledger janitor's, and once before a replica
+    starts (`wait`: behind another replica's round rather than skipping it)."""
+    await maintain(
+        pool,
+        LEDGER_TABLE,
+        interval_s=settings.partition_interval_s,
+        retention_s=settings.ledger_retention_s,
+        metrics=metrics.partitions,
+        wait=wait,
+    )
+
+
 def _actors(
     settings: NotifySettings,
     redis: Redis,
@@ -119,14 +140,7 @@ def _actors(
     """Every loop of a replica, one actor each."""
 
     async def sweep_ledger() -> bool:
-        # The first round runs at start: the partitions this replica will write exist first.
-        await maintain(
-            pool,
-            LEDGER_TABLE,
-            interval_s=settings.partition_interval_s,
-            retention_s=settings.ledger_retention_s,
-            metrics=metrics.partitions,
-        )
+        await _ledger_partitions(settings, pool, metrics)
         return False
 
     return [
@@ -254,6 +268,8 @@ async def run_notifier(settings: NotifySettings) -> None:
 
         http = WorkerHttp(metrics.registry, settings.metrics_host, settings.metrics_port, ready)
         port = await http.start()
+        # The ledger's partitions exist before the first e-mail whose row goes into them.
+        await _ledger_partitions(settings, pool, metrics, wait=True)
         replica = build_replica(settings, redis, pool, metrics)
         supervisor = Supervisor(
             replica.actors, grace_s=settings.grace_s, tick_failures=metrics.actor_tick_failures

@@ -1,8 +1,14 @@
 """The HTTP API (Litestar): thin routes over `OrderService`; every error mapped in one place.
 
+Both order routes need an API key (`Authorization: Bearer`, acme_orders.auth) with their scope:
+401 without a valid one, 403 without the scope, before the body is read. Health probes and the
+OpenAPI document are open; /metrics is served on a listener of its own, not here.
+
 Errors follow RFC 9457 problem details (`application/problem+json`); validation problems carry
 an `errors` list naming every bad field. A database that is down or slow gives a quick 503 with
-`Retry-After`, never a hang; Redis plays no part in answering a request.
+`Retry-After`, never a hang. Redis plays no part in taking an order: the per-key rate limit
+(`acme_orders.ratelimit`, 429 with `Retry-After`) asks it, and lets requests through when it
+does not answer.
 """
 
 from __future__ import annotations
@@ -22,12 +28,13 @@ from litestar.datastructures import State
 from litestar.exceptions import HTTPException
 from litestar.params import FromPath
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from acme_orders.auth import Authenticator, Caller, Unauthenticated
 from acme_orders.contract import decode_order
 from acme_orders.domain import FieldError, OrderDraft
 from acme_orders.http_telemetry import http_telemetry
 from acme_orders.openapi import IDEMPOTENCY_KEY_PATTERN, PROBLEM_JSON, openapi_document
+from acme_orders.ratelimit import RateLimiter
 from acme_orders.service import IdempotencyConflict, OrderService
 from acme_orders.telemetry import OrdersMetrics
 
@@ -45,6 +52,8 @@ Generate a client from it, for example
 log = structlog.get_logger(__name__)
 
 _IDEMPOTENCY_KEY_RE: Final = re.compile(IDEMPOTENCY_KEY_PATTERN)
+#: Where a request keeps the RateLimit fields its answer carries, errors included.
+_RATE_LIMIT_STATE: Final = "rate_limit_headers"
 _json = msgspec.json.Encoder(decimal_format="string")
 
 
@@ -84,7 +93,8 @@ def _problem_response(request: Request[Any, Any, Any], problem: Problem) -> Resp
         _json.encode(body),
         status_code=problem.status,
         media_type=PROBLEM_JSON,
-        headers=problem.headers,
+        # A request the rate limit let through keeps its RateLimit fields on an error too.
+        headers={**getattr(request.state, _RATE_LIMIT_STATE, {}), **problem.headers},
     )
 
 
@@ -137,6 +147,67 @@ def _json_response(
     )
 
 
+async def _admit(
+    request: Request[Any, Any, Any], state: State, key_id: str | None = None
+) -> dict[str, str]:
+    """Takes the request from its caller's rate-limit bucket (the API key's id when the
+    request was authenticated, else the client address); the RateLimit fields to answer with,
+    or the 429 Problem. Nothing when the limit is off or Redis does not answer (fail open)."""
+    limiter: RateLimiter | None = getattr(state, "rate_limiter", None)
+    if limiter is None:
+        return {}
+    if key_id is not None:
+        caller = f"key:{key_id}"
+    else:
+        caller = f"addr:{request.client.host if request.client else 'unknown'}"
+    decision = await limiter.take(caller)
+    if decision is None:
+        return {}
+    headers = decision.headers()
+    if not decision.allowed:
+        raise Problem(
+            429,
+            "Too many requests",
+            f"Over the rate limit of this API key ({decision.policy.rate_per_s:g} requests/s, "
+            f"bursts of {decision.policy.burst}); retry in {decision.retry_after_s} s.",
+            kind="rate-limited",
+            headers=headers,
+        )
+    setattr(request.state, _RATE_LIMIT_STATE, headers)
+    return headers
+
+
+async def _caller(request: Request[Any, Any, Any], state: State, scope: str) -> Caller:
+    """The API key of the request, holding `scope`; else the 401 or 403 Problem (RFC 6750's
+    challenge in `WWW-Authenticate`). Decided before the body is read."""
+    authenticator: Authenticator = state.authenticator
+    try:
+        caller = await authenticator.caller(request.headers.get("authorization"))
+    except Unauthenticated as exc:
+        challenge = 'Bearer realm="acme-orders"'
+        if not exc.missing:
+            challenge += ', error="invalid_token"'
+        raise Problem(
+            401,
+            "Unauthenticated",
+            str(exc),
+            kind="unauthenticated",
+            headers={"WWW-Authenticate": challenge},
+        ) from None
+    if scope not in caller.scopes:
+        raise Problem(
+            403,
+            "Insufficient scope",
+            f"This API key ({caller.key_id}) does not have the scope {scope}.",
+            kind="insufficient-scope",
+            headers={
+                "WWW-Authenticate": f'Bearer realm="acme-orders", error="insufficient_scope", '
+                f'scope="{scope}"'
+            },
+        )
+    return caller
+
+
 def _idempotency_key(request: Request[Any, Any, Any]) -> str | None:
     key = request.headers.get("idempotency-key")
     if key is None:
@@ -185,16 +256,18 @@ def _order_handlers(metrics: OrdersMetrics) -> list[Any]:
     @post("/orders", status_code=201, include_in_schema=False)
     async def create_order(request: Request[Any, Any, Any], state: State) -> Response[bytes]:
         service: OrderService = state.service
+        caller = await _caller(request, state, "orders:write")
+        limits = await _admit(request, state, caller.key_id)
         draft, key = await _order_from(request)
         try:
-            placed = await service.place_order(draft, idempotency_key=key)
+            placed = await service.place_order(draft, idempotency_key=key, api_key_id=caller.key_id)
         except IdempotencyConflict as exc:
             # 409: the key is taken by another request's order (a conflict with the state of
             # the server, not a fault of this body, which is valid on its own).
             raise Problem(
                 409, "Idempotency-Key reused", str(exc), kind="idempotency-key-reused"
             ) from None
-        headers = {"Location": f"/orders/{placed.order['id']}"}
+        headers = {"Location": f"/orders/{placed.order['id']}", **limits}
         if placed.replayed:
             headers["Idempotent-Replayed"] = "true"
             metrics.idempotent_replays.inc()
@@ -203,8 +276,12 @@ def _order_handlers(metrics: OrdersMetrics) -> list[Any]:
         return _json_response(placed.order, 201, headers)
 
     @get("/orders/{order_id:str}", include_in_schema=False)
-    async def read_order(order_id: FromPath[str], state: State) -> Response[bytes]:
+    async def read_order(
+        request: Request[Any, Any, Any], order_id: FromPath[str], state: State
+    ) -> Response[bytes]:
         service: OrderService = state.service
+        caller = await _caller(request, state, "orders:read")
+        limits = await _admit(request, state, caller.key_id)
         try:
             parsed = uuid.UUID(order_id)
         except ValueError:
@@ -216,13 +293,14 @@ def _order_handlers(metrics: OrdersMetrics) -> list[Any]:
             raise Problem(
                 404, "Order not found", f"No order has the id {order_id}.", kind="not-found"
             )
-        return _json_response(view)
+        return _json_response(view, headers=limits)
 
     return [create_order, read_order]
 
 
-def _operations_handlers(metrics: OrdersMetrics) -> list[Any]:
-    """Probes, metrics and the OpenAPI document: what operators and tools read."""
+def _operations_handlers() -> list[Any]:
+    """Probes and the OpenAPI document, open to every caller. /metrics is not here: the API
+    serves it on its own listener (ACME_METRICS_PORT, acme_orders.app)."""
 
     @get("/health/live", include_in_schema=False)
     async def live() -> Response[bytes]:
@@ -236,10 +314,6 @@ def _operations_handlers(metrics: OrdersMetrics) -> list[Any]:
             return _json_response({"status": "unavailable", "postgres": repr(exc)}, 503)
         return _json_response({"status": "ok", "postgres": "ok"})
 
-    @get("/metrics", summary="Prometheus metrics of this API process.", include_in_schema=False)
-    async def prometheus_metrics() -> Response[bytes]:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
     document = _json.encode(openapi_document())
 
     @get("/schema/openapi.json", include_in_schema=False)
@@ -250,7 +324,7 @@ def _operations_handlers(metrics: OrdersMetrics) -> list[Any]:
     async def openapi_page() -> Response[str]:
         return Response(_SCHEMA_PAGE, media_type="text/html")
 
-    return [live, ready, prometheus_metrics, openapi_json, openapi_page]
+    return [live, ready, openapi_json, openapi_page]
 
 
 def build_app(
@@ -262,13 +336,13 @@ def build_app(
 ) -> Litestar:
     """The Litestar application.
 
-    `lifespan` opens the clients and sets `app.state.service` (an `OrderService`) and
-    `app.state.ready_check` (an async callable that raises when PostgreSQL does not answer).
-    """
+    `lifespan` opens the clients and sets `app.state.service` (an `OrderService`),
+    `app.state.authenticator` (an `Authenticator`) and `app.state.ready_check` (an async
+    callable that raises when PostgreSQL does not answer)."""
     return Litestar(
         route_handlers=[
             *_order_handlers(metrics),
-            *_operations_handlers(metrics),
+            *_operations_handlers(),
             *extra_handlers,
         ],
         middleware=[http_telemetry(metrics)],

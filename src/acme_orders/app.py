@@ -18,18 +18,22 @@ from litestar import Litestar
 from redis.asyncio import Redis
 
 from acme_orders.api import build_app
+from acme_orders.api_keys import KeyStore
+from acme_orders.auth import Authenticator
 from acme_orders.backlog import OutboxProbe
 from acme_orders.janitor import Janitor
 from acme_orders.publisher import FastPathPublisher
+from acme_orders.ratelimit import Policy, RateLimiter
 from acme_orders.receipts import ReceiptsConsumer
 from acme_orders.relay import OutboxRelay, Redriver
 from acme_orders.service import OrderService
 from acme_orders.settings import OrdersSettings
-from acme_orders.store import OrderStore
+from acme_orders.store import TIMELINE_TABLE, OrderStore
 from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.actors import Actor, Supervisor, install_signal_handlers
 from acme_runtime.heap import freeze_startup_heap, timing_collections
 from acme_runtime.metrics_http import WorkerHttp, dependencies_answer
+from acme_runtime.partitions import maintain
 from acme_runtime.pg import init_connection, reset_connection
 
 __all__ = ["Clients", "api_app", "open_clients", "relay_actors", "run_relay"]
@@ -80,6 +84,36 @@ async def _schema_ready(store: OrderStore) -> None:
         raise RuntimeError("schema migrations not applied yet (run `acme migrate`)")
 
 
+async def _timeline_partitions_ready(
+    settings: OrdersSettings, pool: asyncpg.Pool, metrics: OrdersMetrics
+) -> None:
+    """Before a process writes timeline rows: the partitions they go to exist (waiting for
+    another replica's round rather than skipping it); the janitor keeps them ahead after."""
+    await maintain(
+        pool,
+        TIMELINE_TABLE,
+        interval_s=settings.partition_interval_s,
+        retention_s=settings.timeline_retention_s,
+        metrics=metrics.partitions,
+        wait=True,
+    )
+
+
+def _rate_limiter(
+    settings: OrdersSettings, redis: Redis, metrics: OrdersMetrics
+) -> RateLimiter | None:
+    """The per-key limit of /orders, or None when ACME_API_RATE_PER_S is 0."""
+    if not settings.api_rate_per_s:
+        return None
+    return RateLimiter(
+        redis=redis,
+        policy=Policy(settings.api_rate_per_s, settings.api_burst),
+        fail_open=metrics.rate_limit_fail_open,
+        refused=metrics.rate_limited,
+        timeout_s=settings.redis_timeout_ms / 1000,
+    )
+
+
 def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> Litestar:
     """The API process's application: clients and the fast path live as long as the app."""
     metrics = metrics or OrdersMetrics()
@@ -87,6 +121,7 @@ def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> L
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with open_clients(settings) as clients:
+            await _timeline_partitions_ready(settings, clients.pool, metrics)
             publisher = FastPathPublisher(
                 clients.store,
                 clients.redis,
@@ -99,6 +134,20 @@ def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> L
                 clients.store, publisher, db_timeout_s=settings.db_timeout_ms / 1000
             )
             app.state.ready_check = partial(_schema_ready, clients.store)
+            app.state.rate_limiter = _rate_limiter(settings, clients.redis, metrics)
+            app.state.authenticator = Authenticator(
+                KeyStore(clients.pool),
+                cache_s=settings.api_key_cache_s,
+                db_timeout_s=settings.db_timeout_ms / 1000,
+            )
+            # /metrics on a listener of its own, off the public port (as the workers serve it).
+            http = WorkerHttp(
+                metrics.registry,
+                settings.metrics_host,
+                settings.metrics_port,
+                partial(dependencies_answer, [app.state.ready_check]),
+            )
+            log.info("api_metrics_listening", metrics_port=await http.start())
             supervisor = Supervisor([publisher], grace_s=5)
             runner = asyncio.create_task(supervisor.run())
             freeze_startup_heap()
@@ -108,6 +157,7 @@ def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> L
             finally:
                 supervisor.stop.set()
                 await runner
+                await http.stop()
 
     return build_app(lifespan=lifespan, max_body_bytes=settings.max_body_bytes, metrics=metrics)
 
@@ -168,6 +218,7 @@ async def run_relay(settings: OrdersSettings) -> None:
                 [lambda: clients.pool.fetchval("SELECT 1"), clients.redis.ping]
             )
 
+        await _timeline_partitions_ready(settings, clients.pool, metrics)
         http = WorkerHttp(metrics.registry, settings.metrics_host, settings.metrics_port, ready)
         port = await http.start()
         supervisor = Supervisor(

@@ -2,10 +2,10 @@
 
 The schemas are msgspec's own JSON Schema of `acme_orders.contract` (the types the API decodes
 with), so the document cannot say something the validator does not do. The operations, their
-headers and every answer (201, 400, 404, 413, 415, 422, 503, as `application/problem+json` with
-the problem schema) are written down here, next to one another; `tests/contract/test_openapi.py`
-holds the API to them, schemathesis fuzzes against them, and a generated client places orders
-with them.
+headers, the API key each needs, and every answer (201, 400, 401, 403, 404, 413, 415, 422, 429,
+503, as `application/problem+json` with the problem schema) are written down here, next to one
+another; `tests/contract/test_openapi.py` holds the API to them, schemathesis fuzzes against
+them, and a generated client places orders with them.
 """
 
 from __future__ import annotations
@@ -90,6 +90,62 @@ _RETRY_AFTER: Final = {
     "schema": {"type": "string", "pattern": "^[0-9]+$"},
 }
 _UNAVAILABLE = "The order database is not answering (or too slow): nothing was stored; retry."
+#: The IETF RateLimit fields (draft-ietf-httpapi-ratelimit-headers) on every answer of a
+#: rate-limited operation while the limiter answers (it fails open without Redis).
+_RATE_LIMIT_HEADERS: Final = {
+    "RateLimit-Policy": {
+        "description": 'The per-key quota: `"per-key";q=<burst>;w=<seconds>` (ACME_API_BURST '
+        "requests per the time a full bucket takes to refill at ACME_API_RATE_PER_S).",
+        "schema": {"type": "string"},
+    },
+    "RateLimit": {
+        "description": 'What is left: `"per-key";r=<requests you may still make at once>;'
+        "t=<seconds until the bucket is full again>`.",
+        "schema": {"type": "string"},
+    },
+}
+_TOO_MANY = (
+    "Over the rate limit of this API key (of the client address without one): nothing was "
+    "done; retry after `Retry-After` seconds."
+)
+
+
+def _rate_limited(operation: dict[str, Any]) -> dict[str, Any]:
+    """Adds the 429 answer, and the RateLimit fields to every answer of an operation."""
+    responses = operation["responses"]
+    responses["429"] = _problem(_TOO_MANY, **{"Retry-After": _RETRY_AFTER})
+    for answer in responses.values():
+        answer["headers"] = {**answer.get("headers", {}), **_RATE_LIMIT_HEADERS}
+    return operation
+
+
+_API_KEY_SCHEME: Final = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": "An API key, `acme_<id>_<secret>`, from `acme keys create --scope ...`. "
+    "Its scopes are `orders:write` (place orders) and `orders:read` (read them); each "
+    "operation names the one it needs.",
+}
+_CHALLENGE: Final = {
+    "description": 'RFC 6750\'s challenge: `Bearer realm="acme-orders"`, with '
+    '`error="invalid_token"` for a key that was sent, or `error="insufficient_scope"` and '
+    "the scope needed.",
+    "schema": {"type": "string"},
+}
+
+
+def _auth_problems(scope: str) -> dict[str, Any]:
+    """The 401 and 403 of an operation that needs an API key with `scope`."""
+    return {
+        "401": _problem(
+            "No API key, or one that is malformed, unknown or revoked: nothing was done.",
+            **{"WWW-Authenticate": _CHALLENGE},
+        ),
+        "403": _problem(
+            f"The API key does not have the scope `{scope}`: nothing was done.",
+            **{"WWW-Authenticate": _CHALLENGE},
+        ),
+    }
 
 
 @cache
@@ -105,14 +161,16 @@ def openapi_document() -> dict[str, Any]:
             "title": "AcME Orders",
             "version": "1.0.0",
             "description": "Orders over HTTP, with a guaranteed confirmation e-mail. Errors "
-            "are RFC 9457 problem details (`application/problem+json`).",
+            "are RFC 9457 problem details (`application/problem+json`). The order operations "
+            "need an API key (`Authorization: Bearer <key>`, from `acme keys create`) with "
+            "their scope; the health probes do not.",
         },
         "paths": {
-            "/orders": {"post": _create_order(order_in, order_json)},
-            "/orders/{order_id}": {"get": _read_order(order_json)},
+            "/orders": {"post": _rate_limited(_create_order(order_in, order_json))},
+            "/orders/{order_id}": {"get": _rate_limited(_read_order(order_json))},
             **_health_paths(),
         },
-        "components": {"schemas": schemas},
+        "components": {"schemas": schemas, "securitySchemes": {"apiKey": _API_KEY_SCHEME}},
     }
 
 
@@ -125,6 +183,7 @@ def _create_order(order_in: dict[str, Any], order_json: dict[str, Any]) -> dict[
         "milliseconds. Totals are computed by the server. A bad order is answered with every "
         "invalid field at once (422, `errors`).",
         "tags": ["orders"],
+        "security": [{"apiKey": ["orders:write"]}],
         "parameters": [
             {
                 "name": "Idempotency-Key",
@@ -171,6 +230,7 @@ def _create_order(order_in: dict[str, Any], order_json: dict[str, Any]) -> dict[
                 },
             },
             "400": _problem("The body is not JSON, or the Idempotency-Key is malformed."),
+            **_auth_problems("orders:write"),
             "413": _problem("The body is larger than `ACME_MAX_BODY_BYTES`."),
             "415": _problem("The body is not sent as `application/json`."),
             "409": _problem("The Idempotency-Key was used for an order with another body."),
@@ -193,6 +253,7 @@ def _read_order(order_json: dict[str, Any]) -> dict[str, Any]:
         "operationId": "readOrder",
         "summary": "An order, its notification status and timeline.",
         "tags": ["orders"],
+        "security": [{"apiKey": ["orders:read"]}],
         "parameters": [
             {
                 "name": "order_id",
@@ -208,6 +269,7 @@ def _read_order(order_json: dict[str, Any]) -> dict[str, Any]:
                 "headers": {"X-Trace-Id": _TRACE_ID},
                 "content": {"application/json": order_json},
             },
+            **_auth_problems("orders:read"),
             "404": _problem("No order has this id."),
             "503": _problem(_UNAVAILABLE, **{"Retry-After": _RETRY_AFTER}),
         },
@@ -226,6 +288,7 @@ def _health_paths() -> dict[str, Any]:
             "operationId": summary.split(":")[0],
             "summary": summary.split(": ", 1)[1],
             "tags": ["health"],
+            "security": [],  # open: a probe carries no key
             "responses": {
                 code: {"description": text, "content": {"application/json": {"schema": status}}}
                 for code, text in (answer.split(" ", 1) for answer in answers)

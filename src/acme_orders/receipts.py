@@ -2,12 +2,13 @@
 
 Reads the notifier's receipts stream in its own consumer group and applies a batch in one
 statement: `sent` and `dead` set the order's notification status and delete the outbox row
-(which ends its re-drive); `attempt_failed` records the try. Each timeline entry carries the
-receipt's stream id, so applying a receipt twice (after a crash, or a claim of another
-replica's pending receipts) changes nothing. Receipts only move an order forward: a sent order
-stays sent, a dead one may still turn sent, and an older receipt never moves it back. Once a
-`sent` or `dead` receipt is applied, the event's publish-once key goes too (ADR 0012): Redis
-keeps a key per event only while the event is in flight.
+(which ends its re-drive); `attempt_failed` records the try; `held` (the recipient's hourly
+cap reached: the e-mail waits, no try used) records the step, its reason as the detail. Each
+timeline entry carries the receipt's stream id, so applying a receipt twice (after a crash, or
+a claim of another replica's pending receipts) changes nothing. Receipts only move an order
+forward: a sent order stays sent, a dead one may still turn sent, and an older receipt never
+moves it back. Once a `sent` or `dead` receipt is applied, the event's publish-once key goes
+too (ADR 0012): Redis keeps a key per event only while the event is in flight.
 
 Receipts this consumer has read but not applied (PostgreSQL failed mid-batch, or the process
 restarted) stay in its own pending list; it reads that list again (`XREADGROUP … 0`) first,
@@ -85,7 +86,7 @@ tries AS (
        OR (kind = 'dead' AND reason_class IS DISTINCT FROM 'max_deliveries')
     GROUP BY order_id
 ),
--- Per order, the receipt that speaks for the batch: sent over dead over attempt_failed; the
+-- Per order, the receipt that speaks for the batch: sent over dead over attempt_failed/held; the
 -- first sent (when the customer got the e-mail), else the latest (the last error).
 final AS (
     SELECT DISTINCT ON (order_id)
@@ -113,8 +114,8 @@ o AS (
             FROM (SELECT CASE
                 WHEN orders.notification_status = 'sent' THEN false
                 WHEN final.kind = 'sent' THEN true
-                WHEN orders.notification_status = 'dead' AND final.kind = 'attempt_failed'
-                    THEN false
+                WHEN orders.notification_status = 'dead'
+                     AND final.kind IN ('attempt_failed', 'held') THEN false
                 WHEN orders.notification_status <> 'dead' AND final.kind = 'dead' THEN true
                 -- Staying put (another try's error; a replayed dead letter dead again): the
                 -- newer receipt wins. With no error shown yet, any: `published` is stamped
@@ -176,7 +177,7 @@ async def apply_receipts(store: OrderStore, receipts: list[Receipt]) -> int:
                 # the fallback provider existed have none.
                 _field(fields, b"provider"),
             )
-            if row[1] not in ("sent", "dead", "attempt_failed"):
+            if row[1] not in ("sent", "dead", "attempt_failed", "held"):
                 raise ValueError(f"unknown receipt type {row[1]!r}")
             if not 0 <= int(row[4]) <= _MAX_AT_MS or not 0 <= int(row[5]) <= _MAX_ATTEMPTS:
                 raise ValueError("at_ms or attempts out of range")

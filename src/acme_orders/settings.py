@@ -63,6 +63,23 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
             minimum=1,
         ),
     ] = 1000
+    api_rate_per_s: Annotated[
+        float,
+        Env(
+            "ACME_API_RATE_PER_S",
+            "requests per second per API key (per client address without a key) on /orders, "
+            "shared by every API replica through Redis; more are answered 429 (0 = no limit)",
+            minimum=0,
+        ),
+    ] = 100.0
+    api_burst: Annotated[
+        int,
+        Env(
+            "ACME_API_BURST",
+            "requests a key may make at once after an idle spell, on top of the rate",
+            minimum=1,
+        ),
+    ] = 200
     db_pool_min: Annotated[int, Env("ACME_DB_POOL_MIN", "PostgreSQL pool size", minimum=1)] = 2
     db_pool_max: Annotated[int, Env("ACME_DB_POOL_MAX", "PostgreSQL pool size", minimum=1)] = 10
     db_timeout_ms: Annotated[
@@ -149,16 +166,30 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = 30 * 86_400
     metrics_host: Annotated[
-        str, Env("ACME_METRICS_HOST", "where the relay process serves /metrics")
+        str,
+        Env(
+            "ACME_METRICS_HOST",
+            "where the API and relay processes serve /metrics and their probes (never on the "
+            "API's public listener)",
+        ),
     ] = "0.0.0.0"  # noqa: S104 - scraped by Prometheus from outside the pod
     metrics_port: Annotated[
         int,
         Env(
             "ACME_METRICS_PORT",
-            "the relay's /metrics port (0 = off); the API serves it on its own port",
+            "the API's and the relay's /metrics port (0 = off)",
             maximum=65535,
         ),
     ] = 9100
+    api_key_cache_s: Annotated[
+        float,
+        Env(
+            "ACME_API_KEY_CACHE_S",
+            "how long an API process trusts what it looked up about an API key: a revoked key "
+            "is refused within this time (0 = look up every request)",
+            maximum=300,
+        ),
+    ] = 5.0
     receipts_linger_ms: Annotated[
         int,
         Env(

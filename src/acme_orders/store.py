@@ -88,8 +88,8 @@ _INSERT_ORDER = """
 WITH k AS ({key_cte}),
 o AS (
     INSERT INTO orders (id, customer_name, customer_email, locale, currency, total, created_at,
-                        trace_id)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8 FROM k
+                        trace_id, api_key_id)
+    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $17 FROM k
     RETURNING id
 ),
 i AS (
@@ -111,7 +111,7 @@ SELECT id FROM o
 _KEY_NONE = "SELECT 1"
 _KEY_INSERT = """
     INSERT INTO idempotency_keys (key, request_hash, order_id, created_at)
-    VALUES ($17, $18, $1, $7)
+    VALUES ($18, $19, $1, $7)
     ON CONFLICT (key) DO NOTHING
     RETURNING 1
 """
@@ -165,6 +165,7 @@ class OrderStore:
         trace_id: str | None,
         idempotency_key: str | None,
         traceparent: str | None = None,
+        api_key_id: str | None = None,
     ) -> Created | Replayed | IdempotencyMismatch:
         items = draft.items
         args: list[Any] = [
@@ -184,6 +185,7 @@ class OrderStore:
             event_id,
             envelope,
             traceparent,
+            api_key_id,
         ]
         if idempotency_key is None:
             await self.pool.fetchval(SQL_INSERT_ORDER, *args)
@@ -207,6 +209,7 @@ class OrderStore:
                 trace_id=trace_id,
                 idempotency_key=idempotency_key,
                 traceparent=traceparent,
+                api_key_id=api_key_id,
             )
         if bytes(row["request_hash"]) != fingerprint:
             return IdempotencyMismatch(row["order_id"])

@@ -32,6 +32,18 @@ class OrdersMetrics:
             buckets=HTTP_BUCKETS_S,
             registry=r,
         )
+        self.rate_limited = Counter(
+            "acme_api_rate_limited_total",
+            "Requests refused with 429: their API key (or client address) was over "
+            "ACME_API_RATE_PER_S / ACME_API_BURST.",
+            registry=r,
+        )
+        self.rate_limit_fail_open = Counter(
+            "acme_api_rate_limit_fail_open_total",
+            "Requests let through unlimited because Redis did not answer the rate limiter "
+            "(it fails open: orders are still taken).",
+            registry=r,
+        )
         self.orders_created = Counter(
             "acme_orders_created_total", "Orders committed (with their outbox event).", registry=r
         )

@@ -18,7 +18,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import KW_ONLY, dataclass
 from typing import Annotated, Any, Final, TypeVar, get_args, get_origin
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -50,7 +50,12 @@ _HOSTNAME: Final = re.compile(
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?"
 )
 _ADDRESS_LITERAL: Final = re.compile(r"\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]")
-_PASSWORD_PARAM: Final = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+# `password=` (libpq), and the passphrase of a client key: `sslpassword=` (libpq),
+# `ssl_password=` (redis-py).
+_PASSWORD_PARAM: Final = re.compile(r"([?&](?:ssl_?)?password=)[^&#]*", re.IGNORECASE)
+#: The values each library takes for its TLS mode (asyncpg also spells libpq's `-` as `_`).
+_SSLMODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_REDIS_CERT_REQS: Final = ("none", "optional", "required")
 
 S = TypeVar("S", bound=msgspec.Struct)
 
@@ -276,12 +281,35 @@ def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
             raise SettingsError(f"{name}: bad port in {redact_url(value)!r}: {exc}") from None
     if not parts.hostname and parts.scheme not in _HOSTLESS_SCHEMES:
         raise SettingsError(f"{name}: no host in {redact_url(value)!r}")
+    problem = _tls_problem(parts.scheme, parts.query)
+    if problem:
+        raise SettingsError(f"{name}: {problem}, in {redact_url(value)!r}")
     return value
 
 
+def _tls_problem(scheme: str, query: str) -> str | None:
+    """A TLS option its library would trip over only at the first connection, or not at all:
+    redis-py passes `ssl_*` of a `redis://` URL to a plain connection (a TypeError when it
+    opens); a mistyped `sslmode` or `ssl_cert_reqs` fails there too. Files named by the URL
+    (a CA bundle, a client certificate) are the library's to open: they exist in the pod,
+    not necessarily where the settings are read."""
+    params = dict(parse_qsl(query, keep_blank_values=True))
+    if scheme in ("redis", "unix"):
+        stray = sorted(key for key in params if key.startswith("ssl_"))
+        if stray:
+            return f"{', '.join(stray)} given, but only rediss:// connects over TLS"
+    if scheme == "rediss" and params.get("ssl_cert_reqs", "required") not in _REDIS_CERT_REQS:
+        return f"ssl_cert_reqs must be one of {', '.join(_REDIS_CERT_REQS)}"
+    sslmode = params.get("sslmode", "prefer").replace("_", "-")
+    if scheme in POSTGRES_SCHEMES and sslmode not in _SSLMODES:
+        return f"sslmode must be one of {', '.join(_SSLMODES)}"
+    return None
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password (user info or a `password=` parameter) replaced by ***, safe
-    to log or print; the rest is left as written, several hosts included."""
+    """The URL with any password (user info, or a `password=`, `sslpassword=` or `ssl_password=`
+    parameter) replaced by ***, safe to log or print; the rest is left as written, several
+    hosts included."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url

@@ -20,10 +20,12 @@ The shape this module keeps, with no DEFAULT partition:
 
 `maintain()` is one round, under a per-table advisory lock that replicas try and skip when
 another holds it. It reads the partitions, plans, then sends every CREATE and DROP as one
-statement string: one implicit transaction, so the parent table's ACCESS EXCLUSIVE lock (which
-creating and dropping a partition take) lasts only as long as PostgreSQL runs them, never a
-round trip to this process. A short `lock_timeout` bounds how long inserts may queue behind it;
-a round that cannot get the lock fails and the next one tries again.
+statement string (calls of acme_partition_create/drop, SECURITY DEFINER functions of the tables'
+owner, so the services' roles own no table: ADR 0020): one implicit transaction, so the parent
+table's ACCESS EXCLUSIVE lock (which creating and dropping a partition take) lasts only as long
+as PostgreSQL runs them, never a round trip to this process. A short `lock_timeout` bounds how
+long inserts may queue behind it; a round that cannot get the lock fails and the next one tries
+again.
 """
 
 from __future__ import annotations
@@ -133,10 +135,6 @@ def _ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _literal(bound: uuid.UUID | None, infinite: str) -> str:
-    return infinite if bound is None else f"'{bound}'"
-
-
 def _parse_bound(text: str) -> uuid.UUID | None:
     return None if text.endswith("VALUE") else uuid.UUID(text.strip("'"))
 
@@ -204,28 +202,68 @@ def plan_ahead(
 
 
 def plan_expired(
-    partitions: list[Partition], parent: str, *, retention_s: int, now_ms: int
+    partitions: list[Partition],
+    parent: str,
+    *,
+    retention_s: int,
+    now_ms: int,
+    floor_has_rows: bool = False,
 ) -> tuple[list[Partition], Partition | None]:
     """The partitions whose whole range is older than `retention_s`, and the floor to make
-    again below the lowest one left (None when nothing expires)."""
+    again below the lowest one left (None when nothing expires).
+
+    The floor goes with them (its rows are older still) and is made again just below the
+    lowest partition kept. On its own it goes only when it holds rows past the retention: an
+    empty floor right below the lowest partition is already where it belongs, and dropping
+    and making it again each round would take the parent's strongest lock for nothing."""
     cutoff_ms = now_ms - retention_s * 1000
-    expired = [p for p in partitions if p.upper_ms <= cutoff_ms]
-    kept = sorted(
-        (p for p in partitions if p.upper_ms > cutoff_ms),
-        key=lambda p: -1 if p.lower is None else p.lower.int,
-    )
-    if not expired or not kept or kept[0].lower is None:
+    floors = [p for p in partitions if p.lower is None]
+    ranged = [p for p in partitions if p.lower is not None]
+    old = [p for p in ranged if p.upper_ms <= cutoff_ms]
+    kept = sorted((p for p in ranged if p.upper_ms > cutoff_ms), key=lambda p: p.lower.int)  # type: ignore[union-attr]
+    floor_old = any(p.upper_ms <= cutoff_ms for p in floors)
+    if not kept or not (old or (floor_old and floor_has_rows)):
         return [], None  # never the last partitions, and never a gap under the lowest
-    return expired, Partition(f"{parent}_floor", None, kept[0].lower)
+    return floors + old, Partition(f"{parent}_floor", None, kept[0].lower)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _bound(bound: uuid.UUID | None) -> str:
+    return "NULL" if bound is None else f"'{bound}'::uuid"
 
 
 def _create(schema: str, parent: str, partition: Partition) -> str:
+    table = _quote(f"{_ident(schema)}.{_ident(parent)}")
     return (
-        f"CREATE TABLE {_ident(schema)}.{_ident(partition.name)} PARTITION OF"
-        f" {_ident(schema)}.{_ident(parent)}"
-        f" FOR VALUES FROM ({_literal(partition.lower, 'MINVALUE')})"
-        f" TO ({_literal(partition.upper, 'MAXVALUE')})"
+        f"SELECT acme_partition_create({table}::regclass, {_quote(partition.name)},"
+        f" {_bound(partition.lower)}, {_bound(partition.upper)})"
     )
+
+
+def _drop(schema: str, parent: str, partition: Partition) -> str:
+    table = _quote(f"{_ident(schema)}.{_ident(parent)}")
+    return f"SELECT acme_partition_drop({table}::regclass, {_quote(partition.name)})"
+
+
+async def _floor_has_rows(
+    conn: Conn, schema: str, parent: str, partitions: list[Partition]
+) -> bool:
+    """Whether the floor partition holds any row, read through the parent (the services'
+    roles have privileges on the parent, not on each partition), pruned to the floor."""
+    upper = next((p.upper for p in partitions if p.lower is None), None)
+    if upper is None:
+        return False
+    table = f"{_ident(schema)}.{_ident(parent)}"
+    keydef: str = await conn.fetchval("SELECT pg_get_partkeydef($1::regclass)", table)
+    key = keydef[keydef.index("(") + 1 : keydef.rindex(")")]
+    found = await conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM {table} WHERE {_ident(key)} < $1)",  # noqa: S608 - names from the catalog, quoted
+        upper,
+    )
+    return bool(found)
 
 
 async def _round(
@@ -237,17 +275,24 @@ async def _round(
         return Maintenance(skipped="not partitioned yet (run `acme migrate`)")
     existing = await list_partitions(conn, table)
     created = plan_ahead(existing, parent, interval_s=interval_s, now_ms=now_ms)
+    floor_rows = await _floor_has_rows(conn, schema, parent, existing)
     expired, floor = plan_expired(
-        existing + created, parent, retention_s=retention_s, now_ms=now_ms
+        existing + created,
+        parent,
+        retention_s=retention_s,
+        now_ms=now_ms,
+        floor_has_rows=floor_rows,
     )
     statements = [_create(schema, parent, p) for p in created]
-    statements += [f"DROP TABLE {_ident(schema)}.{_ident(p.name)}" for p in expired]
+    statements += [_drop(schema, parent, p) for p in expired]
     if floor is not None:
         statements.append(_create(schema, parent, floor))
     if statements:
         # One simple query is one implicit transaction and one round trip: the parent's
         # ACCESS EXCLUSIVE lock is held while PostgreSQL runs the DDL, never while it waits
-        # for this process (a stalled event loop must not hold up the inserts).
+        # for this process (a stalled event loop must not hold up the inserts). The DDL runs
+        # in acme_partition_create/drop, as the tables' owner: the service's own role owns
+        # nothing (acme_runtime.migrate, docs/adr/0020-least-privilege-credentials.md).
         await conn.execute(f"SET lock_timeout = {LOCK_TIMEOUT_MS}")
         await conn.execute("; ".join(statements))
     return Maintenance(tuple(p.name for p in created), tuple(p.name for p in expired))
@@ -261,14 +306,19 @@ async def maintain(
     retention_s: int,
     metrics: PartitionMetrics | None = None,
     now_ms: int | None = None,
+    wait: bool = False,
 ) -> Maintenance:
     """One round for `table`: create ahead, then drop what is past retention. Safe to run on
     every replica at once: the one that gets the table's advisory lock does it, the others
-    skip. Logs and counts what it changed."""
+    skip, or with `wait` (a process starting, which must not write before the partitions it
+    writes to exist) wait for it and then check for themselves. Logs and counts what it
+    changed."""
     now = clock.now_ms() if now_ms is None else now_ms
     key = f"acme.partitions:{table}"
     async with pool.acquire() as conn:
-        if not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
+        if wait:
+            await conn.execute("SELECT pg_advisory_lock(hashtext($1))", key)
+        elif not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", key):
             return Maintenance(skipped="another replica holds the lock")
         try:
             done = await _round(

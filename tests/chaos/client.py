@@ -89,7 +89,7 @@ class RetryRun:
         )
 
 
-def _request(host: str, port: int, body: bytes, key: str | None) -> bytes:
+def _request(host: str, port: int, body: bytes, key: str | None, api_key: str | None) -> bytes:
     head = [
         "POST /orders HTTP/1.1",
         f"Host: {host}:{port}",
@@ -99,11 +99,19 @@ def _request(host: str, port: int, body: bytes, key: str | None) -> bytes:
     ]
     if key is not None:
         head.append(f"Idempotency-Key: {key}")
+    if api_key is not None:
+        head.append(f"Authorization: Bearer {api_key}")
     return ("\r\n".join(head) + "\r\n\r\n").encode() + body
 
 
 async def post_order(
-    host: str, port: int, body: bytes, key: str | None, timeout_s: float = 5.0
+    host: str,
+    port: int,
+    body: bytes,
+    key: str | None,
+    timeout_s: float = 5.0,
+    *,
+    api_key: str | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
     """One POST /orders on a fresh connection: (status, lower-cased headers, body).
 
@@ -112,7 +120,7 @@ async def post_order(
     async with asyncio.timeout(timeout_s):
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            writer.write(_request(host, port, body, key))
+            writer.write(_request(host, port, body, key, api_key))
             await writer.drain()
             raw = await reader.read(_MAX_RESPONSE_BYTES)
             # Connection: close: the answer ends when the server closes.
@@ -146,6 +154,7 @@ async def _place(
     retry_delay_s: float,
     give_up_after_s: float,
     max_attempts: int,
+    api_key: str | None,
 ) -> None:
     started = time.monotonic()
     for attempt in range(max_attempts):
@@ -154,7 +163,7 @@ async def _place(
         delay_s = min(retry_delay_s * 2**attempt, _MAX_RETRY_DELAY_S)
         try:
             status, headers, payload = await post_order(
-                host, port, body, order.key, attempt_timeout_s
+                host, port, body, order.key, attempt_timeout_s, api_key=api_key
             )
         except (OSError, TimeoutError) as exc:
             order.attempts.append(Attempt(0, time.monotonic() - sent, type(exc).__name__, sent_at))
@@ -190,6 +199,7 @@ async def run_retrying_load(
     retry_delay_s: float = 0.25,
     give_up_after_s: float = 120.0,
     max_attempts: int = 500,
+    api_key: str | None = None,
 ) -> RetryRun:
     """Places round(rate * duration) orders open-loop, each retried until answered."""
     if not (0 < rate_per_s <= 1_000 and 0 < duration_s <= 600):
@@ -216,6 +226,7 @@ async def run_retrying_load(
                         retry_delay_s=retry_delay_s,
                         give_up_after_s=give_up_after_s,
                         max_attempts=max_attempts,
+                        api_key=api_key,
                     )
                 )
             )

@@ -70,6 +70,8 @@ CHAOS_ENV: Final = {
     "ACME_BREAKER_MAX_COOLDOWN_S": "4",
     "ACME_NOTIFY_GRACE_S": "10",
     "ACME_FAST_PATH_PAUSE_MS": "500",
+    # One key carries the whole load: the scenarios break the system, not the per-key limit.
+    "ACME_API_RATE_PER_S": "0",
     "ACME_PROBE_INTERVAL_S": "1",
     "ACME_OUTBOX_PROBE_INTERVAL_S": "1",
     "ACME_JANITOR_INTERVAL_S": "60",
@@ -453,6 +455,7 @@ class ChaosSystem:
             drain_timeout_s=30.0,
             key_prefix=f"chaos-{seed}-{os.getpid()}",
             seed=seed,
+            api_key=self.stack.api_key,
         )
 
     async def db_fetch(self, sql: str, *args: object) -> list[asyncpg.Record]:

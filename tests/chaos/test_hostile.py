@@ -140,11 +140,15 @@ async def _hostile(system: ChaosSystem, written: dict[str, tuple[str, str]]) -> 
         await redis.aclose()
     port = system.stack.http_port
     for index, change in enumerate(HOSTILE_ORDERS):
-        status, _h, body = await post_order(HOST, port, _order(index, **change), f"bad-{index}")
+        status, _h, body = await post_order(
+            HOST, port, _order(index, **change), f"bad-{index}", api_key=system.stack.api_key
+        )
         assert status == 422, (change, status, body[:300])
     accepted: dict[str, str] = {}
     for index, change in enumerate(ODD_ORDERS):
-        status, _h, body = await post_order(HOST, port, _order(index, **change), f"odd-{index}")
+        status, _h, body = await post_order(
+            HOST, port, _order(index, **change), f"odd-{index}", api_key=system.stack.api_key
+        )
         assert status == 201, (change, status, body[:300])
         document = json.loads(body)
         accepted[document["id"]] = document["created_at"]

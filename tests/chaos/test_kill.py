@@ -76,7 +76,7 @@ async def test_api_killed_mid_load_creates_every_order_exactly_once(
 
     run, _ = await asyncio.gather(
         run_retrying_load(HOST, system.stack.http_port, scale.rate_per_s, scale.duration_s,
-                          key_prefix="api-kill", seed=2),
+                          key_prefix="api-kill", seed=2, api_key=system.stack.api_key),
         kill_api_twice(),
     )  # fmt: skip
     attempts = run.attempts_by_status()

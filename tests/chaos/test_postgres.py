@@ -38,7 +38,7 @@ async def test_postgres_crash_mid_load_gives_quick_503s_and_loses_nothing(
 
     run, _ = await asyncio.gather(
         run_retrying_load(HOST, system.stack.http_port, scale.rate_per_s, scale.duration_s,
-                          key_prefix="pg-crash", seed=6),
+                          key_prefix="pg-crash", seed=6, api_key=system.stack.api_key),
         crash(),
     )  # fmt: skip
     attempts = run.attempts_by_status()
@@ -104,7 +104,8 @@ async def test_postgres_hanging_is_answered_with_quick_503s_not_a_hang(
     # A patient client (30 s per attempt), so the API's own answer time is what is measured.
     run, _ = await asyncio.gather(
         run_retrying_load(HOST, system.stack.http_port, scale.rate_per_s, 6.0,
-                          key_prefix="pg-freeze", seed=7, attempt_timeout_s=30.0),
+                          key_prefix="pg-freeze", seed=7, attempt_timeout_s=30.0,
+                          api_key=system.stack.api_key),
         freeze(),
     )  # fmt: skip
     slowest = max((a for o in run.orders for a in o.attempts), key=lambda a: a.latency_s)

@@ -29,7 +29,7 @@ from acme_cli.embedded import free_port
 from acme_orders.contract import parse_order
 from acme_orders.domain import OrderDraft
 from acme_orders.openapi import openapi_document
-from tests.harness import eventually
+from tests.harness import api_key, eventually
 from tests.strategies import invalid_bodies, json_values, valid_orders
 
 pytestmark = pytest.mark.slow
@@ -74,6 +74,7 @@ def live_api(database_url: str, redis_url: str) -> Iterator[str]:
         "ACME_HTTP_PORT": str(port),
         "ACME_LOG_FORMAT": "json",
         "ACME_LOG_LEVEL": "warning",
+        "ACME_METRICS_PORT": "0",  # its metrics listener is not what this test is about
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "acme_cli.main", "api"],
@@ -105,6 +106,12 @@ async def _until_ready(base: str, process: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
+def live_key(database_url: str) -> str:
+    """An API key with both scopes in the live API's database."""
+    return asyncio.run(api_key(database_url))
+
+
+@pytest.fixture
 def served(live_api: str) -> dict[str, Any]:
     document: dict[str, Any] = httpx.get(f"{live_api}/schema/openapi.json", timeout=5).json()
     return document
@@ -124,11 +131,20 @@ def test_the_document_in_the_repository_is_the_running_apis() -> None:
 
 
 def test_every_answer_of_both_order_operations_is_documented(served: dict[str, Any]) -> None:
-    """201 typed with its headers and link, every error as a problem, the Idempotency-Key."""
+    """201 typed with its headers and link, every error as a problem, the Idempotency-Key,
+    the API key each operation needs (and none for the probes)."""
     create = served["paths"]["/orders"]["post"]
-    assert set(create["responses"]) == {"201", "400", "409", "413", "415", "422", "503"}
+    assert set(create["responses"]) == {
+        "201", "400", "401", "403", "409", "413", "415", "422", "429", "503"
+    }  # fmt: skip
     created = create["responses"]["201"]
-    assert set(created["headers"]) == {"Location", "Idempotent-Replayed", "X-Trace-Id"}
+    assert set(created["headers"]) == {
+        "Location",
+        "Idempotent-Replayed",
+        "X-Trace-Id",
+        "RateLimit-Policy",
+        "RateLimit",
+    }
     assert created["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/OrderOut"
     }
@@ -138,12 +154,24 @@ def test_every_answer_of_both_order_operations_is_documented(served: dict[str, A
     }
     assert [p["name"] for p in create["parameters"]] == ["Idempotency-Key"]
     read = served["paths"]["/orders/{order_id}"]["get"]
-    assert set(read["responses"]) == {"200", "404", "503"}
+    assert set(read["responses"]) == {"200", "401", "403", "404", "429", "503"}
     for operation in (create, read):
         for code, answer in operation["responses"].items():
             if code[0] in "45":
                 assert set(answer["content"]) == {"application/problem+json"}, code
     assert "Retry-After" in create["responses"]["503"]["headers"]
+    assert served["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    assert create["security"] == [{"apiKey": ["orders:write"]}]
+    assert read["security"] == [{"apiKey": ["orders:read"]}]
+    for operation in (create, read):
+        for code in ("401", "403"):
+            assert "WWW-Authenticate" in operation["responses"][code]["headers"]
+    for path in ("/health/live", "/health/ready"):
+        assert served["paths"][path]["get"]["security"] == []
+    for operation in (create, read):
+        assert {"Retry-After", "RateLimit-Policy", "RateLimit"} <= set(
+            operation["responses"]["429"]["headers"]
+        )
 
 
 def test_every_example_validates_against_its_own_schema(served: dict[str, Any]) -> None:
@@ -172,9 +200,10 @@ def test_the_validator_accepts_exactly_what_the_schema_accepts(document: Any) ->
     assert ORDER_VALIDATOR.is_valid(document) == isinstance(verdict, OrderDraft), verdict
 
 
-def test_schemathesis_with_all_checks_finds_nothing(live_api: str) -> None:
+def test_schemathesis_with_all_checks_finds_nothing(live_api: str, live_key: str) -> None:
     """Orders generated from the served schema are accepted, data it refuses is refused, and
-    every other check schemathesis has (the stateful phase included) passes against the API."""
+    every other check schemathesis has (the stateful phase included, and `ignored_auth`: each
+    operation refuses a request without the key or with a wrong one) passes against the API."""
     result = subprocess.run(
         [
             str(BIN / "schemathesis"),
@@ -190,6 +219,8 @@ def test_schemathesis_with_all_checks_finds_nothing(live_api: str) -> None:
             "1",
             "--request-timeout",
             "10",
+            "--header",
+            f"Authorization: Bearer {live_key}",
             "--no-color",
         ],
         capture_output=True,
@@ -240,11 +271,11 @@ def generated_client(served: dict[str, Any], tmp_path: Path) -> Iterator[Path]:
 
 
 async def test_a_generated_client_places_an_order_and_reads_its_notification(
-    live_api: str, generated_client: Path
+    live_api: str, live_key: str, generated_client: Path
 ) -> None:
     """The typed client from the document: create_order takes an OrderIn, read_order gives
-    back an OrderOut with the notification's status."""
-    from acme_orders_client import Client  # type: ignore[import-not-found]
+    back an OrderOut with the notification's status; the key goes in as the client's token."""
+    from acme_orders_client import AuthenticatedClient  # type: ignore[import-not-found]
     from acme_orders_client.api.orders import (  # type: ignore[import-not-found]
         create_order,
         read_order,
@@ -262,7 +293,7 @@ async def test_a_generated_client_places_an_order_and_reads_its_notification(
         items=[ItemIn(sku="CANECA-01", name="Caneca", quantity=2, unit_price="19.90")],
         currency=OrderInCurrency.BRL,
     )
-    async with Client(base_url=live_api) as client:
+    async with AuthenticatedClient(base_url=live_api, token=live_key) as client:
         created = await create_order.asyncio_detailed(
             client=client, body=order, idempotency_key="generated-1"
         )

@@ -124,8 +124,11 @@ def config_map_data(objs: Iterable[Obj]) -> dict[str, str]:
     return data
 
 
-def container_env(objs: list[Obj], container: Obj, secret: dict[str, str]) -> dict[str, str]:
-    """The environment a container gets: envFrom ConfigMaps, then env (secrets resolved)."""
+def container_env(
+    objs: list[Obj], container: Obj, secrets: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """The environment a container gets: envFrom ConfigMaps, then env (secrets resolved:
+    Secret name -> its data)."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         name = source["configMapRef"]["name"]
@@ -135,13 +138,14 @@ def container_env(objs: list[Obj], container: Obj, secret: dict[str, str]) -> di
             env[var["name"]] = var["value"]
         else:
             ref = var["valueFrom"]["secretKeyRef"]
-            env[var["name"]] = secret[ref["key"]]
+            env[var["name"]] = secrets[ref["name"]][ref["key"]]
     return env
 
 
-def example_secret() -> Obj:
-    secret: Obj = yaml.safe_load((K8S / "base" / "secret.example.yaml").read_text())
-    return secret
+def example_secrets() -> dict[str, dict[str, str]]:
+    """The example Secrets (one per workload): name -> stringData."""
+    documents = yaml.safe_load_all((K8S / "base" / "secret.example.yaml").read_text())
+    return {doc["metadata"]["name"]: doc["stringData"] for doc in documents if doc}
 
 
 # ---- what the code declares -------------------------------------------------------------------

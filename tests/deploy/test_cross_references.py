@@ -7,8 +7,12 @@ autoscaled Deployments leave `replicas` to their autoscaler, every pod is locked
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 
+from acme_cli.acl.pg_roles import ROLES
+from acme_cli.acl.redis_users import USERS
 from acme_notify.settings import NotifySettings
 from acme_orders.settings import OrdersSettings
 from acme_runtime.metrics_http import ROUTES
@@ -21,7 +25,7 @@ from tests.deploy.manifests import (
     config_map_data,
     container_env,
     containers,
-    example_secret,
+    example_secrets,
     named,
     of_kind,
     pod_labels,
@@ -37,9 +41,8 @@ POSTGRES_CONNECTION_BUDGET = 180
 API_SHUTDOWN_S = 10 + 5
 
 
-def _secret() -> dict[str, str]:
-    data: dict[str, str] = example_secret()["stringData"]
-    return data
+def _secret() -> dict[str, dict[str, str]]:
+    return example_secrets()
 
 
 def _workload_of(objs: list[Obj], name: str) -> Obj:
@@ -173,15 +176,40 @@ def test_each_process_parses_its_environment(rendered: dict[str, list[Obj]], ove
 
 
 def test_secret_references_name_keys_of_the_example_secret(rendered: dict[str, list[Obj]]) -> None:
-    """Every secretKeyRef names the Secret acme-urls and a key the example documents."""
-    secret = example_secret()
+    """Every secretKeyRef names its own workload's Secret (acme-api for acme-api, ...) and a
+    key that Secret's example documents: no two workloads share a credential."""
+    secrets = example_secrets()
     for objs in rendered.values():
         for workload in workloads(objs):
             for container in containers(workload):
                 for var in container.get("env", []):
                     ref = var["valueFrom"]["secretKeyRef"]
-                    assert ref["name"] == secret["metadata"]["name"]
-                    assert ref["key"] in secret["stringData"]
+                    assert ref["name"] == workload["metadata"]["name"], var["name"]
+                    assert ref["key"] in secrets[ref["name"]]
+
+
+def test_each_example_secret_carries_its_own_service_credential() -> None:
+    """The example URLs log in as the user and role `acme setup-acl` makes for that workload."""
+    expected = {
+        "acme-api": ("acme-api", "acme_orders"),
+        "acme-relay": ("acme-relay", "acme_orders"),
+        "acme-notifier": ("acme-notifier", "acme_notifier"),
+        "acme-admin": ("acme-admin", "acme_admin"),
+    }
+    secrets = example_secrets()
+    for name, (redis_user, pg_role) in expected.items():
+        # The admin pod's Secret is named as the variables (envFrom), the others as keys.
+        redis_key, pg_key = (
+            ("ACME_REDIS_URL", "ACME_DATABASE_URL")
+            if name == "acme-admin"
+            else ("redis-url", "database-url")
+        )
+        assert urlsplit(secrets[name][redis_key]).username == redis_user, name
+        assert urlsplit(secrets[name][pg_key]).username == pg_role, name
+    assert secrets["acme-scaler"]["redis-username"] == "acme-scaler"
+    assert set(secrets["acme-migrate"]) == {"database-url"}
+    assert {u.name for u in USERS} == {*(r for r, _ in expected.values()), "acme-scaler"}
+    assert {r.name for r in ROLES} == {p for _, p in expected.values()}
 
 
 def test_notifier_drains_inside_the_grace_period(rendered: dict[str, list[Obj]]) -> None:

@@ -28,7 +28,7 @@ from tests.deploy.manifests import (
     ROOT,
     Obj,
     containers,
-    example_secret,
+    example_secrets,
     named,
     of_kind,
     pod_labels,
@@ -174,11 +174,12 @@ def test_keda_scaled_object_is_well_formed(rendered: dict[str, list[Obj]]) -> No
     assert re.fullmatch(r"[a-z0-9.-]+:\d+", metadata["address"])
     assert ".invalid:" not in metadata["address"], "the overlay must set the real Redis address"
     auth = named(objs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
-    secret_keys = set(example_secret()["stringData"])
+    secrets = example_secrets()
     for ref in auth["spec"]["secretTargetRef"]:
         assert ref["parameter"] in {"username", "password"}
-        assert ref["name"] == example_secret()["metadata"]["name"]
-        assert ref["key"] in secret_keys
+        # KEDA's own read-only Redis user, not a workload's credential.
+        assert ref["name"] == "acme-scaler"
+        assert ref["key"] in secrets[ref["name"]]
     assert spec["minReplicaCount"] >= 2
     assert spec["fallback"]["replicas"] >= spec["minReplicaCount"]
 

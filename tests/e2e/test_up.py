@@ -99,7 +99,8 @@ def _ready(url: str) -> bool:
 
 
 def test_acme_up_serves_orders_and_stops_cleanly(tmp_path: Path) -> None:
-    """A fresh `acme up` takes an order, publishes it, and leaves no process behind on SIGTERM."""
+    """A fresh `acme up` refuses an order without a key, takes one with the key its banner
+    prints, publishes it, and leaves no process behind on SIGTERM."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with _acme_up(tmp_path, ACME_HTTP_PORT=str(port), ACME_METRICS_PORT=str(free_port())) as (
@@ -107,7 +108,11 @@ def test_acme_up_serves_orders_and_stops_cleanly(tmp_path: Path) -> None:
         log_path,
     ):
         banner = _wait_running(log_path)
-        response = httpx.post(f"{base}/orders", json=ORDER, timeout=5)
+        assert httpx.post(f"{base}/orders", json=ORDER, timeout=5).status_code == 401
+        key = re.search(r"API key\s+(acme_\S+)", banner)
+        assert key, banner
+        headers = {"Authorization": f"Bearer {key.group(1)}"}
+        response = httpx.post(f"{base}/orders", json=ORDER, headers=headers, timeout=5)
         assert response.status_code == 201, response.text
         order_id = response.json()["id"]
 
@@ -147,8 +152,12 @@ def test_acme_up_says_it_is_running_only_once_every_process_is_ready(tmp_path: P
         assert _ready(f"{relay.group(1)}/health/ready"), banner
         notifiers = re.findall(r"notifier-\d+ on port (\d+)", banner)
         assert len(notifiers) == 2, banner
-        for notifier_port in notifiers:
-            assert _ready(f"http://127.0.0.1:{notifier_port}/health/ready"), banner
+        api_metrics = re.search(r"api on port (\d+)", banner)
+        assert api_metrics, banner
+        for metrics_port in (*notifiers, api_metrics.group(1)):
+            assert _ready(f"http://127.0.0.1:{metrics_port}/health/ready"), banner
+        # The API's metrics are on that port, not on the public one.
+        assert httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).status_code == 404
     assert up.returncode == 0, log_path.read_text()
 
 

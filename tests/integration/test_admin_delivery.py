@@ -20,12 +20,17 @@ from redis.asyncio import Redis
 
 from acme_cli.smtp_sink import MailSink
 from acme_notify.keys import AUDIT_STREAM
-from acme_orders.app import api_app
 from acme_orders.settings import OrdersSettings
 from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP, RECEIPTS_STREAM
 from acme_runtime.clock import now_ms
 from acme_runtime.ids import uuid7
-from tests.harness import eventually, notify_settings, running_order_workers, running_replica
+from tests.harness import (
+    api_client,
+    eventually,
+    notify_settings,
+    running_order_workers,
+    running_replica,
+)
 from tests.integration.test_admin_dead import (
     CONTENT_REJECTED,
     admin_env,  # noqa: F401 - a fixture, used through `usefixtures`
@@ -40,7 +45,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("admin_env")]
 @pytest.fixture
 async def api(orders_settings: OrdersSettings) -> AsyncIterator[AsyncTestClient[Any]]:
     async with (
-        AsyncTestClient(app=api_app(orders_settings)) as client,
+        api_client(orders_settings) as client,
         running_order_workers(orders_settings),
     ):
         yield client

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, given, settings
 from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
-from acme_orders.app import api_app
 from acme_orders.events import decode_envelope
 from acme_orders.settings import OrdersSettings
 from acme_runtime.channels import EVENTS_STREAM
+from tests.harness import api_client
 from tests.strategies import invalid_bodies
 
 ORDER: dict[str, Any] = {
@@ -31,7 +31,7 @@ ORDER: dict[str, Any] = {
 
 @pytest.fixture
 async def client(orders_settings: OrdersSettings) -> AsyncIterator[AsyncTestClient[Any]]:
-    async with AsyncTestClient(app=api_app(orders_settings)) as test_client:
+    async with api_client(orders_settings) as test_client:
         yield test_client
 
 

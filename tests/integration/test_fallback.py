@@ -20,10 +20,15 @@ from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from acme_cli.smtp_sink import MailSink
-from acme_orders.app import api_app
 from acme_orders.settings import OrdersSettings
 from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM, NOTIFIER_GROUP
-from tests.harness import eventually, notify_settings, running_order_workers, running_replica
+from tests.harness import (
+    api_client,
+    eventually,
+    notify_settings,
+    running_order_workers,
+    running_replica,
+)
 from tests.integration.test_admin_dead import admin_env  # noqa: F401 - a fixture
 from tests.integration.test_admin_delivery import acme_process
 from tests.integration.test_api import ORDER
@@ -48,7 +53,7 @@ async def fallback() -> AsyncIterator[MailSink]:
 @pytest.fixture
 async def api(orders_settings: OrdersSettings) -> AsyncIterator[AsyncTestClient[Any]]:
     async with (
-        AsyncTestClient(app=api_app(orders_settings)) as client,
+        api_client(orders_settings) as client,
         running_order_workers(orders_settings),
     ):
         yield client

@@ -19,10 +19,10 @@ from redis.exceptions import ResponseError
 
 from acme_cli.smtp_sink import MailSink
 from acme_notify.render import order_reference
-from acme_orders.app import api_app
 from acme_orders.settings import OrdersSettings
 from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM
 from tests.harness import (
+    api_client,
     eventually,
     notify_env,
     notify_settings,
@@ -44,7 +44,7 @@ ORDER_EN: dict[str, Any] = {
 @pytest.fixture
 async def api(orders_settings: OrdersSettings) -> AsyncIterator[AsyncTestClient[Any]]:
     async with (
-        AsyncTestClient(app=api_app(orders_settings)) as client,
+        api_client(orders_settings) as client,
         running_order_workers(orders_settings),
     ):
         yield client

@@ -18,11 +18,16 @@ from redis.asyncio import Redis
 from acme_cli.smtp_sink import MailSink
 from acme_notify.probe import measure_stream
 from acme_notify.streams import Streams
-from acme_orders.app import api_app
 from acme_orders.settings import OrdersSettings
 from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.logs import configure_logging
-from tests.harness import eventually, notify_settings, running_order_workers, running_replica
+from tests.harness import (
+    api_client,
+    eventually,
+    notify_settings,
+    running_order_workers,
+    running_replica,
+)
 from tests.integration.test_api import ORDER
 from tests.integration.test_outbox import insert_orders
 
@@ -39,7 +44,7 @@ async def api(
     orders_settings: OrdersSettings, api_metrics: OrdersMetrics
 ) -> AsyncIterator[AsyncTestClient[Any]]:
     async with (
-        AsyncTestClient(app=api_app(orders_settings, api_metrics)) as client,
+        api_client(orders_settings, api_metrics) as client,
         running_order_workers(orders_settings),
     ):
         yield client
@@ -138,6 +143,7 @@ async def test_an_order_sampled_out_upstream_is_traced_nowhere_but_keeps_its_tra
 
 async def test_metrics_count_a_known_workload(
     api: AsyncTestClient[Any],
+    api_metrics: OrdersMetrics,
     sink: MailSink,
     database_url: str,
     redis_url: str,
@@ -154,7 +160,8 @@ async def test_metrics_count_a_known_workload(
 
         await eventually(all_counted, what="the notifier to count its 3 e-mails")
         notifier_text = generate_latest(replica.metrics.registry).decode()
-    text = (await api.get("/metrics")).text
+    # What the API's metrics listener serves (its own port, not the public one).
+    text = generate_latest(api_metrics.registry).decode()
     assert sample_value(text, "acme_orders_created_total") == 3
     assert (
         sample_value(

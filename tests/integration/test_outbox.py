@@ -11,11 +11,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from litestar.testing import AsyncTestClient
 from redis.asyncio import Redis
 
 from acme_cli.embedded import EmbeddedRedis
-from acme_orders.app import api_app
 from acme_orders.contract import parse_order
 from acme_orders.domain import OrderDraft
 from acme_orders.events import build_envelope, encode_envelope
@@ -25,6 +23,7 @@ from acme_orders.settings import OrdersSettings
 from acme_orders.store import OrderStore, OutboxEvent
 from acme_runtime.channels import EVENTS_STREAM, published_key
 from acme_runtime.ids import uuid7
+from tests.harness import api_client
 from tests.integration.test_api import ORDER
 
 
@@ -159,10 +158,11 @@ async def test_order_accepted_while_redis_is_down_reaches_the_stream_later(
             "ACME_DATABASE_URL": database_url,
             "ACME_REDIS_URL": own_redis.url,
             "ACME_REDIS_TIMEOUT_MS": "200",
+            "ACME_METRICS_PORT": "0",
         }
     )
     own_redis.stop()
-    async with AsyncTestClient(app=api_app(settings)) as client:
+    async with api_client(settings) as client:
         loop = asyncio.get_running_loop()
         started = loop.time()
         responses = [await client.post("/orders", json=ORDER) for _ in range(5)]

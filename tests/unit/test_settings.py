@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
+import ssl
 from typing import Annotated
 
 import msgspec
 import pytest
+from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection
 
 from acme_cli.admin.settings import AdminSettings
 from acme_notify.settings import NotifySettings
@@ -127,6 +130,53 @@ def test_libpq_url_forms_asyncpg_accepts_are_accepted(url: str) -> None:
 
 
 @pytest.mark.parametrize(
+    "url",
+    [
+        "rediss://acme-api:pw@redis.acme.svc:6380/0?ssl_ca_certs=/etc/acme/tls/ca.crt",
+        "rediss://redis:6380/0?ssl_ca_certs=/ca.crt&ssl_certfile=/tls.crt&ssl_keyfile=/tls.key",
+        "rediss://redis:6380/0?ssl_ca_path=/etc/ssl/certs&ssl_min_version=4",
+        "rediss://redis.example.com:6380",
+        "rediss://redis:6380/0?ssl_cert_reqs=none",
+    ],
+)
+async def test_rediss_url_forms_redis_py_accepts_are_accepted(url: str) -> None:
+    """rediss:// with redis-py's TLS parameters (CA, client certificate, opting out) loads,
+    and redis-py builds a TLS client from it that checks the certificate and the host name
+    unless ssl_cert_reqs=none says otherwise."""
+    orders = OrdersSettings.from_env({**URLS, "ACME_REDIS_URL": url})
+    assert notify(ACME_REDIS_URL=url).redis_url == orders.redis_url == url
+    assert AdminSettings.from_env({"ACME_REDIS_URL": url}).redis_url == url
+    client = Redis.from_url(url)
+    try:
+        pool = client.connection_pool
+        assert pool.connection_class is SSLConnection
+        # What the connection will build its SSLContext from (built at connect: no CA read here).
+        context = pool.make_connection().ssl_context
+        verified = "ssl_cert_reqs=none" not in url
+        assert (context.cert_reqs == ssl.CERT_REQUIRED, context.check_hostname) == (verified,) * 2
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://acme:pw@db.acme.svc:5432/acme?sslmode=verify-full&sslrootcert=/ca.crt",
+        "postgresql://acme@db:5432/acme?sslmode=verify-full&sslrootcert=/ca.crt"
+        "&sslcert=/tls.crt&sslkey=/tls.key&sslpassword=s3cret",
+        "postgres://acme@db-1:5432,db-2:5432/acme?sslmode=verify_full&sslrootcert=/ca.crt",
+        "postgresql://acme@db/acme?sslmode=require",
+        "postgresql://acme@db/acme?sslmode=disable",
+    ],
+)
+def test_libpq_tls_url_forms_asyncpg_accepts_are_accepted(url: str) -> None:
+    """sslmode (libpq's spelling or asyncpg's verify_full), sslrootcert and a client
+    certificate pass through as written."""
+    assert notify(ACME_DATABASE_URL=url).database_url == url
+    assert AdminSettings.from_env({"ACME_DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize(
     ("name", "url", "message"),
     [
         ("ACME_SMTP_URL", "smtp://:2525", "ACME_SMTP_URL: no host in 'smtp://:2525'"),
@@ -148,12 +198,32 @@ def test_libpq_url_forms_asyncpg_accepts_are_accepted(url: str) -> None:
             "ACME_DATABASE_URL: expected a URL starting with postgresql://, postgres://, "
             "got 'mysql://u:***@h/acme'",
         ),
+        (
+            "ACME_REDIS_URL",
+            "redis://:pw@redis:6379/0?ssl_ca_certs=/ca.crt",
+            "ACME_REDIS_URL: ssl_ca_certs given, but only rediss:// connects over TLS, in "
+            "'redis://:***@redis:6379/0?ssl_ca_certs=/ca.crt'",
+        ),
+        (
+            "ACME_REDIS_URL",
+            "rediss://:pw@redis:6380/0?ssl_cert_reqs=yes&ssl_password=s3cret",
+            "ACME_REDIS_URL: ssl_cert_reqs must be one of none, optional, required, in "
+            "'rediss://:***@redis:6380/0?ssl_cert_reqs=yes&ssl_password=***'",
+        ),
+        (
+            "ACME_DATABASE_URL",
+            "postgresql://u:pw@db/acme?sslmode=verify-host&sslpassword=s3cret",
+            "ACME_DATABASE_URL: sslmode must be one of disable, allow, prefer, require, "
+            "verify-ca, verify-full, in "
+            "'postgresql://u:***@db/acme?sslmode=verify-host&sslpassword=***'",
+        ),
     ],
 )
 def test_urls_their_library_would_refuse_are_refused_with_the_password_hidden(
     name: str, url: str, message: str
 ) -> None:
-    """SMTP and Redis TCP URLs need a host; every port must parse; the scheme must fit."""
+    """SMTP and Redis TCP URLs need a host; every port must parse; the scheme must fit; TLS
+    options must be ones the library takes, on a scheme that uses TLS."""
     with pytest.raises(SettingsError) as caught:
         notify(**{name: url})
     assert str(caught.value) == message
@@ -169,12 +239,19 @@ def test_required_urls_name_the_first_missing_and_how_to_get_one() -> None:
 
 
 def test_a_redacted_url_hides_every_password_and_keeps_the_rest_as_written() -> None:
-    """User-info and `password=` parameters; several hosts and IPv6 brackets survive."""
+    """User-info, `password=` and client-key passphrase parameters; several hosts and IPv6
+    brackets survive."""
     assert redact_url("postgresql://u:pw@H1:5432,h2:5433/db?password=x&sslmode=require") == (
         "postgresql://u:***@H1:5432,h2:5433/db?password=***&sslmode=require"
     )
     assert redact_url("redis://:pw@[::1]:6379/0") == "redis://:***@[::1]:6379/0"
     assert redact_url("smtp://relay.example:25") == "smtp://relay.example:25"
+    assert redact_url("rediss://h:6380/0?ssl_keyfile=/k&ssl_password=pw") == (
+        "rediss://h:6380/0?ssl_keyfile=/k&ssl_password=***"
+    )
+    assert redact_url("postgresql://h/db?sslkey=/k&SSLPASSWORD=pw") == (
+        "postgresql://h/db?sslkey=/k&SSLPASSWORD=***"
+    )
 
 
 # -- the generic loader ------------------------------------------------------------------------

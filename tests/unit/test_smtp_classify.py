@@ -147,6 +147,16 @@ def test_from_url_verify_false_and_secret_hidden() -> None:
 
 
 @pytest.mark.parametrize(
+    "url",
+    ["smtps://relay.acme.test?cafile=/ca.pem", "smtp://relay:587?starttls=true&cafile=/ca.pem"],
+)
+def test_from_url_cafile_names_the_ca_to_trust_and_keeps_verification_on(url: str) -> None:
+    """cafile (SMTPS or STARTTLS) replaces the system CAs; the chain and name are still checked."""
+    config = SmtpConfig.from_url(url, timeout_s=1.0, pool_size=1)
+    assert (config.ca_file, config.verify_certs) == ("/ca.pem", True)
+
+
+@pytest.mark.parametrize(
     ("url", "message"),
     [
         ("http://h:25", "scheme"),
@@ -158,6 +168,7 @@ def test_from_url_verify_false_and_secret_hidden() -> None:
         ("smtp://h:25?verify=nah", "verify"),
         ("smtp://h:25?tls=true", "unknown parameter"),
         ("smtps://h:465?starttls=true", "already uses TLS"),
+        ("smtp://u:s3cret@h:25?cafile=/etc/acme/tls/ca.crt", "cafile applies to TLS"),
     ],
 )
 def test_from_url_rejects_bad_urls(url: str, message: str) -> None:

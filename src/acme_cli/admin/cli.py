@@ -1,4 +1,5 @@
-"""The argparse side of `acme dead …`, `acme stats` and `acme trace`: flags, help, examples.
+"""The argparse side of `acme dead …`, `acme stats`, `acme trace` and `acme keys …`: flags,
+help, examples.
 
 `register` adds the subcommands to `acme`'s parser. Each command's handler (`run_*`, in the
 command module next to its flow) is imported only when that command runs: `acme api` and the
@@ -200,8 +201,58 @@ def _trace(sub: Subparsers) -> None:
     trace.set_defaults(handler=_handler("commands_ops", "run_trace"))
 
 
+KEYS_EPILOG: Final = """examples:
+  acme keys create --name checkout --scope orders:write --scope orders:read
+  KEY=$(acme keys create --name ci --scope orders:write | tail -n 1)
+  acme keys list --active
+  acme keys revoke 3f9c2a7b1d04 --why "leaked in a build log"
+
+environment:
+  ACME_DATABASE_URL           the orders database (the keys live in its api_keys table)
+  ACME_OPERATOR               your name in the audit trail (default $USER@host)
+
+exit codes: 0 ok, 2 usage (unknown scope, malformed id), 3 configuration, 4 PostgreSQL
+unreachable, 5 not found (unknown key id)."""
+
+
+def _keys(sub: Subparsers) -> None:
+    keys = sub.add_parser(
+        "keys",
+        help="create, list and revoke the order API's keys",
+        description="API keys for `Authorization: Bearer <key>` on the order API. A key is "
+        "shown once, when created; only its SHA-256 is stored. Creating and revoking are "
+        "audited (api_key_events, with ACME_OPERATOR).",
+        epilog=KEYS_EPILOG,
+        formatter_class=_RAW,
+    )
+    commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+
+    def action(name: str, help_text: str, handler: str) -> argparse.ArgumentParser:
+        parser = commands.add_parser(name, help=help_text, epilog=KEYS_EPILOG, formatter_class=_RAW)
+        parser.set_defaults(handler=_handler("commands_keys", handler))
+        return parser
+
+    create = action("create", "a new key; printed once, as the last line", "run_keys_create")
+    create.add_argument("--name", required=True, help="what the key is for (e.g. checkout)")
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        metavar="SCOPE",
+        help="orders:write (place orders) or orders:read (read them); repeat for both",
+    )
+    listing = action("list", "every key, never its secret", "run_keys_list")
+    listing.add_argument("--active", action="store_true", help="only keys not revoked")
+    _json_flag(listing)
+    revoke = action("revoke", "refused by the API within ACME_API_KEY_CACHE_S", "run_keys_revoke")
+    revoke.add_argument("id", metavar="KEY_ID", help="the key's id, as `acme keys list` shows")
+    _why_flag(revoke)
+    _json_flag(revoke)
+
+
 def register(sub: Subparsers) -> None:
-    """Adds `dead`, `stats` and `trace` to `acme`'s subcommands."""
+    """Adds `dead`, `stats`, `trace` and `keys` to `acme`'s subcommands."""
     _dead(sub)
     _stats(sub)
     _trace(sub)
+    _keys(sub)

@@ -297,6 +297,8 @@ def render_trace(out: Output, t: OrderTrace) -> None:
     out.console.print(steps)
     for entry in t.stream_entries:
         where = f" at {entry.consumer}, delivered {entry.deliveries}x" if entry.consumer else ""
+        if entry.held_until is not None:
+            where += f", held (recipient rate limit) until {when(entry.held_until)}"
         out.say(f"stream entry {entry.stream_id}: {entry.state}{where}")
     if t.outbox is not None:
         published = t.outbox.get("published_at")

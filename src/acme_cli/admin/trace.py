@@ -1,7 +1,8 @@
 """One order's whole path, assembled from both services' records, oldest first.
 
 PostgreSQL: the order (status, trace id), its timeline (created, published, re-driven, and the
-receipts: each failed attempt with consumer and error, sent, dead), the outbox row while it
+receipts: each failed attempt with consumer and error, each hold over the recipient's hourly
+cap with its reason, sent, dead), the outbox row while it
 lives, the send ledger (the SMTP server's acceptance). Redis: what became of each stream entry
 (pending where, delivered how often), dead letters and the operators' replays and purges. The
 Redis scans start at the order's creation and stop after `max_scan` entries each.
@@ -10,7 +11,7 @@ Redis scans start at the order's creation and stop after `max_scan` entries each
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -21,13 +22,13 @@ from acme_cli.admin.actions import find_audit
 from acme_cli.admin.deadletters import decode_dead_entry
 from acme_cli.admin.deadstream import fetch_dead, scan_index
 from acme_cli.admin.records import ledger_rows, order_record
-from acme_notify.keys import EVENTS_STREAM, NOTIFIER_GROUP
+from acme_notify.keys import EVENTS_STREAM, HELD_SET, NOTIFIER_GROUP
 from acme_runtime.logs import mask_email
 
 __all__ = ["OrderTrace", "StreamEntryState", "TraceStep", "trace_order"]
 
 #: Timeline kinds that are the notifier's receipts, as opposed to the order service's own.
-_RECEIPT_KINDS = frozenset({"attempt_failed", "sent", "dead"})
+_RECEIPT_KINDS = frozenset({"attempt_failed", "held", "sent", "dead"})
 _ACTION_STEP = {"replay": "replayed", "purge": "purged"}
 #: Causal order of steps, for ties: the sources stamp time with different precision (the
 #: notifier's receipts in whole milliseconds, PostgreSQL in microseconds).
@@ -37,7 +38,7 @@ _RANK = {
         (
             ("created",),
             ("published", "redriven"),
-            ("attempt_failed",),
+            ("attempt_failed", "held"),
             ("in_dead_stream", "dead"),
             ("replayed", "purged"),
             ("email_accepted",),
@@ -68,6 +69,8 @@ class StreamEntryState(msgspec.Struct, frozen=True, kw_only=True):
     consumer: str | None = None
     deliveries: int | None = None
     idle_ms: int | None = None
+    #: A pending entry held over its recipient's hourly cap: when it may be tried again.
+    held_until: datetime | None = None
 
 
 class OrderTrace(msgspec.Struct, frozen=True, kw_only=True):
@@ -186,12 +189,16 @@ async def _entry_state(
         EVENTS_STREAM, NOTIFIER_GROUP, min=stream_id, max=stream_id, count=1
     )
     if pending:
+        release_ms = await redis.zscore(HELD_SET, stream_id)
         return StreamEntryState(
             stream_id=stream_id,
             state="pending",
             consumer=pending[0]["consumer"].decode(),
             deliveries=int(pending[0]["times_delivered"]),
             idle_ms=int(pending[0]["time_since_delivered"]),
+            held_until=None
+            if release_ms is None
+            else datetime.fromtimestamp(release_ms / 1000, tz=UTC),
         )
     if not await redis.xrange(EVENTS_STREAM, stream_id, stream_id):
         return StreamEntryState(stream_id=stream_id, state="gone")

@@ -5,5 +5,9 @@
 DO $$ BEGIN
     EXECUTE format('ALTER TABLE notify.sent_ledger ADD CONSTRAINT sent_ledger_partition_bound'
                    ' CHECK (event_id < %L::uuid) NOT VALID',
-                   acme_uuid7_bound(date_trunc('day', now(), 'UTC') + interval '2 days'));
+                   CASE WHEN EXISTS (SELECT 1 FROM notify.sent_ledger)
+                        THEN acme_uuid7_bound(date_trunc('day', now(), 'UTC') + interval '2 days')
+                        -- A new install: nothing to keep below the bound, and every process
+                        -- that writes this table creates its partitions before it starts.
+                        ELSE acme_uuid7_bound(date_trunc('minute', now())) END);
 END $$;

@@ -8,5 +8,9 @@
 DO $$ BEGIN
     EXECUTE format('ALTER TABLE order_timeline ADD CONSTRAINT order_timeline_partition_bound'
                    ' CHECK (order_id < %L::uuid) NOT VALID',
-                   acme_uuid7_bound(date_trunc('day', now(), 'UTC') + interval '2 days'));
+                   CASE WHEN EXISTS (SELECT 1 FROM order_timeline)
+                        THEN acme_uuid7_bound(date_trunc('day', now(), 'UTC') + interval '2 days')
+                        -- A new install: nothing to keep below the bound, and every process
+                        -- that writes this table creates its partitions before it starts.
+                        ELSE acme_uuid7_bound(date_trunc('minute', now())) END);
 END $$;
