@@ -71,7 +71,7 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
             "shared by every API replica through Redis; more are answered 429 (0 = no limit)",
             minimum=0,
         ),
-    ] = 100.0
+    ] = 400.0
     api_burst: Annotated[
         int,
         Env(
@@ -79,7 +79,7 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
             "requests a key may make at once after an idle spell, on top of the rate",
             minimum=1,
         ),
-    ] = 200
+    ] = 800
     db_pool_min: Annotated[int, Env("ACME_DB_POOL_MIN", "PostgreSQL pool size", minimum=1)] = 2
     db_pool_max: Annotated[int, Env("ACME_DB_POOL_MAX", "PostgreSQL pool size", minimum=1)] = 10
     db_timeout_ms: Annotated[
