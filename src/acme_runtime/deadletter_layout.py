@@ -58,7 +58,6 @@ __all__ = [
     "REASON_CLASS",
     "REPLAYS",
     "DeadFields",
-    "escape",
     "split_dead_fields",
     "unescape",
 ]
@@ -96,11 +95,6 @@ REPLAYS: Final = "replays"
 _OWN: Final = frozenset(name.encode() for name in OWN_FIELDS)
 _LEGACY_OWN: Final = frozenset(name.encode() for name in LEGACY_OWN_FIELDS)
 _ESCAPE: Final = ESCAPE.encode()
-
-
-def escape(name: bytes) -> bytes:
-    """The name under which dead_letter.lua stores an original field called `name`."""
-    return _ESCAPE + name if name in _OWN or name.startswith(_ESCAPE) else name
 
 
 def unescape(name: bytes) -> bytes:
