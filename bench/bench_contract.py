@@ -8,7 +8,7 @@ decode; the field walk only on failure), and the previous `msgspec.json.decode` 
 (A B A B ...) within one run, CPU time per body (`time.process_time`); the medians and the
 spread of the rounds are printed.
 
-Run: `.venv/bin/python bench/bench_contract.py [--baseline 756a6d1] [--rounds 9] [--bodies N]`.
+Run: `.tox/py311/bin/python bench/bench_contract.py [--baseline 756a6d1] [--rounds 9] [--bodies N]`.
 """
 
 from __future__ import annotations

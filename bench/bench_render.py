@@ -3,7 +3,8 @@
 Renders a 3-item order many times with `acme_notify.render.Renderer` and, for reference, builds
 an equivalent message with the standard library's `email.message.EmailMessage`, which the
 renderer deliberately avoids. CPU time (`time.process_time`), so other load on the machine
-matters less than wall-clock time would. Run: `.venv/bin/python bench/bench_render.py [renders]`.
+matters less than wall-clock time would.
+Run: `.tox/py311/bin/python bench/bench_render.py [renders]`.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ which every child inherits; the report records the ACME_* variables that were se
 The named scenarios of the benchmark suite (steady-50, peak-200, max, outage-recovery, soak),
 with per-second time series and plots, are in bench/run.py, which reuses this module's checks.
 
-Usage: ``.venv/bin/python bench/e2e.py --rate 200 --duration-s 30 [--notifiers 2]``
+Usage: ``.tox/py311/bin/python bench/e2e.py --rate 200 --duration-s 30 [--notifiers 2]``
 Result: ``bench/results/e2e-<rate>x<duration>s-<timestamp>.json`` (git-ignored).
 """
 

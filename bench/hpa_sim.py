@@ -20,7 +20,7 @@ over `rate_window_s`, just as old.
 Reported: replicas, lag and the age of the oldest waiting e-mail over time, the peak lag, and
 the oldest age any e-mail reached before it was sent (it must stay under 300 s).
 
-Usage: ``.venv/bin/python bench/hpa_sim.py [--per-replica 150] [--no-plot]``
+Usage: ``.tox/py311/bin/python bench/hpa_sim.py [--per-replica 150] [--no-plot]``
 writes docs/img/hpa-simulation.png (matplotlib: the `test` extra installs it).
 """
 

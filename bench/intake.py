@@ -11,7 +11,7 @@ The generator runs in this process and shares the machine's cores with the syste
 the CPU table shows how the cores were split, including what other processes on the machine
 took (see /work/shared/MEASURING.md).
 
-Usage: ``.venv/bin/python bench/intake.py --rate 200 --duration-s 30``
+Usage: ``.tox/py311/bin/python bench/intake.py --rate 200 --duration-s 30``
 Result: ``bench/results/intake-<rate>-<timestamp>.json`` (git-ignored).
 """
 

@@ -16,7 +16,7 @@ seconds once it is sending (bench/profiling.py; idle threads left out) and the t
 by own and by inclusive samples are printed; the raw folded stacks are kept in the data
 folder.
 
-Usage: ``.venv/bin/python bench/notifier_throughput.py --events 20000 [--profile-s 10]``
+Usage: ``.tox/py311/bin/python bench/notifier_throughput.py --events 20000 [--profile-s 10]``
 Result: ``bench/results/notifier-throughput-<events>-<timestamp>.json`` (git-ignored).
 """
 

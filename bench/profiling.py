@@ -79,7 +79,9 @@ def start_profile(
     extension modules (asyncpg's protocol, uvloop, httptools) below the Python ones."""
     binary = py_spy()
     if binary is None:
-        print("py-spy not found (.venv/bin/pip install py-spy): not profiling", file=sys.stderr)
+        print(
+            "py-spy not found (.tox/py311/bin/pip install py-spy): not profiling", file=sys.stderr
+        )
         return None
     argv = [binary, "record", "--pid", str(pid), "--duration", str(math.ceil(seconds)),
             "--rate", str(rate_hz), "--format", "raw", "--output", str(out)]  # fmt: skip

@@ -1,6 +1,6 @@
 """The benchmark suite: one command runs one named scenario and writes a JSON result and a plot.
 
-    .venv/bin/python bench/run.py SCENARIO [--out DIR] [--repeat N]
+    .tox/py311/bin/python bench/run.py SCENARIO [--out DIR] [--repeat N]
 
 Every run starts the whole system on a fresh temporary folder as separate processes
 (bench/stack.py: embedded durable PostgreSQL, Redis with AOF, `acme api`, `acme relay`,
@@ -79,7 +79,7 @@ from bench.report import format_report, medians, save_report
 from bench.scenarios import OUTAGE_S, SCENARIOS, RunOptions
 from bench.scenarios.constant import constant
 from bench.scenarios.outage import outage
-from bench.scenarios.profile import profile_api
+from bench.scenarios.profile import intake, profile_api
 from bench.scenarios.ramp import max_scenario
 from bench.scenarios.storage import SOAK_RETENTION_ENV, storage
 from bench.scenarios.tracing import tracing
@@ -93,7 +93,7 @@ def run_scenario(name: str, options: RunOptions, rounds: int = 1) -> dict[str, A
     """Run one scenario once (tracing-cost: `rounds` interleaved rounds) on a fresh system."""
     scenario = SCENARIOS[name]
     notifiers = scenario.notifiers if options.notifiers is None else options.notifiers
-    if scenario.kind in ("tracing", "profile"):
+    if scenario.kind in ("tracing", "profile", "intake"):
         notifiers = 0
     root = Path(tempfile.mkdtemp(prefix=f"acme-bench-{name}-"))
     print(f"{name}: system in {root} (nproc {nproc()}) ...", flush=True)
@@ -110,10 +110,17 @@ def run_scenario(name: str, options: RunOptions, rounds: int = 1) -> dict[str, A
             body = lambda stack: outage(stack, scenario, options, notifiers)  # noqa: E731
         elif scenario.kind == "profile":
             body = lambda stack: profile_api(stack, scenario, options)  # noqa: E731
+        elif scenario.kind == "intake":
+            body = lambda stack: intake(stack, scenario, options)  # noqa: E731
         else:
             body = lambda stack: constant(stack, scenario, options, notifiers)  # noqa: E731
         report = stack_run(
-            root, notifiers, options, sink=scenario.kind != "profile", env=env, body=body
+            root,
+            notifiers,
+            options,
+            sink=scenario.kind not in ("profile", "intake"),
+            env=env,
+            body=body,
         )
     report["machine"]["loadavg_after"] = loadavg()
     report["data_dir"] = str(root)

@@ -11,8 +11,8 @@ window or slow spell. Then it waits for quiescence and checks every order like t
 do (tests/chaos/verdict.py): one e-mail each, duplicates only inside the documented window,
 nothing lost; the figures go to stdout and, as one JSON line, to bench/results/chaos.jsonl.
 
-Usage: ``.venv/bin/python bench/soak.py`` (10 minutes at 200 orders/s, 3 notifiers)
-       ``.venv/bin/python bench/soak.py --rate 100 --duration-s 120 --seed 3``
+Usage: ``.tox/py311/bin/python bench/soak.py`` (10 minutes at 200 orders/s, 3 notifiers)
+       ``.tox/py311/bin/python bench/soak.py --rate 100 --duration-s 120 --seed 3``
 Exit status 0 when every guarantee held.
 """
 

@@ -1,9 +1,9 @@
 """The benchmark suite's named scenarios (`bench/run.py <name>`) and the options of a run.
 
 Each scenario kind has its module beside this one: constant.py (smoke, steady-50, peak-200,
-sustain-500, soak), ramp.py (max), outage.py (outage-recovery), tracing.py (tracing-cost),
-profile.py (profile-api) and storage.py (storage, storage-soak). This module only says what
-each named scenario is.
+cpu-200, sustain-500, soak), ramp.py (max), outage.py (outage-recovery), tracing.py
+(tracing-cost), profile.py (profile-api, intake-1500) and storage.py (storage, storage-soak).
+This module only says what each named scenario is.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ DEFAULT_STORAGE_SOAK_S: Final = 900.0
 @dataclass(frozen=True)
 class Scenario:
     name: str
-    kind: str  # constant, max, outage, tracing, profile, storage
+    kind: str  # constant, max, outage, tracing, profile, intake, storage
     rate_per_s: float = 200.0
     duration_s: float = 60.0
     notifiers: int = 2
@@ -123,6 +123,22 @@ def _scenarios() -> dict[str, Scenario]:
             ),
             Scenario("tracing-cost", "tracing", 200.0, 20.0, notifiers=0, warmup_s=3.0),
             Scenario("profile-api", "profile", 1_000.0, 30.0, notifiers=0, warmup_s=3.0),
+            Scenario(
+                "intake-1500",
+                "intake",
+                1_500.0,
+                20.0,
+                notifiers=0,
+                warmup_s=3.0,
+                description="one API process offered 1,500 orders/s (no notifiers)",
+            ),
+            Scenario(
+                "cpu-200",
+                "constant",
+                200.0,
+                30.0,
+                description="whole-system CPU per order: 6,000 orders at 200/s, every e-mail",
+            ),
         )
     }
 

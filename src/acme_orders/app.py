@@ -21,6 +21,7 @@ from acme_orders.api import build_app
 from acme_orders.api_keys import KeyStore
 from acme_orders.auth import Authenticator
 from acme_orders.backlog import OutboxProbe
+from acme_orders.group_commit import DEFAULT_MAX_IN_FLIGHT, GroupCommit
 from acme_orders.janitor import Janitor
 from acme_orders.publisher import FastPathPublisher
 from acme_orders.ratelimit import Policy, RateLimiter
@@ -130,8 +131,13 @@ def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> L
                 dedupe_ttl_s=settings.dedupe_ttl_s,
                 metrics=metrics,
             )
+            writer = GroupCommit(
+                clients.store,
+                max_in_flight=min(DEFAULT_MAX_IN_FLIGHT, settings.db_pool_max),
+                observe_batch=metrics.orders_per_statement.observe,
+            )
             app.state.service = OrderService(
-                clients.store, publisher, db_timeout_s=settings.db_timeout_ms / 1000
+                clients.store, publisher, db_timeout_s=settings.db_timeout_ms / 1000, writer=writer
             )
             app.state.ready_check = partial(_schema_ready, clients.store)
             app.state.rate_limiter = _rate_limiter(settings, clients.redis, metrics)
@@ -155,6 +161,7 @@ def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> L
                 with timing_collections(metrics.gc_pauses):
                     yield
             finally:
+                await writer.close()
                 supervisor.stop.set()
                 await runner
                 await http.stop()

@@ -1,7 +1,8 @@
 """The order service's use cases: place an order, read one back. No HTTP, no environment.
 
-`place_order` commits the order and its outbox event in one statement, then hands the event to
-the fast-path publisher and returns: the e-mail never sits on the request's critical path.
+`place_order` commits the order and its outbox event in one statement (shared with the orders of
+concurrent requests: acme_orders.group_commit), then hands the event to the fast-path publisher
+and returns: the e-mail never sits on the request's critical path.
 """
 
 from __future__ import annotations
@@ -20,8 +21,16 @@ from opentelemetry.trace import SpanKind
 
 from acme_orders.domain import OrderDraft
 from acme_orders.events import build_envelope, encode_envelope
+from acme_orders.group_commit import GroupCommit
 from acme_orders.publisher import FastPathPublisher
-from acme_orders.store import Created, IdempotencyMismatch, OrderStore, OutboxEvent, Replayed
+from acme_orders.store import (
+    Created,
+    IdempotencyMismatch,
+    NewOrder,
+    OrderStore,
+    OutboxEvent,
+    Replayed,
+)
 from acme_runtime.ids import uuid7
 from acme_runtime.logs import mask_email
 from acme_runtime.tracing import current_traceparent, tracer
@@ -115,9 +124,16 @@ class IdempotencyConflict(Exception):
 
 class OrderService:
     def __init__(
-        self, store: OrderStore, publisher: FastPathPublisher, *, db_timeout_s: float = 2.0
+        self,
+        store: OrderStore,
+        publisher: FastPathPublisher,
+        *,
+        db_timeout_s: float = 2.0,
+        writer: GroupCommit | None = None,
     ) -> None:
+        """`writer`: the group commit that writes new orders (one of its own by default)."""
         self._store = store
+        self._writer = writer or GroupCommit(store)
         self._publisher = publisher
         # Bounds each request's whole database work, waiting for a pooled connection included:
         # a PostgreSQL that hangs gives quick 503s, not requests piling up behind it.
@@ -146,21 +162,22 @@ class OrderService:
                 traceparent=traceparent,
             )
         )
+        order = NewOrder(
+            order_id=order_id,
+            event_id=event_id,
+            draft=draft,
+            created_at=created_at,
+            envelope=envelope,
+            trace_id=trace_id,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent,
+            api_key_id=api_key_id,
+        )
         with tracer().start_as_current_span(
             "INSERT orders", kind=SpanKind.CLIENT, attributes=_DB_INSERT_ATTRIBUTES
         ):
             async with asyncio.timeout(self._db_timeout_s):
-                result = await self._store.create_order(
-                    order_id=order_id,
-                    event_id=event_id,
-                    draft=draft,
-                    created_at=created_at,
-                    envelope=envelope,
-                    trace_id=trace_id,
-                    idempotency_key=idempotency_key,
-                    traceparent=traceparent,
-                    api_key_id=api_key_id,
-                )
+                result = await self._writer.write(order)
         if isinstance(result, IdempotencyMismatch):
             raise IdempotencyConflict(result.order_id)
         if isinstance(result, Created):

@@ -1,8 +1,10 @@
 """PostgreSQL access of the order service: every SQL statement it runs lives here.
 
-Writing an order is ONE statement (data-modifying CTEs): idempotency key, order, items, outbox
-row and the first timeline entry commit together or not at all, in a single round trip. That is
-both the transactional outbox's guarantee and most of the intake throughput.
+Writing orders is ONE statement (data-modifying CTEs over column arrays): each order's
+idempotency key, the order, its items, outbox row and first timeline entry commit together or
+not at all, in a single round trip, for a whole batch of orders at once (the API's group commit,
+acme_orders.group_commit). That is both the transactional outbox's guarantee and most of the
+intake throughput.
 
 The timeline is partitioned by order id and its old partitions dropped whole (the janitor;
 docs/adr/0018-partitioned-tables.md). The outbox stays a plain table emptied by DELETE (the
@@ -32,6 +34,7 @@ __all__ = [
     "TIMELINE_TABLE",
     "Created",
     "IdempotencyMismatch",
+    "NewOrder",
     "OrderStore",
     "OutboxEvent",
     "Replayed",
@@ -76,6 +79,21 @@ class IdempotencyMismatch:
     order_id: uuid.UUID
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewOrder:
+    """An order to write, with its outbox event: one row of a group commit."""
+
+    order_id: uuid.UUID
+    event_id: uuid.UUID
+    draft: OrderDraft
+    created_at: datetime
+    envelope: bytes
+    trace_id: str | None
+    idempotency_key: str | None
+    traceparent: str | None = None
+    api_key_id: str | None = None
+
+
 @dataclass(frozen=True)
 class OutboxEvent:
     event_id: uuid.UUID
@@ -84,39 +102,56 @@ class OutboxEvent:
     traceparent: str | None = None
 
 
-_INSERT_ORDER = """
-WITH k AS ({key_cte}),
+#: Writes a batch of orders in ONE statement (group commit, acme_orders.group_commit): their
+#: idempotency keys, the orders, their items, outbox rows and first timeline entries. An order
+#: whose Idempotency-Key is already taken (by an earlier request, or by another order of the same
+#: batch) writes nothing; its id is missing from what the statement returns, and the caller
+#: looks the key up. Parameters are column arrays, one element per order ($1-$14) or per item
+#: ($15-$21, each item naming its order), so the statement's text never varies with the batch.
+SQL_INSERT_ORDERS = """
+WITH input AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                         $6::numeric[], $7::timestamptz[], $8::text[], $9::text[], $10::uuid[],
+                         $11::bytea[], $12::text[], $13::text[], $14::bytea[])
+        AS t(id, customer_name, customer_email, locale, currency, total, created_at, trace_id,
+             api_key_id, event_id, envelope, traceparent, idempotency_key, request_hash)
+),
+k AS (
+    INSERT INTO idempotency_keys (key, request_hash, order_id, created_at)
+    SELECT idempotency_key, request_hash, id, created_at FROM input
+    WHERE idempotency_key IS NOT NULL
+    ON CONFLICT (key) DO NOTHING
+    RETURNING order_id
+),
 o AS (
     INSERT INTO orders (id, customer_name, customer_email, locale, currency, total, created_at,
                         trace_id, api_key_id)
-    SELECT $1, $2, $3, $4, $5, $6, $7, $8, $17 FROM k
+    SELECT id, customer_name, customer_email, locale, currency, total, created_at, trace_id,
+           api_key_id
+    FROM input WHERE idempotency_key IS NULL OR id IN (SELECT order_id FROM k)
     RETURNING id
 ),
 i AS (
     INSERT INTO order_items (order_id, line_no, sku, name, quantity, unit_price, line_total)
-    SELECT o.id, t.line_no, t.sku, t.name, t.quantity, t.unit_price, t.line_total
-    FROM o, unnest($9::text[], $10::text[], $11::int[], $12::numeric[], $13::numeric[])
-        WITH ORDINALITY AS t(sku, name, quantity, unit_price, line_total, line_no)
+    SELECT t.order_id, t.line_no, t.sku, t.name, t.quantity, t.unit_price, t.line_total
+    FROM unnest($15::uuid[], $16::int[], $17::text[], $18::text[], $19::int[], $20::numeric[],
+                $21::numeric[])
+        AS t(order_id, line_no, sku, name, quantity, unit_price, line_total)
+    WHERE t.order_id IN (SELECT id FROM o)
 ),
 x AS (
     INSERT INTO outbox (event_id, order_id, envelope, created_at, traceparent)
-    SELECT $14, o.id, $15, $7, $16 FROM o
+    SELECT input.event_id, input.id, input.envelope, input.created_at, input.traceparent
+    FROM input JOIN o ON o.id = input.id
 ),
 tl AS (
     INSERT INTO order_timeline (order_id, at, kind, detail)
-    SELECT o.id, $7, 'created', jsonb_build_object('event_id', $14::text) FROM o
+    SELECT input.id, input.created_at, 'created',
+           jsonb_build_object('event_id', input.event_id::text)
+    FROM input JOIN o ON o.id = input.id
 )
 SELECT id FROM o
 """
-_KEY_NONE = "SELECT 1"
-_KEY_INSERT = """
-    INSERT INTO idempotency_keys (key, request_hash, order_id, created_at)
-    VALUES ($18, $19, $1, $7)
-    ON CONFLICT (key) DO NOTHING
-    RETURNING 1
-"""
-SQL_INSERT_ORDER = _INSERT_ORDER.format(key_cte=_KEY_NONE)
-SQL_INSERT_ORDER_WITH_KEY = _INSERT_ORDER.format(key_cte=_KEY_INSERT)
 
 SQL_MARK_PUBLISHED = """
 WITH u AS (
@@ -154,64 +189,61 @@ class OrderStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
 
-    async def create_order(
-        self,
-        *,
-        order_id: uuid.UUID,
-        event_id: uuid.UUID,
-        draft: OrderDraft,
-        created_at: datetime,
-        envelope: bytes,
-        trace_id: str | None,
-        idempotency_key: str | None,
-        traceparent: str | None = None,
-        api_key_id: str | None = None,
-    ) -> Created | Replayed | IdempotencyMismatch:
-        items = draft.items
-        args: list[Any] = [
-            order_id,
-            draft.customer.name,
-            draft.customer.email,
-            draft.customer.locale,
-            draft.currency,
-            draft.total,
-            created_at,
-            trace_id,
-            [i.sku for i in items],
-            [i.name for i in items],
-            [i.quantity for i in items],
-            [i.unit_price for i in items],
-            [i.line_total for i in items],
-            event_id,
-            envelope,
-            traceparent,
-            api_key_id,
-        ]
-        if idempotency_key is None:
-            await self.pool.fetchval(SQL_INSERT_ORDER, *args)
-            return Created(order_id)
-        fingerprint = request_hash(draft)
-        inserted = await self.pool.fetchval(
-            SQL_INSERT_ORDER_WITH_KEY, *args, idempotency_key, fingerprint
-        )
-        if inserted is not None:
-            return Created(order_id)
-        row = await self.pool.fetchrow(
-            "SELECT order_id, request_hash FROM idempotency_keys WHERE key = $1", idempotency_key
-        )
-        if row is None:  # expired between the two statements: a fresh order is right
-            return await self.create_order(
-                order_id=order_id,
-                event_id=event_id,
-                draft=draft,
-                created_at=created_at,
-                envelope=envelope,
-                trace_id=trace_id,
-                idempotency_key=idempotency_key,
-                traceparent=traceparent,
-                api_key_id=api_key_id,
+    async def create_order(self, order: NewOrder) -> Created | Replayed | IdempotencyMismatch:
+        """Writes one order on its own (the API coalesces them: acme_orders.group_commit)."""
+        while True:
+            if order.order_id in await self.insert_orders(self.pool, [order]):
+                return Created(order.order_id)
+            outcome = await self.resolve_key(order)
+            if outcome is not None:
+                return outcome
+
+    async def insert_orders(self, conn: Executor, orders: Sequence[NewOrder]) -> set[uuid.UUID]:
+        """Writes `orders` in one statement; the ids of those written. The others' keys were
+        already taken: `resolve_key` says by what."""
+        if not orders:
+            return set()
+        order_rows = [
+            (
+                order.order_id,
+                order.draft.customer.name,
+                order.draft.customer.email,
+                order.draft.customer.locale,
+                order.draft.currency,
+                order.draft.total,
+                order.created_at,
+                order.trace_id,
+                order.api_key_id,
+                order.event_id,
+                order.envelope,
+                order.traceparent,
+                order.idempotency_key,
+                None if order.idempotency_key is None else request_hash(order.draft),
             )
-        if bytes(row["request_hash"]) != fingerprint:
+            for order in orders
+        ]
+        item_rows = [
+            (order.order_id, line_no, i.sku, i.name, i.quantity, i.unit_price, i.line_total)
+            for order in orders
+            for line_no, i in enumerate(order.draft.items, start=1)
+        ]
+        # Rows to columns: one array parameter per column ($1-$14 orders, $15-$21 items).
+        columns = [list(column) for column in zip(*order_rows, strict=True)]
+        columns += [list(column) for column in zip(*item_rows, strict=True)] or [[]] * 7
+        rows = await conn.fetch(SQL_INSERT_ORDERS, *columns)
+        return {row[0] for row in rows}
+
+    async def resolve_key(self, order: NewOrder) -> Replayed | IdempotencyMismatch | None:
+        """What took the Idempotency-Key of an order that was not written: the same request
+        before (Replayed), another one (IdempotencyMismatch), or nothing any more (None: the
+        key expired in between, so writing the order again is right)."""
+        row = await self.pool.fetchrow(
+            "SELECT order_id, request_hash FROM idempotency_keys WHERE key = $1",
+            order.idempotency_key,
+        )
+        if row is None:
+            return None
+        if bytes(row["request_hash"]) != request_hash(order.draft):
             return IdempotencyMismatch(row["order_id"])
         return Replayed(row["order_id"])
 

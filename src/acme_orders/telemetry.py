@@ -47,6 +47,12 @@ class OrdersMetrics:
         self.orders_created = Counter(
             "acme_orders_created_total", "Orders committed (with their outbox event).", registry=r
         )
+        self.orders_per_statement = Histogram(
+            "acme_orders_insert_batch_orders",
+            "Orders written by one INSERT statement of the API's group commit.",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
         self.idempotent_replays = Counter(
             "acme_orders_idempotent_replays_total",
             "Requests answered from an earlier order with the same Idempotency-Key.",

@@ -3,7 +3,7 @@
 For docs/reliability.md: the latest run of each scenario, one table per scenario, with the
 command that reproduces it. Usage:
 
-    .venv/bin/python -m tests.chaos.report [bench/results/chaos.jsonl]
+    .tox/py311/bin/python -m tests.chaos.report [bench/results/chaos.jsonl]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def table(run: dict[str, Any]) -> list[str]:
     return [
         f"#### {run['scenario']} ({run['scale']}, {run['notifiers']} notifiers, {run['at']})",
         "",
-        f"`{scale}.venv/bin/pytest tests/chaos/{test} -q -s`" if test else "",
+        f"`{scale}.tox/py311/bin/pytest tests/chaos/{test} -q -s`" if test else "",
         "",
         "| figure | value |",
         "|---|---|",

@@ -20,7 +20,7 @@ from acme_orders.events import build_envelope, encode_envelope
 from acme_orders.publisher import publish_batch
 from acme_orders.relay import redrive_once, relay_once
 from acme_orders.settings import OrdersSettings
-from acme_orders.store import OrderStore, OutboxEvent
+from acme_orders.store import NewOrder, OrderStore, OutboxEvent
 from acme_runtime.channels import EVENTS_STREAM, published_key
 from acme_runtime.ids import uuid7
 from tests.harness import api_client
@@ -48,13 +48,15 @@ async def insert_order(store: OrderStore, at_ms: int | None = None) -> tuple[uui
         )
     )
     await store.create_order(
-        order_id=order_id,
-        event_id=event_id,
-        draft=draft(),
-        created_at=now,
-        envelope=envelope,
-        trace_id=None,
-        idempotency_key=None,
+        NewOrder(
+            order_id=order_id,
+            event_id=event_id,
+            draft=draft(),
+            created_at=now,
+            envelope=envelope,
+            trace_id=None,
+            idempotency_key=None,
+        )
     )
     return order_id, event_id
 

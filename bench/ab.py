@@ -1,0 +1,133 @@
+"""A/B of the system's code in one run: a scenario against this tree and an earlier commit, arms
+alternated (A B A B ...), medians and spread of each headline figure and their ratio.
+
+Both arms run THIS tree's benchmark harness (bench/run.py, the load generator, the CPU
+accounting); only the system under test differs: arm B imports `src/` from a git worktree of
+`--base` (PYTHONPATH first, so the services it starts run the old code). That keeps the
+measuring identical, so a difference is the code's.
+
+    .tox/py311/bin/python bench/ab.py intake-1500 --base HEAD~1 --rounds 3
+    .tox/py311/bin/python bench/ab.py cpu-200 --base 9253547 --rounds 3
+
+"system" figures sum the project's processes with PostgreSQL and Redis; the load generator and
+the SMTP sink (stand-ins for clients and the provider) are left out, as issue 16 counts them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+ROOT: Final = Path(__file__).resolve().parents[1]
+#: Stand-ins for the world outside the system: not counted in its CPU.
+_NOT_SYSTEM: Final = ("generator", "sink")
+
+
+def _worktree(base: str, folder: Path) -> Path:
+    tree = folder / "base"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), base],
+        check=True,
+        capture_output=True,
+    )
+    return tree
+
+
+def _run_arm(scenario: str, src: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": f"{src}:{ROOT}"}
+    argv = [
+        sys.executable,
+        str(ROOT / "bench" / "run.py"),
+        scenario,
+        "--no-plot",
+        "--out",
+        str(out),
+    ]
+    subprocess.run([*argv, "--quiet-timeout-s", "60", *extra], check=True, env=env)
+    [result] = sorted(out.glob(f"{scenario}-2*.json"))[-1:]
+    report: dict[str, Any] = json.loads(result.read_text())
+    result.rename(result.with_suffix(".done.json"))
+    return report
+
+
+def figures(report: dict[str, Any]) -> dict[str, float]:
+    """The headline figures of a run, with the system's CPU per order added."""
+    out = {k: float(v) for k, v in report.get("headline", {}).items() if _number(v)}
+    rows = report.get("cpu", {}).get("by_process", {})
+    if rows:
+        system = sum(
+            row["cpu_ms_per_order"]
+            for name, row in rows.items()
+            if not name.startswith(_NOT_SYSTEM)
+        )
+        out["cpu_ms_per_order_system"] = round(system, 4)
+    return out
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def summary(arms: dict[str, list[dict[str, float]]]) -> list[str]:
+    """Median [min-max] per figure and arm, and the ratio of the medians (A/B)."""
+    keys = sorted({k for runs in arms.values() for run in runs for k in run})
+    lines = [f"{'figure':<34}{'A (this tree)':>26}{'B (base)':>26}{'A/B':>8}"]
+    for key in keys:
+        cells, medians = [], []
+        for runs in arms.values():
+            values = [run[key] for run in runs if key in run]
+            if not values:
+                cells.append("-")
+                medians.append(float("nan"))
+                continue
+            median = statistics.median(values)
+            medians.append(median)
+            cells.append(f"{median:.3f} [{min(values):.3f}-{max(values):.3f}]")
+        ratio = medians[0] / medians[1] if medians[1] else float("nan")
+        lines.append(f"{key:<34}{cells[0]:>30}{cells[1]:>30}{ratio:>8.2f}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario")
+    parser.add_argument("--base", required=True, help="the commit of arm B")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ab")
+    args, extra = parser.parse_known_args(argv)
+    if not 1 <= args.rounds <= 10:
+        parser.error("--rounds must be 1-10")
+    arms: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
+    with tempfile.TemporaryDirectory(prefix="acme-ab-") as folder:
+        tree = _worktree(args.base, Path(folder))
+        try:
+            for round_no in range(args.rounds):
+                for arm, src in (("A", ROOT / "src"), ("B", tree / "src")):
+                    print(f"== round {round_no + 1}/{args.rounds}, arm {arm} ==", flush=True)
+                    report = _run_arm(args.scenario, src, args.out / arm, extra)
+                    arms[arm].append(figures(report))
+        finally:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
+            )
+    lines = [
+        f"A/B {args.scenario}: A = this tree, B = {args.base}; {args.rounds} rounds, A B A B",
+        *summary(arms),
+    ]
+    print("\n".join(lines))
+    stamp = Path(args.out / f"{args.scenario}-ab.json")
+    stamp.write_text(json.dumps({"base": args.base, "arms": arms, "table": lines}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
