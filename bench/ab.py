@@ -8,6 +8,10 @@ measuring identical, so a difference is the code's.
 
     .tox/py311/bin/python bench/ab.py intake-1500 --base HEAD~1 --rounds 3
     .tox/py311/bin/python bench/ab.py cpu-200 --base 9253547 --rounds 3
+    .tox/py311/bin/python bench/ab.py intake-1500 --env-a ACME_HTTP_SERVER=granian
+
+Without `--base` both arms run this tree, and `--env-a` / `--env-b` (KEY=VALUE, repeatable) set
+what differs between them: a setting's A/B.
 
 "system" figures sum the project's processes with PostgreSQL and Redis; the load generator and
 the SMTP sink (stand-ins for clients and the provider) are left out, as issue 16 counts them.
@@ -41,9 +45,11 @@ def _worktree(base: str, folder: Path) -> Path:
     return tree
 
 
-def _run_arm(scenario: str, src: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+def _run_arm(
+    scenario: str, src: Path, out: Path, extra: list[str], arm_env: dict[str, str]
+) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": f"{src}:{ROOT}"}
+    env = {**os.environ, **arm_env, "PYTHONPATH": f"{src}:{ROOT}"}
     argv = [
         sys.executable,
         str(ROOT / "bench" / "run.py"),
@@ -97,30 +103,46 @@ def summary(arms: dict[str, list[dict[str, float]]]) -> list[str]:
     return lines
 
 
+def _pairs(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            parser.error(f"not KEY=VALUE: {pair!r}")
+        env[key] = value
+    return env
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario")
-    parser.add_argument("--base", required=True, help="the commit of arm B")
+    parser.add_argument("--base", help="the commit of arm B (default: this tree)")
+    parser.add_argument("--env-a", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--env-b", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ab")
     args, extra = parser.parse_known_args(argv)
     if not 1 <= args.rounds <= 10:
         parser.error("--rounds must be 1-10")
+    envs = {"A": _pairs(parser, args.env_a), "B": _pairs(parser, args.env_b)}
     arms: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="acme-ab-") as folder:
-        tree = _worktree(args.base, Path(folder))
+        tree = _worktree(args.base, Path(folder)) if args.base else ROOT
         try:
             for round_no in range(args.rounds):
                 for arm, src in (("A", ROOT / "src"), ("B", tree / "src")):
                     print(f"== round {round_no + 1}/{args.rounds}, arm {arm} ==", flush=True)
-                    report = _run_arm(args.scenario, src, args.out / arm, extra)
+                    report = _run_arm(args.scenario, src, args.out / arm, extra, envs[arm])
                     arms[arm].append(figures(report))
         finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False
-            )
+            if tree != ROOT:
+                subprocess.run(
+                    ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                    check=False,
+                )
     lines = [
-        f"A/B {args.scenario}: A = this tree, B = {args.base}; {args.rounds} rounds, A B A B",
+        f"A/B {args.scenario}: A = this tree {envs['A'] or ''}, B = {args.base or 'this tree'} "
+        f"{envs['B'] or ''}; {args.rounds} rounds, A B A B",
         *summary(arms),
     ]
     print("\n".join(lines))

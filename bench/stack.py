@@ -135,8 +135,9 @@ class Stack:
             "ACME_REDIS_URL": self.redis_url,
             "ACME_LOG_FORMAT": "json",
             # One key offers the whole load: the benches measure the system, not the per-key
-            # rate limit (ADR 0021), which a scenario may still set through `extra`.
-            "ACME_API_RATE_PER_S": "0",
+            # rate limit (ADR 0021), which a scenario may still set through `extra`, and a run
+            # through ACME_BENCH_API_RATE_PER_S (its cost: bench/ab.py --env-a ...).
+            "ACME_API_RATE_PER_S": os.environ.get("ACME_BENCH_API_RATE_PER_S", "0"),
         }
         if self.smtp_url:
             env["ACME_SMTP_URL"] = self.smtp_url

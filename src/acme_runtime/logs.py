@@ -11,6 +11,7 @@ import re
 import sys
 from typing import TextIO, cast
 
+import msgspec
 import structlog
 
 from acme_runtime.tracing import add_trace_ids
@@ -45,6 +46,15 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
+#: One JSON line per event, in C (msgspec); what JSON cannot hold is written as its repr(), as
+#: structlog's own fallback writes it.
+_JSON = msgspec.json.Encoder(enc_hook=repr, decimal_format="string")
+
+
+def _json_line(event: object, **_json_dumps_options: object) -> str:
+    return _JSON.encode(event).decode()
+
+
 def configure_logging(level: str = "info", fmt: str = "json") -> None:
     """Configures structlog and the standard library root logger once per process."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
@@ -60,7 +70,7 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     else:
         processors.append(structlog.processors.format_exc_info)
-        renderer = structlog.processors.JSONRenderer()
+        renderer = structlog.processors.JSONRenderer(serializer=_json_line)
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
