@@ -2,7 +2,7 @@
 
 Each scenario kind has its module beside this one: constant.py (smoke, steady-50, peak-200,
 cpu-200, sustain-500, soak), ramp.py (max), outage.py (outage-recovery), tracing.py
-(tracing-cost), profile.py (profile-api, intake-1500) and storage.py (storage, storage-soak).
+(tracing-cost), profile.py (profile-api[-200], intake-1500) and storage.py (storage, storage-soak).
 This module only says what each named scenario is.
 """
 
@@ -123,6 +123,15 @@ def _scenarios() -> dict[str, Scenario]:
             ),
             Scenario("tracing-cost", "tracing", 200.0, 20.0, notifiers=0, warmup_s=3.0),
             Scenario("profile-api", "profile", 1_000.0, 30.0, notifiers=0, warmup_s=3.0),
+            Scenario(
+                "profile-api-200",
+                "profile",
+                200.0,
+                30.0,
+                notifiers=0,
+                warmup_s=3.0,
+                description="py-spy on the API at the brief's peak: where a quiet order goes",
+            ),
             Scenario(
                 "intake-1500",
                 "intake",
