@@ -12,12 +12,9 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 from acme_runtime.env import SettingsError
-
-if TYPE_CHECKING:
-    from acme_orders.settings import OrdersSettings
 
 __all__ = ["main"]
 
@@ -28,28 +25,24 @@ EXIT_CONFIG = 3
 EXIT_UNAVAILABLE = 4
 EXIT_NOT_FOUND = 5  # the admin commands: an unknown dead-entry or order id
 
-T = TypeVar("T")
 
-
-def _run(main: Coroutine[Any, Any, T]) -> T:
-    """Runs a process's main coroutine on uvloop (as uvicorn does for the API) when available."""
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    """Runs a worker's main coroutine on uvloop (as uvicorn does for the API) when available."""
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, except on Windows
-        return asyncio.run(main)
-    return uvloop.run(main)
+        asyncio.run(main)
+        return
+    uvloop.run(main)
 
 
 def _cmd_api(_args: argparse.Namespace) -> int:
+    import uvicorn
+
     from acme_orders.app import api_app
     from acme_orders.settings import OrdersSettings
 
     settings = OrdersSettings.from_env()
-    if settings.http_server == "granian":
-        return _serve_api_with_granian(settings)
-
-    import uvicorn
-
     _observe(settings.log_level, settings.log_format, "acme-api")
     config = uvicorn.Config(
         api_app(settings),
@@ -66,23 +59,6 @@ def _cmd_api(_args: argparse.Namespace) -> int:
     )
     uvicorn.Server(config).run()
     return EXIT_OK
-
-
-def _serve_api_with_granian(settings: OrdersSettings) -> int:
-    try:
-        from acme_cli import granian_server
-    except ModuleNotFoundError as exc:
-        if exc.name is None or exc.name.partition(".")[0] != "granian":
-            raise
-        raise SettingsError(
-            "ACME_HTTP_SERVER=granian, but granian is not installed: "
-            "pip install 'acme-orders[granian]'"
-        ) from exc
-    from acme_orders.app import api_app
-
-    _observe(settings.log_level, settings.log_format, "acme-api")
-    served = _run(granian_server.serve(api_app(settings), settings))
-    return EXIT_OK if served else EXIT_FAILURE
 
 
 def _cmd_relay(_args: argparse.Namespace) -> int:

@@ -40,15 +40,6 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
     http_port: Annotated[
         int, Env("ACME_HTTP_PORT", "the API's listen port", minimum=0, maximum=65535)
     ] = 8000
-    http_server: Annotated[
-        str,
-        Env(
-            "ACME_HTTP_SERVER",
-            "what serves the API: uvicorn, or granian (in this process, one worker; needs the "
-            "`granian` extra)",
-            choices=("uvicorn", "granian"),
-        ),
-    ] = "uvicorn"
     log_level: Annotated[
         str, Env("ACME_LOG_LEVEL", "log threshold", choices=("debug", "info", "warning", "error"))
     ] = "info"
