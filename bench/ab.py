@@ -1,17 +1,18 @@
-"""A/B of the system's code in one run: a scenario against this tree and an earlier commit, arms
+"""A/B of the system's code in one run: a scenario on two commits (or two settings), arms
 alternated (A B A B ...), medians and spread of each headline figure and their ratio.
 
 Both arms run THIS tree's benchmark harness (bench/run.py, the load generator, the CPU
-accounting); only the system under test differs: arm B imports `src/` from a git worktree of
-`--base` (PYTHONPATH first, so the services it starts run the old code). That keeps the
+accounting); only the system under test differs: each arm imports `src/` from a git worktree
+of its commit (`--head`, default HEAD, and `--base`; PYTHONPATH first, so the services it
+starts run that code), so editing the tree during a run changes neither arm. That keeps the
 measuring identical, so a difference is the code's.
 
     .tox/py311/bin/python bench/ab.py intake-1500 --base HEAD~1 --rounds 3
     .tox/py311/bin/python bench/ab.py cpu-200 --base 9253547 --rounds 3
-    .tox/py311/bin/python bench/ab.py intake-1500 --env-a ACME_HTTP_SERVER=granian
+    .tox/py311/bin/python bench/ab.py intake-1500 --env-a ACME_BENCH_API_RATE_PER_S=100000
 
-Without `--base` both arms run this tree, and `--env-a` / `--env-b` (KEY=VALUE, repeatable) set
-what differs between them: a setting's A/B.
+Without `--base` both arms run the same commit, and `--env-a` / `--env-b` (KEY=VALUE,
+repeatable) set what differs between them: a setting's A/B.
 
 "system" figures sum the project's processes with PostgreSQL and Redis; the load generator and
 the SMTP sink (stand-ins for clients and the provider) are left out, as issue 16 counts them.
@@ -35,8 +36,8 @@ ROOT: Final = Path(__file__).resolve().parents[1]
 _NOT_SYSTEM: Final = ("generator", "sink")
 
 
-def _worktree(base: str, folder: Path) -> Path:
-    tree = folder / "base"
+def _worktree(base: str, folder: Path, name: str) -> Path:
+    tree = folder / name
     subprocess.run(
         ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tree), base],
         check=True,
@@ -86,7 +87,7 @@ def _number(value: object) -> bool:
 def summary(arms: dict[str, list[dict[str, float]]]) -> list[str]:
     """Median [min-max] per figure and arm, and the ratio of the medians (A/B)."""
     keys = sorted({k for runs in arms.values() for run in runs for k in run})
-    lines = [f"{'figure':<34}{'A (this tree)':>26}{'B (base)':>26}{'A/B':>8}"]
+    lines = [f"{'figure':<34}{'A':>30}{'B':>30}{'A/B':>8}"]
     for key in keys:
         cells, medians = [], []
         for runs in arms.values():
@@ -116,7 +117,8 @@ def _pairs(parser: argparse.ArgumentParser, pairs: list[str]) -> dict[str, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario")
-    parser.add_argument("--base", help="the commit of arm B (default: this tree)")
+    parser.add_argument("--head", default="HEAD", help="the commit of arm A (default: HEAD)")
+    parser.add_argument("--base", help="the commit of arm B (default: arm A's)")
     parser.add_argument("--env-a", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--env-b", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--rounds", type=int, default=3)
@@ -127,21 +129,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     envs = {"A": _pairs(parser, args.env_a), "B": _pairs(parser, args.env_b)}
     arms: dict[str, list[dict[str, float]]] = {"A": [], "B": []}
     with tempfile.TemporaryDirectory(prefix="acme-ab-") as folder:
-        tree = _worktree(args.base, Path(folder)) if args.base else ROOT
+        head = _worktree(args.head, Path(folder), "head")
+        base = _worktree(args.base, Path(folder), "base") if args.base else head
         try:
             for round_no in range(args.rounds):
-                for arm, src in (("A", ROOT / "src"), ("B", tree / "src")):
+                for arm, src in (("A", head / "src"), ("B", base / "src")):
                     print(f"== round {round_no + 1}/{args.rounds}, arm {arm} ==", flush=True)
                     report = _run_arm(args.scenario, src, args.out / arm, extra, envs[arm])
                     arms[arm].append(figures(report))
         finally:
-            if tree != ROOT:
+            for tree in {head, base}:
                 subprocess.run(
                     ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
                     check=False,
                 )
     lines = [
-        f"A/B {args.scenario}: A = this tree {envs['A'] or ''}, B = {args.base or 'this tree'} "
+        f"A/B {args.scenario}: A = {args.head} {envs['A'] or ''}, B = {args.base or args.head} "
         f"{envs['B'] or ''}; {args.rounds} rounds, A B A B",
         *summary(arms),
     ]

@@ -117,7 +117,7 @@ async def _preload(redis_url: str, events: list[OutboxEvent], batch: int) -> dic
         added = 0
         for offset in range(0, len(events), batch):
             results = await publish_batch(redis, events[offset : offset + batch], _DEDUPE_TTL_S)
-            added += sum(1 for _event_id, _stream_id, new in results if new)
+            added += sum(1 for result in results if result.added)
         elapsed_s = time.perf_counter() - start
         length = int(await redis.xlen(EVENTS_STREAM))
     finally:

@@ -90,7 +90,7 @@ async def _publish_locked(
             return 0
         results = await publish_batch(redis, events, dedupe_ttl_s, via=via)
         await store.mark_published(conn, results, via=via)
-    added = sum(result[2] for result in results)
+    added = sum(result.added for result in results)
     if published is not None:
         published.inc(added)
     if via == "relay":

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import msgspec
@@ -37,6 +37,7 @@ __all__ = [
     "NewOrder",
     "OrderStore",
     "OutboxEvent",
+    "Published",
     "Replayed",
     "migrations",
     "request_hash",
@@ -92,6 +93,15 @@ class NewOrder:
     idempotency_key: str | None
     traceparent: str | None = None
     api_key_id: str | None = None
+
+
+class Published(NamedTuple):
+    """An event's publish: its stream entry, and whether this publish added it."""
+
+    event_id: uuid.UUID
+    order_id: uuid.UUID
+    stream_id: str
+    added: bool
 
 
 @dataclass(frozen=True)
@@ -153,29 +163,37 @@ tl AS (
 SELECT id FROM o
 """
 
+#: Records publish results. The fast path records them a moment after publishing (it gathers
+#: them: acme_orders.publisher), so the e-mail may be sent and its receipt applied first: the
+#: outbox row is then gone and the order already `sent`. The timeline entry is written all the
+#: same (from the results, not from the row), and the order's status only moves forward.
 SQL_MARK_PUBLISHED = """
-WITH u AS (
+WITH x AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bool[])
+        AS x(event_id, order_id, stream_id, added)
+),
+u AS (
     UPDATE outbox
     SET published_at = coalesce(published_at, now()),
         last_published_at = now(),
         stream_id = coalesce(outbox.stream_id, x.stream_id),
         publish_count = publish_count + x.added::int
-    FROM unnest($1::uuid[], $2::text[], $3::bool[]) AS x(event_id, stream_id, added)
+    FROM x
     WHERE outbox.event_id = x.event_id
-    RETURNING outbox.order_id, x.stream_id, x.added, outbox.publish_count
+    RETURNING outbox.event_id, outbox.publish_count
 ),
 s AS (
     UPDATE orders SET notification_status = 'published', notification_updated_at = now()
-    FROM u
-    WHERE orders.id = u.order_id AND orders.notification_status = 'pending'
+    FROM x
+    WHERE orders.id = x.order_id AND orders.notification_status = 'pending'
 )
 INSERT INTO order_timeline (order_id, at, kind, detail)
 -- Stamped with the XADD time the stream id carries, not with when the row was updated: the
 -- notifier may well have sent the e-mail in between.
-SELECT u.order_id, to_timestamp(split_part(u.stream_id, '-', 1)::bigint / 1000.0),
+SELECT x.order_id, to_timestamp(split_part(x.stream_id, '-', 1)::bigint / 1000.0),
        CASE WHEN u.publish_count > 1 THEN 'redriven' ELSE 'published' END,
-       jsonb_build_object('stream_id', u.stream_id, 'via', $4::text)
-FROM u WHERE u.added
+       jsonb_build_object('stream_id', x.stream_id, 'via', $5::text)
+FROM x LEFT JOIN u ON u.event_id = x.event_id WHERE x.added
 """
 
 
@@ -286,19 +304,17 @@ class OrderStore:
         }
 
     async def mark_published(
-        self,
-        conn: Executor,
-        results: Sequence[tuple[uuid.UUID, str, bool]],
-        via: str,
+        self, conn: Executor, published: Sequence[Published], via: str
     ) -> None:
-        """Records (event_id, stream_id, added) publish results and their timeline entries."""
-        if not results:
+        """Records publish results and their timeline entries."""
+        if not published:
             return
         await conn.execute(
             SQL_MARK_PUBLISHED,
-            [r[0] for r in results],
-            [r[1] for r in results],
-            [r[2] for r in results],
+            [p.event_id for p in published],
+            [p.order_id for p in published],
+            [p.stream_id for p in published],
+            [p.added for p in published],
             via,
         )
 

@@ -17,13 +17,14 @@ from acme_cli.embedded import EmbeddedRedis
 from acme_orders.contract import parse_order
 from acme_orders.domain import OrderDraft
 from acme_orders.events import build_envelope, encode_envelope
-from acme_orders.publisher import publish_batch
+from acme_orders.publisher import FastPathPublisher, publish_batch
 from acme_orders.relay import redrive_once, relay_once
 from acme_orders.settings import OrdersSettings
 from acme_orders.store import NewOrder, OrderStore, OutboxEvent
+from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.channels import EVENTS_STREAM, published_key
 from acme_runtime.ids import uuid7
-from tests.harness import api_client
+from tests.harness import api_client, eventually
 from tests.integration.test_api import ORDER
 
 
@@ -90,9 +91,9 @@ async def test_publish_once_script_adds_an_event_only_once(redis: Redis) -> None
     event = OutboxEvent(uuid7(), uuid7(), b"{}")
     first = await publish_batch(redis, [event], dedupe_ttl_s=60)
     second = await publish_batch(redis, [event, event], dedupe_ttl_s=60)
-    assert first[0][2] is True
-    assert [r[2] for r in second] == [False, False]
-    assert {r[1] for r in second} == {first[0][1]}
+    assert first[0].added is True
+    assert [r.added for r in second] == [False, False]
+    assert {r.stream_id for r in second} == {first[0].stream_id}
     assert await redis.xlen(EVENTS_STREAM) == 1
     assert 0 < await redis.pttl(published_key(str(event.event_id))) <= 60_000
 
@@ -205,3 +206,54 @@ async def test_janitor_deletes_only_expired_idempotency_keys(pool: asyncpg.Pool)
     assert await store.delete_expired_keys(ttl_s=86_400) == 1
     remaining: list[Any] = await pool.fetch("SELECT key FROM idempotency_keys")
     assert [r["key"] for r in remaining] == ["new"]
+
+
+async def test_the_fast_path_records_its_publishes_together_after_a_short_linger(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    """Three batches published 50 ms apart reach the stream at once, and are recorded in the
+    outbox together once the linger is over (one UPDATE, not three); what is gathered when the
+    publisher stops is recorded before it ends."""
+    store = OrderStore(pool)
+    publisher = FastPathPublisher(
+        store,
+        redis,
+        queue_size=100,
+        pause_ms=100,
+        dedupe_ttl_s=60,
+        metrics=OrdersMetrics(),
+        record_linger_ms=400,
+    )
+    await insert_orders(store, 6)
+    events = await store.lock_unpublished(pool, grace_ms=-1_000, limit=100)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(publisher.run(stop))
+    try:
+        for batch in (events[0:2], events[2:4], events[4:6]):
+            for event in batch:
+                publisher.submit(event)
+            await asyncio.sleep(0.05)  # the schedule of the three batches, not a wait
+        await eventually(lambda: _stream_length_is(redis, 6), timeout_s=5)
+        assert await _recorded(pool) == 0, "recorded before the linger was over"
+        await eventually(lambda: _recorded_is(pool, 6), timeout_s=5)
+        recorded_at = await pool.fetch("SELECT DISTINCT published_at FROM outbox")
+        assert len(recorded_at) == 1, "the three batches were recorded by one statement"
+        await insert_orders(store, 2)
+        for event in await store.lock_unpublished(pool, grace_ms=-1_000, limit=100):
+            publisher.submit(event)
+    finally:
+        stop.set()
+        await runner
+    assert await _recorded(pool) == 8, "the last publishes were recorded as the publisher stopped"
+
+
+async def _recorded(pool: asyncpg.Pool) -> int:
+    return int(await pool.fetchval("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL"))
+
+
+async def _recorded_is(pool: asyncpg.Pool, count: int) -> bool:
+    return await _recorded(pool) == count
+
+
+async def _stream_length_is(redis: Redis, count: int) -> bool:
+    return int(await redis.xlen(EVENTS_STREAM)) == count

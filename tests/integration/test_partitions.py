@@ -18,7 +18,7 @@ import pytest
 
 from acme_cli.migrations import all_migrations
 from acme_notify.ledger import LEDGER_TABLE, SendLedger
-from acme_orders.store import TIMELINE_TABLE, OrderStore
+from acme_orders.store import TIMELINE_TABLE, OrderStore, Published
 from acme_runtime.ids import uuid7, uuid7_time_ms
 from acme_runtime.migrate import apply_migrations
 from acme_runtime.partitions import (
@@ -232,7 +232,7 @@ async def test_migrating_a_deployment_keeps_every_row_readable(empty_database_ur
         store, ledger = OrderStore(pool), SendLedger(pool)
         now = uuid7_time_ms(uuid7())
         orders = [await insert_order(store, now - n * 3_600_000) for n in range(5)]
-        published = [(e, f"{uuid7_time_ms(o) + 1_000}-0", True) for o, e in orders]
+        published = [Published(e, o, f"{uuid7_time_ms(o) + 1_000}-0", True) for o, e in orders]
         await store.mark_published(pool, published, "relay")
         # A receipt's entry as the receipts consumer of that release wrote it (its statement
         # names the unique index of that schema, so it is not run here).

@@ -11,10 +11,12 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from acme_orders.publisher import publish_batch
 from acme_orders.receipts import Receipt, ReceiptsConsumer, apply_receipts
 from acme_orders.relay import redrive_once, relay_once
 from acme_orders.store import OrderStore
 from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM, published_key
+from acme_runtime.ids import uuid7_time_ms
 from tests.harness import eventually
 from tests.integration.test_outbox import insert_orders, stream_event_ids
 
@@ -500,3 +502,24 @@ async def test_a_batch_postgresql_refuses_is_applied_one_by_one_around_the_bad_r
     pending: Any = await redis.xpending(RECEIPTS_STREAM, RECEIPTS_GROUP)
     assert int(pending["pending"]) == 0
     assert await redis.xlen(RECEIPTS_STREAM) == 0
+
+
+async def test_a_publish_recorded_after_its_receipt_keeps_the_order_sent_and_its_stream_id(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    """The fast path records its publishes a moment late (RECORD_LINGER_MS): the e-mail may be
+    sent and its receipt applied first, so the outbox row is gone. The publish still gets its
+    timeline entry (the stream id `acme trace` needs), and the order stays sent."""
+    store, event_id, order_id = await one_order(pool)
+    [event] = await store.lock_unpublished(pool, grace_ms=-1_000, limit=1)
+    [published] = await publish_batch(redis, [event], dedupe_ttl_s=60)
+    sent = receipt("sent", event_id, order_id, 1, uuid7_time_ms(uuid.UUID(order_id)) + 5_000)
+    await apply_receipts(store, [("1-1", {k.encode(): v.encode() for k, v in sent.items()})])
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+    await store.mark_published(pool, [published], via="fast-path")
+
+    assert (await notification(pool))[0] == "sent"
+    rows = await pool.fetch("SELECT kind, detail FROM order_timeline ORDER BY at, seq")
+    assert [r["kind"] for r in rows] == ["created", "published", "sent"]
+    assert rows[1]["detail"]["stream_id"] == published.stream_id

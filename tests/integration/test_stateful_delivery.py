@@ -352,7 +352,7 @@ class DeliveryMachine(RuleBasedStateMachine):
     def _publish(self, locales: list[str]) -> MultipleResults[OutboxEvent]:
         batch = [_new_event(ORDERS[locale]) for locale in locales]
         results = self._run(publish_batch(self._redis, batch, dedupe_ttl_s=DEDUPE_TTL_S))
-        assert [added for _, _, added in results] == [True] * len(batch), "a new event not added"
+        assert [r.added for r in results] == [True] * len(batch), "a new event not added"
         for event in batch:
             self.copies[str(event.event_id)] += 1
         return multiple(*batch)
@@ -373,7 +373,8 @@ class DeliveryMachine(RuleBasedStateMachine):
         if key_lost:  # Redis lost data: the dedupe key is gone, the re-drive adds a copy
             self._run(self._redis.delete(published_key(str(event.event_id))))
         before = self._run(self._redis.xlen(EVENTS_STREAM))
-        [(_, _, added)] = self._run(publish_batch(self._redis, [event], dedupe_ttl_s=DEDUPE_TTL_S))
+        [published] = self._run(publish_batch(self._redis, [event], dedupe_ttl_s=DEDUPE_TTL_S))
+        added = published.added
         after = self._run(self._redis.xlen(EVENTS_STREAM))
         assert added == key_lost, "publish-once added a copy while its key still existed"
         assert after - before == (1 if key_lost else 0)
