@@ -469,9 +469,9 @@ class _Pool:
         self._all.discard(connection)
 
     async def close(self) -> None:
-        for connection in self._all:
+        for connection in list(self._all):
             connection.close()
-        for connection in self._all:
+        for connection in list(self._all):
             with contextlib.suppress(OSError):
                 await connection.writer.wait_closed()
         self._all.clear()

@@ -43,6 +43,7 @@ from bench.loadgen import http_get_status
 __all__ = [
     "HOST",
     "RESULTS_DIR",
+    "SINK_KIND_ENV",
     "SINK_RECORDER",
     "Child",
     "MailLog",
@@ -64,6 +65,9 @@ HOST: Final = "127.0.0.1"
 RESULTS_DIR: Final = Path(__file__).resolve().parent / "results"
 #: The SMTP sink process that records `order_id,received_at,message_id` per accepted message.
 SINK_RECORDER: Final = Path(__file__).resolve().parent / "sink_recorder.py"
+#: `lean` runs the recorder on bench/lean_sink.py (a fraction of aiosmtpd's CPU per message,
+#: for throughput benchmarks on one box); anything else, aiosmtpd (acme_cli.smtp_sink).
+SINK_KIND_ENV: Final = "ACME_BENCH_SINK"
 _WAIT_POLL_S: Final = 0.1
 _LOG_HEAD_BYTES: Final = 1024 * 1024
 _MAX_LOG_LINES: Final = 5_000_000
@@ -168,6 +172,8 @@ class Stack:
                 "--out", str(out_path), *(extra_args or [])]  # fmt: skip
         if not uvloop:
             argv.append("--no-uvloop")
+        if os.environ.get(SINK_KIND_ENV, "aiosmtpd") == "lean":
+            argv.append("--lean")
         return self.spawn("sink", argv)
 
     def start_api(self, extra_env: dict[str, str] | None = None) -> Child:
