@@ -2,7 +2,11 @@
 
 It reads only as many entries as there are free send slots, so nothing read waits in a local
 queue growing stale, and it does not read at all while the SMTP circuit is open: undelivered
-entries then stay in the stream without burning delivery counts. Stopping means: stop reading;
+entries then stay in the stream without burning delivery counts. After a read that did not fill
+the free slots (the stream is keeping up), it lingers `linger_ms` before the next one: at the
+brief's peak a replica then handles a few entries per read instead of one, and their ledger
+look-ups and records, Redis scripts and wake-ups are shared (acme_runtime.coalesce); with a
+backlog every read is full and nothing waits. Stopping means: stop reading;
 the supervisor's grace period lets the in-flight sends finish.
 """
 
@@ -37,11 +41,13 @@ class Consumer:
         *,
         block_ms: int,
         capacity: Callable[[int], int],
+        linger_ms: int = 0,
     ) -> None:
         self._streams = streams
         self._processor = processor
         self._block_ms = block_ms
         self._capacity = capacity
+        self._linger_s = linger_ms / 1000
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._streams.ensure_group()
@@ -61,6 +67,8 @@ class Consumer:
                 continue
             for entry in entries:
                 self._processor.submit(entry)
+            if 0 < len(entries) < free and self._linger_s > 0:
+                await sleep_or_stop(stop, self._linger_s)
         await self._processor.drain()
         # Leaving with nothing pending: take our name out of the group (with entries still
         # pending it stays, so that its entries remain claimable by the others).

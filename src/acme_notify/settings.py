@@ -77,6 +77,17 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
     block_ms: Annotated[
         int, Env("ACME_NOTIFY_BLOCK_MS", "how long XREADGROUP waits for new entries", minimum=10)
     ] = 1_000
+    read_linger_ms: Annotated[
+        int,
+        Env(
+            "ACME_NOTIFY_READ_LINGER_MS",
+            "after a read that did not fill the free send slots, a replica waits this long so "
+            "the next read brings several entries, whose database and Redis work is then done "
+            "in shared round trips (adds at most this to an e-mail's latency; 0: off)",
+            minimum=0,
+            maximum=1_000,
+        ),
+    ] = 20
     claim_interval_ms: Annotated[
         int, Env("ACME_CLAIM_INTERVAL_MS", "how often due retries are claimed", minimum=10)
     ] = 1_000

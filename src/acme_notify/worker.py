@@ -144,7 +144,13 @@ def _actors(
         return False
 
     return [
-        Consumer(streams, processor, block_ms=settings.block_ms, capacity=delivery.capacity),
+        Consumer(
+            streams,
+            processor,
+            block_ms=settings.block_ms,
+            capacity=delivery.capacity,
+            linger_ms=settings.read_linger_ms,
+        ),
         Claimer(
             streams,
             processor,
