@@ -74,6 +74,8 @@ class Config:
     peer_concurrency: int
     connections: int
     keep_data: bool
+    #: The drain's SMTP stand-in: `lean` (bench/lean_sink.py) or `aiosmtpd`.
+    drain_sink: str = "lean"
 
 
 # --- one arm on one fresh system ------------------------------------------------------------
@@ -323,13 +325,17 @@ def _drain_figures(mail: MailLog, count: int, spawned_unix_s: float, first: CpuS
     }
 
 
+def _sink_args(cfg: Config) -> list[str]:
+    return ["--lean"] if cfg.drain_sink == "lean" else []
+
+
 def ours_drain(root: Path, cfg: Config, redis_binary: Path) -> dict[str, Any]:
     stack = _new_stack(root, redis_binary)
     received = root / _RECEIVED
 
     def start() -> None:
         stack.start_servers()
-        stack.start_recorder_sink(received)
+        stack.start_recorder_sink(received, extra_args=_sink_args(cfg))
 
     async def body() -> dict[str, Any]:
         await stack.wait_file(received, _SINK_READY_TIMEOUT_S)
@@ -353,7 +359,7 @@ def peer_drain(root: Path, cfg: Config, redis_binary: Path, python: Path) -> dic
 
     def start() -> None:
         start_peer_servers(stack, postgres=False)
-        stack.start_recorder_sink(received)
+        stack.start_recorder_sink(received, extra_args=_sink_args(cfg))
         started = time.monotonic()
         length = enqueue(stack, python, cfg.drain_emails, _ENQUEUE_TIMEOUT_S)
         queued.update(tasks=cfg.drain_emails, queue_length=length,
