@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import msgspec
 from redis.asyncio import Redis
 
 from acme_orders.contract import parse_order
@@ -95,14 +96,19 @@ def _drafts(count: int) -> list[OrderDraft]:
 
 
 def _events(count: int, drafts: list[OrderDraft]) -> list[OutboxEvent]:
+    """`count` events cycling through `drafts`, each to a recipient of its own: the notifier's
+    per-recipient cap (ACME_RECIPIENT_MAX_PER_HOUR, 20 by default) stays on and is checked for
+    every e-mail, as in production, and holds none of them."""
     created_at = datetime.now(UTC)
     events = []
     for index in range(count):
         event_id, order_id = uuid7(), uuid7()
+        draft = drafts[index % len(drafts)]
+        customer = msgspec.structs.replace(draft.customer, email=f"customer{index}@example.com")
         envelope = build_envelope(
             event_id=str(event_id),
             order_id=str(order_id),
-            draft=drafts[index % len(drafts)],
+            draft=msgspec.structs.replace(draft, customer=customer),
             created_at=created_at,
             traceparent=None,
         )
