@@ -30,6 +30,10 @@ __all__ = ["Consumer"]
 
 log = structlog.get_logger(__name__)
 
+#: With nothing to read for (slots full, or the breaker holding reads), the longest wait
+#: before the consumer looks again.
+_RECHECK_S = 0.05
+
 
 class Consumer:
     name = "consumer"
@@ -55,7 +59,11 @@ class Consumer:
         while not stop.is_set():
             free = self._capacity(self._processor.free_slots)
             if free <= 0:
-                await sleep_or_stop(stop, 0.05)
+                # Every slot busy: read again as soon as one frees (a backlog is read at the
+                # pace sends finish, not at a polling period's); the breaker holding the
+                # reads (capacity 0 with slots free) is looked at again every 50 ms.
+                self._processor.slot_freed.clear()
+                await sleep_or_stop(stop, _RECHECK_S, wake=self._processor.slot_freed)
                 continue
             try:
                 entries = await self._streams.read_new(free, self._block_ms)

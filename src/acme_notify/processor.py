@@ -99,6 +99,8 @@ class Processor:
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.in_flight: dict[str, asyncio.Task[None]] = {}
+        #: Set whenever an entry finishes: a reader waiting for a free slot wakes on it.
+        self.slot_freed = asyncio.Event()
 
     @property
     def free_slots(self) -> int:
@@ -117,6 +119,7 @@ class Processor:
     def _done(self, entry_id: str) -> None:
         self.in_flight.pop(entry_id, None)
         self._metrics.in_flight.set(len(self.in_flight))
+        self.slot_freed.set()
 
     async def drain(self) -> None:
         """Waits for every in-flight entry (the first phase of a graceful shutdown)."""

@@ -1,12 +1,15 @@
-"""The notifier's read linger on a real Redis stream: a trickle of entries is read several at a
-time (so their database and Redis work is shared), a backlog is read without waiting."""
+"""The notifier's reads on a real Redis stream: a trickle of entries is read several at a time
+(the linger, so their database and Redis work is shared), a backlog is read without waiting,
+and with every send slot busy the next read comes as soon as a slot frees."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
 from redis.asyncio import Redis
 
+import acme_notify.consumer as consumer_module
 from acme_notify.consumer import Consumer
 from acme_notify.keys import EVENTS_STREAM
 from acme_notify.streams import RawEntry, Streams
@@ -19,6 +22,7 @@ class Recording:
     def __init__(self, slots: int) -> None:
         self.free_slots = slots
         self.entries: list[RawEntry] = []
+        self.slot_freed = asyncio.Event()
 
     def submit(self, entry: RawEntry) -> None:
         self.entries.append(entry)
@@ -103,3 +107,25 @@ async def test_a_backlog_fills_every_read_and_is_read_without_lingering(redis: R
 
 async def _handed(processor: Recording, count: int) -> bool:
     return len(processor.entries) >= count
+
+
+async def test_with_every_slot_busy_the_next_read_comes_as_soon_as_a_slot_frees(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not after a polling period: with the recheck made 10 s long, only the wake-up can read
+    the backlog within the test's 3 s."""
+    monkeypatch.setattr(consumer_module, "_RECHECK_S", 10.0)
+    await Streams(redis, "n1").ensure_group()
+    await add(redis, 5)
+    streams, processor, stop, task = await run_consumer(redis, slots=0, linger_ms=0)
+    try:
+        await asyncio.sleep(0.2)  # the consumer is waiting for a slot: nothing read yet
+        assert processor.entries == []
+        processor.free_slots = 5
+        processor.slot_freed.set()
+        await eventually(lambda: _handed(processor, 5), timeout_s=3)
+    finally:
+        stop.set()
+        processor.slot_freed.set()
+        await task
+    assert streams.reads == [5]
