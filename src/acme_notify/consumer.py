@@ -59,9 +59,10 @@ class Consumer:
         while not stop.is_set():
             free = self._capacity(self._processor.free_slots)
             if free <= 0:
-                # Every slot busy: read again as soon as one frees (a backlog is read at the
-                # pace sends finish, not at a polling period's); the breaker holding the
-                # reads (capacity 0 with slots free) is looked at again every 50 ms.
+                # Every slot busy: read again as soon as a quarter of them are free (a backlog
+                # is read at the pace sends finish, not at a polling period's, a few entries
+                # per read); the breaker holding the reads (capacity 0 with slots free) is
+                # looked at again every 50 ms.
                 self._processor.slot_freed.clear()
                 await sleep_or_stop(stop, _RECHECK_S, wake=self._processor.slot_freed)
                 continue

@@ -99,8 +99,11 @@ class Processor:
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
         self.in_flight: dict[str, asyncio.Task[None]] = {}
-        #: Set whenever an entry finishes: a reader waiting for a free slot wakes on it.
+        #: Set when an entry finishes and a quarter of the slots (at least one) are free: a
+        #: reader waiting for room wakes on it and reads several entries at once, so a backlog
+        #: is read in batches whose database and Redis work is shared, not one entry a read.
         self.slot_freed = asyncio.Event()
+        self._refill_at = max(1, concurrency // 4)
 
     @property
     def free_slots(self) -> int:
@@ -119,7 +122,8 @@ class Processor:
     def _done(self, entry_id: str) -> None:
         self.in_flight.pop(entry_id, None)
         self._metrics.in_flight.set(len(self.in_flight))
-        self.slot_freed.set()
+        if self.free_slots >= self._refill_at:
+            self.slot_freed.set()
 
     async def drain(self) -> None:
         """Waits for every in-flight entry (the first phase of a graceful shutdown)."""
