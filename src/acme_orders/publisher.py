@@ -144,6 +144,7 @@ class FastPathPublisher:
         self._record_linger_s = record_linger_ms / 1000
         self._unrecorded: list[Published] = []
         self._record_due = 0.0
+        self._recording: asyncio.Task[None] | None = None
 
     def submit(self, event: OutboxEvent) -> None:
         """Never blocks the request: a full queue or a paused publisher leaves it to the relay."""
@@ -203,10 +204,23 @@ class FastPathPublisher:
             log.warning("fast_path_mark_failed", events=len(results), error=repr(exc))
 
     def _record_in_s(self) -> float | None:
-        """Seconds until the gathered publishes are due to be recorded (None: none gathered)."""
+        """Seconds until the gathered publishes are due to be recorded (None: none gathered);
+        while a record is still running the next one gathers, and is looked at again later."""
         if not self._unrecorded:
             return None
+        if self._recording is not None:
+            return self._record_linger_s  # look again then
         return max(0.0, self._record_due - asyncio.get_running_loop().time())
+
+    def _start_recording(self) -> None:
+        """Records in a task of its own: publishing never waits for PostgreSQL."""
+        self._recording = asyncio.create_task(self.record_published(), name="fast-path-record")
+        self._recording.add_done_callback(self._recorded)
+
+    def _recorded(self, _task: asyncio.Task[None]) -> None:
+        self._recording = None
+        if self._unrecorded:  # gathered meanwhile: due now (the publisher wakes on its timer)
+            self._record_due = asyncio.get_running_loop().time()
 
     async def _wake_relay(self) -> None:
         # A hint only: the relay polls anyway, this just saves it the wait.
@@ -219,12 +233,18 @@ class FastPathPublisher:
             if batch:
                 await self.publish_now(batch)
             due_in_s = self._record_in_s()
-            if due_in_s is not None and (due_in_s == 0 or len(self._unrecorded) >= self._batch_max):
-                await self.record_published()
+            if (
+                due_in_s is not None
+                and self._recording is None
+                and (due_in_s == 0 or len(self._unrecorded) >= self._batch_max)
+            ):
+                self._start_recording()
         # Drain what was already handed over, best effort; the relay has the rest anyway.
         with contextlib.suppress(asyncio.QueueEmpty):
             leftover = [self._queue.get_nowait() for _ in range(self._queue.qsize())]
             if leftover:
                 await self.publish_now(leftover)
+        if self._recording is not None:
+            await self._recording
         if self._unrecorded:
             await self.record_published()

@@ -523,3 +523,22 @@ async def test_a_publish_recorded_after_its_receipt_keeps_the_order_sent_and_its
     rows = await pool.fetch("SELECT kind, detail FROM order_timeline ORDER BY at, seq")
     assert [r["kind"] for r in rows] == ["created", "published", "sent"]
     assert rows[1]["detail"]["stream_id"] == published.stream_id
+
+
+async def test_recording_a_publish_never_waits_for_rows_the_receipts_consumer_holds(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    """The receipts consumer locks `orders` then `outbox`; the fast path's record would lock
+    them the other way round, and the two deadlocked (a 1 s stall each at 500/s). The record
+    skips rows another transaction holds: it returns at once and still writes the timeline."""
+    store, _event_id, order_id = await one_order(pool)
+    [event] = await store.lock_unpublished(pool, grace_ms=-1_000, limit=1)
+    [published] = await publish_batch(redis, [event], dedupe_ttl_s=60)
+    async with pool.acquire() as settling, settling.transaction():
+        await settling.execute("SELECT 1 FROM orders WHERE id = $1 FOR UPDATE", order_id)
+        await settling.execute("SELECT 1 FROM outbox WHERE order_id = $1 FOR UPDATE", order_id)
+        async with asyncio.timeout(5):  # would wait for ever on the locks held above
+            await store.mark_published(pool, [published], via="fast-path")
+    kinds = [r["kind"] for r in await pool.fetch("SELECT kind FROM order_timeline ORDER BY at")]
+    assert kinds == ["created", "published"]
+    assert (await notification(pool))[0] == "pending", "the locked order was left to its holder"
