@@ -20,6 +20,13 @@ the SMTP sink (stand-ins for clients and the provider) are left out, as issue 16
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+if not __package__:
+    # Run as a script: make `bench.*` importable, as the other benchmark scripts do.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 import argparse
 import json
 import os
@@ -31,9 +38,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
+from bench.cpu import OUTSIDE_THE_SYSTEM
+
 ROOT: Final = Path(__file__).resolve().parents[1]
-#: Stand-ins for the world outside the system: not counted in its CPU.
-_NOT_SYSTEM: Final = ("generator", "sink")
 
 
 def _worktree(base: str, folder: Path, name: str) -> Path:
@@ -72,9 +79,7 @@ def figures(report: dict[str, Any]) -> dict[str, float]:
     rows = report.get("cpu", {}).get("by_process", {})
     if rows:
         system = sum(
-            row["cpu_ms_per_order"]
-            for name, row in rows.items()
-            if not name.startswith(_NOT_SYSTEM)
+            row["cpu_ms_per_order"] for name, row in rows.items() if name not in OUTSIDE_THE_SYSTEM
         )
         out["cpu_ms_per_order_system"] = round(system, 4)
     return out

@@ -95,10 +95,11 @@ def _drafts(count: int) -> list[OrderDraft]:
     return drafts
 
 
-def _events(count: int, drafts: list[OrderDraft]) -> list[OutboxEvent]:
-    """`count` events cycling through `drafts`, each to a recipient of its own: the notifier's
-    per-recipient cap (ACME_RECIPIENT_MAX_PER_HOUR, 20 by default) stays on and is checked for
-    every e-mail, as in production, and holds none of them."""
+def synthetic_events(count: int) -> list[OutboxEvent]:
+    """`count` events cycling through a few hundred synthetic orders, each to a recipient of
+    its own: the notifier's per-recipient cap (ACME_RECIPIENT_MAX_PER_HOUR, 20 by default)
+    stays on and is checked for every e-mail, as in production, and holds none of them."""
+    drafts = _drafts(min(_DRAFTS, count))
     created_at = datetime.now(UTC)
     events = []
     for index in range(count):
@@ -116,7 +117,7 @@ def _events(count: int, drafts: list[OrderDraft]) -> list[OutboxEvent]:
     return events
 
 
-async def _preload(redis_url: str, events: list[OutboxEvent], batch: int) -> dict[str, Any]:
+async def preload(redis_url: str, events: list[OutboxEvent], batch: int) -> dict[str, Any]:
     redis = Redis.from_url(redis_url, socket_timeout=30)
     try:
         start = time.perf_counter()
@@ -157,11 +158,11 @@ class _Run:
 async def _run(stack: Stack, args: argparse.Namespace, received: Path) -> _Run:
     await stack.wait_file(received, READY_TIMEOUT_S)
     print(f"building and publishing {args.events} events ...", flush=True)
-    events = _events(args.events, _drafts(min(_DRAFTS, args.events)))
+    events = synthetic_events(args.events)
     wanted = {str(e.order_id) for e in events}
-    preload = await _preload(stack.redis_url, events, args.batch)
+    loaded = await preload(stack.redis_url, events, args.batch)
     del events
-    print(f"pre-loaded in {preload['seconds']:.1f} s; starting one notifier "
+    print(f"pre-loaded in {loaded['seconds']:.1f} s; starting one notifier "
           f"(concurrency {args.concurrency}, pool {args.pool_size}) ...", flush=True)  # fmt: skip
     spawned_unix_s = time.time()
     (notifier,) = stack.start_notifiers(1, {
@@ -193,7 +194,7 @@ async def _run(stack: Stack, args: argparse.Namespace, received: Path) -> _Run:
         stop_profile(profiler, args.profile_s + 30)
         profile = hot_spots(folded)
         profile["raw_stacks"] = str(folded)
-    return _Run(preload, spawned_unix_s, first, first_count, last, last_count, mail, timed_out,
+    return _Run(loaded, spawned_unix_s, first, first_count, last, last_count, mail, timed_out,
                 profile)  # fmt: skip
 
 

@@ -26,11 +26,11 @@ from redis.asyncio import Redis
 
 from acme_cli.embedded import EmbeddedRedis
 from acme_notify.probe import measure_stream
-from bench.cpu import CpuSnapshot, cpu_table
+from bench.cpu import OUTSIDE_THE_SYSTEM, CpuSnapshot, cpu_table
 from bench.e2e import child_logs, wait_ready
 from bench.figures import e2e_figures, orders_of, post_figures
 from bench.loadgen import LoadResult
-from bench.notifier_throughput import _drafts, _events, _preload
+from bench.notifier_throughput import preload, synthetic_events
 from bench.peer_system import (
     enqueue,
     queue_length,
@@ -48,17 +48,12 @@ _RECEIVED: Final = "received.csv"
 _WORKER_READY: Final = "worker.ready"
 #: The peer ignores the key; it is sent so both arms' requests have the same shape.
 _PEER_API_KEY: Final = "peer-ignores-this-key-0000000000000000000000000"
-#: Distinct order bodies the drain's preload cycles through (as notifier_throughput does).
-_DRAFTS: Final = 256
 _PRELOAD_BATCH: Final = 500
 _ENQUEUE_TIMEOUT_S: Final = 300.0
 _SINK_READY_TIMEOUT_S: Final = 60.0
 _POST_DRAIN_TIMEOUT_S: Final = 20.0
 _POLL_S: Final = 0.1
 _FIRST_POLL_S: Final = 0.02
-#: Stand-ins for the world outside the system (its clients, the e-mail provider, this
-#: harness): left out of the system's CPU, as bench/ab.py and issue 16 count it.
-_NOT_SYSTEM: Final = frozenset({"generator", "bench", "sink"})
 
 
 @dataclass(frozen=True)
@@ -147,7 +142,7 @@ def _run_arm(
 def _system_ms(cpu: dict[str, Any]) -> float:
     """CPU-ms per unit (order, e-mail) of the system's processes, PostgreSQL and Redis."""
     rows: dict[str, dict[str, float]] = cpu["by_process"]
-    used_s = sum(row["cpu_s"] for name, row in rows.items() if name not in _NOT_SYSTEM)
+    used_s = sum(row["cpu_s"] for name, row in rows.items() if name not in OUTSIDE_THE_SYSTEM)
     units = int(cpu[f"{cpu['unit']}s"])
     return round(used_s * 1000 / max(1, units), 4)
 
@@ -339,14 +334,14 @@ def ours_drain(root: Path, cfg: Config, redis_binary: Path) -> dict[str, Any]:
 
     async def body() -> dict[str, Any]:
         await stack.wait_file(received, _SINK_READY_TIMEOUT_S)
-        events = _events(cfg.drain_emails, _drafts(min(_DRAFTS, cfg.drain_emails)))
-        preload = await _preload(stack.redis_url, events, _PRELOAD_BATCH)
+        events = synthetic_events(cfg.drain_emails)
+        loaded = await preload(stack.redis_url, events, _PRELOAD_BATCH)
         del events
         mail = MailLog(received)
         spawned = time.time()
         stack.start_notifiers(cfg.notifiers)
         result = await _drain(stack, mail, cfg.drain_emails, cfg.drain_timeout_s, spawned)
-        return {"queued": preload, **result}
+        return {"queued": loaded, **result}
 
     return _run_arm(stack, start, body, cfg.keep_data)
 

@@ -32,7 +32,7 @@ log = structlog.get_logger(__name__)
 
 #: With nothing to read for (slots full, or the breaker holding reads), the longest wait
 #: before the consumer looks again.
-_RECHECK_S = 0.05
+RECHECK_S = 0.05
 
 
 class Consumer:
@@ -46,12 +46,14 @@ class Consumer:
         block_ms: int,
         capacity: Callable[[int], int],
         linger_ms: int = 0,
+        recheck_s: float = RECHECK_S,
     ) -> None:
         self._streams = streams
         self._processor = processor
         self._block_ms = block_ms
         self._capacity = capacity
         self._linger_s = linger_ms / 1000
+        self._recheck_s = recheck_s
 
     async def run(self, stop: asyncio.Event) -> None:
         await self._streams.ensure_group()
@@ -64,7 +66,7 @@ class Consumer:
                 # per read); the breaker holding the reads (capacity 0 with slots free) is
                 # looked at again every 50 ms.
                 self._processor.slot_freed.clear()
-                await sleep_or_stop(stop, _RECHECK_S, wake=self._processor.slot_freed)
+                await sleep_or_stop(stop, self._recheck_s, wake=self._processor.slot_freed)
                 continue
             try:
                 entries = await self._streams.read_new(free, self._block_ms)

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 from redis.asyncio import Redis
 
-import acme_notify.consumer as consumer_module
 from acme_notify.consumer import Consumer
 from acme_notify.keys import EVENTS_STREAM
 from acme_notify.streams import RawEntry, Streams
@@ -44,7 +42,7 @@ class CountingStreams(Streams):
 
 
 async def run_consumer(
-    redis: Redis, slots: int, linger_ms: int
+    redis: Redis, slots: int, linger_ms: int, recheck_s: float = 0.05
 ) -> tuple[CountingStreams, Recording, asyncio.Event, asyncio.Task[None]]:
     streams = CountingStreams(redis, "n1")
     streams.reads = []
@@ -55,6 +53,7 @@ async def run_consumer(
         block_ms=50,
         capacity=lambda free: free,
         linger_ms=linger_ms,
+        recheck_s=recheck_s,
     )
     stop = asyncio.Event()
     return streams, processor, stop, asyncio.create_task(consumer.run(stop))
@@ -110,14 +109,13 @@ async def _handed(processor: Recording, count: int) -> bool:
 
 
 async def test_with_every_slot_busy_the_next_read_comes_as_soon_as_a_slot_frees(
-    redis: Redis, monkeypatch: pytest.MonkeyPatch
+    redis: Redis,
 ) -> None:
     """Not after a polling period: with the recheck made 10 s long, only the wake-up can read
     the backlog within the test's 3 s."""
-    monkeypatch.setattr(consumer_module, "_RECHECK_S", 10.0)
     await Streams(redis, "n1").ensure_group()
     await add(redis, 5)
-    streams, processor, stop, task = await run_consumer(redis, slots=0, linger_ms=0)
+    streams, processor, stop, task = await run_consumer(redis, slots=0, linger_ms=0, recheck_s=10.0)
     try:
         await asyncio.sleep(0.2)  # the consumer is waiting for a slot: nothing read yet
         assert processor.entries == []
