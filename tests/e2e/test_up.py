@@ -166,7 +166,11 @@ def test_acme_up_picks_a_free_metrics_port_when_its_own_is_taken(tmp_path: Path)
     `acme up` says so, serves the relay's metrics on a free port it names, and the relay runs
     instead of restarting in a loop with `[Errno 98] address already in use`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
-        taken.bind(("127.0.0.1", 0))
+        # Below the ephemeral range (free_port), as 9100 is: `acme up` gives the notifiers and
+        # the API the ports after this one, and a port from the ephemeral range (binding to 0)
+        # can meanwhile become the local port of any outgoing connection, which then keeps
+        # the API from binding it for as long as it lives (seen once in CI).
+        taken.bind(("127.0.0.1", free_port()))
         taken.listen()
         taken_port = taken.getsockname()[1]
         with _acme_up(
