@@ -21,6 +21,7 @@ from acme_cli.smtp_sink import MailSink
 from acme_notify.render import order_reference
 from acme_orders.settings import OrdersSettings
 from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM
+from acme_runtime.consumers import ensure_group
 from tests.harness import (
     api_client,
     eventually,
@@ -243,7 +244,8 @@ async def test_poison_entry_is_dead_lettered_and_the_flow_continues(
     """Garbage on the stream is dead-lettered with the reason; the next order is still sent."""
     settings = notify_settings(database_url, redis_url, sink.url)
     async with running_replica(settings):
-        await redis.xgroup_create(EVENTS_STREAM, "notifier", id="0", mkstream=True)
+        # Idempotent: the replica may have made the group already (it raced this line once).
+        await ensure_group(redis, EVENTS_STREAM, "notifier")
         await redis.xadd(EVENTS_STREAM, {"v": "1", "data": b"{not json"})
         await redis.xadd(EVENTS_STREAM, {"v": "99", "data": b"{}"})
         order_id = (await api.post("/orders", json=ORDER)).json()["id"]
