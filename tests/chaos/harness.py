@@ -32,8 +32,11 @@ import msgspec
 import psutil
 from bench.loadgen import LoadResult, http_get_status, run_load
 from bench.stack import HOST, Child, MailLog, Stack, acme_argv, log_tail
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
 
 from acme_cli.embedded import EmbeddedRedis, free_port
+from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM
 from tests.chaos.faulty_smtp import FaultPlan, ack_path
 from tests.postfix import PostfixServer
 
@@ -495,15 +498,32 @@ class ChaosSystem:
         return {"mail_wait_s": round(mail_s, 2), "confirm_wait_s": round(confirm_s, 2)}
 
     async def _confirmed(self) -> bool:
+        """Every outcome applied and every receipt acknowledged: a receipt applied by a replica
+        killed before its XACK still owes the deletion of its event's publish-once key, which
+        the replica that claims it (after `claim_idle_ms`) finishes."""
         try:
             rows = await self.db_fetch(
                 "SELECT (SELECT count(*) FROM outbox) AS outbox,"
                 " (SELECT count(*) FROM orders"
                 "  WHERE notification_status IN ('pending', 'published')) AS open"
             )
-        except (OSError, asyncpg.PostgresError, TimeoutError):
+            receipts = await pending_count(self.stack.redis_url, RECEIPTS_STREAM, RECEIPTS_GROUP)
+        except (OSError, asyncpg.PostgresError, TimeoutError, RedisError):
             return False
-        return bool(rows[0]["outbox"] == 0 and rows[0]["open"] == 0)
+        return bool(rows[0]["outbox"] == 0 and rows[0]["open"] == 0 and receipts == 0)
+
+
+async def pending_count(redis_url: str, stream: str, group: str) -> int:
+    """Entries read by `group` and not yet acknowledged; 0 when the group does not exist
+    (after a data loss nothing is pending)."""
+    redis = Redis.from_url(redis_url, socket_timeout=10)
+    try:
+        summary: Any = await redis.xpending(stream, group)
+    except ResponseError:
+        return 0
+    finally:
+        await redis.aclose()
+    return int(summary["pending"])
 
 
 async def run_with_faults(load: Awaitable[Any], nemesis: Awaitable[None]) -> Any:

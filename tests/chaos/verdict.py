@@ -43,7 +43,7 @@ from acme_runtime.channels import (
     RECEIPTS_STREAM,
 )
 from tests.chaos.client import RetryRun
-from tests.chaos.harness import ChaosSystem, Scale
+from tests.chaos.harness import ChaosSystem, Scale, pending_count
 
 __all__ = [
     "AMBIGUITY_WINDOW_S",
@@ -262,14 +262,6 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-async def _pending(redis: Redis, stream: str, group: str) -> int:
-    try:
-        summary: Any = await redis.xpending(stream, group)
-    except Exception:  # noqa: BLE001 - no group (e.g. after a data loss): nothing pending
-        return 0
-    return int(summary["pending"])
-
-
 async def _redis_state(url: str) -> tuple[dict[str, list[str]], int, int, int]:
     """Dead letters by order id (their reason classes), poison entries, pending events and
     pending receipts."""
@@ -288,8 +280,8 @@ async def _redis_state(url: str) -> tuple[dict[str, list[str]], int, int, int]:
         return (
             by_order,
             poison,
-            await _pending(redis, EVENTS_STREAM, NOTIFIER_GROUP),
-            await _pending(redis, RECEIPTS_STREAM, RECEIPTS_GROUP),
+            await pending_count(url, EVENTS_STREAM, NOTIFIER_GROUP),
+            await pending_count(url, RECEIPTS_STREAM, RECEIPTS_GROUP),
         )
     finally:
         await redis.aclose()
