@@ -109,6 +109,8 @@ class Stack:
     http_port: int = 0
     #: A key with both scopes, created with the schema: every load sends it.
     api_key: str = ""
+    #: A Redis (or Redis Cluster) the caller runs: then no embedded Redis is started.
+    external_redis_url: str = ""
 
     def __post_init__(self) -> None:
         # Durable PostgreSQL and AOF Redis, as `acme up` runs them: fsync cost is part of it.
@@ -126,7 +128,7 @@ class Stack:
 
     def start_servers(self) -> None:
         self.database_url = self.postgres.start()
-        self.redis_url = self.redis.start()
+        self.redis_url = self.external_redis_url or self.redis.start()
         asyncio.run(migrate(self.database_url))
         self.api_key = asyncio.run(issue_key(self.database_url, name="bench", operator="bench"))
         self.logs_dir.mkdir(parents=True, exist_ok=True)
@@ -255,7 +257,8 @@ class Stack:
         """The services first (they drain in-flight work), the SMTP sink last, then the
         servers."""
         self.processes.stop()
-        self.redis.stop()
+        if not self.external_redis_url:
+            self.redis.stop()
         self.postgres.stop()
 
     def remove_data(self) -> None:

@@ -10,6 +10,10 @@ order, so that no entry is ever in neither place:
 2. `archive_dead.lua` XDELs the ids still in the stream and says which. An id already gone was
    replayed or purged by an operator in between, so its row is deleted again.
 
+Each shard's dead stream has its own archiver and lock; its rows are named
+`acme_runtime.channels.qualify(shard, id)` (`3/<ms>-<seq>`; shard 0's keep the bare id), since
+stream ids are unique per stream only.
+
 A crash between the two leaves an entry in both places; readers show the stream's copy, and the
 next round finishes the move. One replica works per round under a `SET NX PX` lock. The lock is
 also the fence that makes step 2 sound: the script runs only while this round's token still
@@ -26,8 +30,8 @@ from prometheus_client import Counter
 from redis.asyncio import Redis
 
 from acme_notify.dead_archive import ArchivedEntry, DeadArchive
-from acme_notify.keys import ARCHIVER_LOCK, DEAD_STREAM
 from acme_runtime.actors import PeriodicActor
+from acme_runtime.channels import Shard, qualify, shard
 from acme_runtime.clock import now_ms
 from acme_runtime.lua import load_script
 from acme_runtime.text import as_text
@@ -42,6 +46,7 @@ ARCHIVE_INTERVAL_S: Final = 10.0
 MOVE_BATCH: Final = 500
 #: Expired archive rows deleted per statement.
 EXPIRE_BATCH: Final = 1_000
+_SHARD_0: Final = shard(0)
 
 
 class Archiver(PeriodicActor):
@@ -58,8 +63,10 @@ class Archiver(PeriodicActor):
         batch: int = MOVE_BATCH,
         archived: Counter | None = None,
         expired: Counter | None = None,
+        on: Shard = _SHARD_0,
     ) -> None:
         self._redis = redis
+        self._shard = on
         self._archive = archive
         # Unique per actor: a lock held under it can only be this actor's.
         self._token = f"{owner}:{secrets.token_hex(6)}"
@@ -70,13 +77,15 @@ class Archiver(PeriodicActor):
         self._batch = batch
         self._archived = archived
         self._expired = expired
-        super().__init__("dead-archiver", self.archive_round, interval_s)
+        name = "dead-archiver" if on.index == 0 else f"dead-archiver-{on.index}"
+        super().__init__(name, self.archive_round, interval_s)
 
     async def _take_lock(self) -> bool:
-        if await self._redis.set(ARCHIVER_LOCK, self._token, nx=True, px=self._lock_ms):
+        lock = self._shard.archiver_lock
+        if await self._redis.set(lock, self._token, nx=True, px=self._lock_ms):
             return True
         # Still ours from the previous (full) batch: archive_dead.lua extended it.
-        return await self._redis.get(ARCHIVER_LOCK) == self._token.encode()
+        return await self._redis.get(lock) == self._token.encode()
 
     async def archive_round(self) -> bool:
         """One round: a batch moved and a batch expired; True when either was full."""
@@ -95,28 +104,38 @@ class Archiver(PeriodicActor):
         """Moves one batch of evictable entries; how many it examined (0: nothing to do)."""
         cutoff = f"{now_ms() - self._retention_ms}-0"
         reply: Any = await load_script("dead_evictable").run(
-            self._redis, [DEAD_STREAM], [self._max_entries, cutoff, self._batch]
+            self._redis, [self._shard.dead], [self._max_entries, cutoff, self._batch]
         )
-        entries = [ArchivedEntry(as_text(dead_id), list(flat)) for dead_id, flat in reply]
+        index = self._shard.index
+        entries = [
+            ArchivedEntry(qualify(index, as_text(dead_id)), list(flat)) for dead_id, flat in reply
+        ]
         if not entries:
             return 0
         await self._archive.insert(entries)
-        ids = [e.dead_id for e in entries]
+        ids = [as_text(dead_id) for dead_id, _flat in reply]
         deleted: Any = await load_script("archive_dead").run(
-            self._redis, [DEAD_STREAM, ARCHIVER_LOCK], [self._token, self._lock_ms, *ids]
+            self._redis,
+            [self._shard.dead, self._shard.archiver_lock],
+            [self._token, self._lock_ms, *ids],
         )
         if deleted is None:
             # Another replica holds the lock now: the rows stay, the entries too; its round,
             # or ours later, finishes the move (the insert keeps existing rows).
             log.warning("dead_archiver_lost_lock", entries=len(ids))
             return 0
-        removed = {as_text(d) for d in deleted}
-        gone = [i for i in ids if i not in removed]
+        removed = {qualify(index, as_text(d)) for d in deleted}
+        gone = [e.dead_id for e in entries if e.dead_id not in removed]
         if gone:
             await self._archive.delete(gone)
             log.info("dead_archive_skipped_removed_meanwhile", dead_ids=gone[:20], count=len(gone))
         if removed:
             if self._archived is not None:
                 self._archived.inc(len(removed))
-            log.info("dead_letters_archived", count=len(removed), oldest=ids[0], newest=ids[-1])
+            log.info(
+                "dead_letters_archived",
+                count=len(removed),
+                oldest=entries[0].dead_id,
+                newest=entries[-1].dead_id,
+            )
         return len(entries)

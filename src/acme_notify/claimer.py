@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 from redis.exceptions import RedisError
@@ -29,7 +29,7 @@ log = structlog.get_logger(__name__)
 class Claimer(PeriodicActor):
     def __init__(
         self,
-        streams: Streams,
+        streams: Streams | Sequence[Streams],
         processor: Processor,
         *,
         interval_ms: int,
@@ -39,7 +39,10 @@ class Claimer(PeriodicActor):
         max_deliveries: int,
         capacity: Callable[[int], int],
     ) -> None:
-        self._streams = streams
+        self._shards = (streams,) if isinstance(streams, Streams) else tuple(streams)
+        # The shard looked at first this round: each round starts one further, so a shard
+        # with many due retries cannot keep the others' waiting.
+        self._first = 0
         self._processor = processor
         self._base_ms = base_ms
         self._cap_ms = cap_ms
@@ -49,11 +52,20 @@ class Claimer(PeriodicActor):
         super().__init__("claimer", self._claim, interval_ms / 1000)
 
     async def _claim(self) -> bool:
+        """One round over every shard; True (go again at once) when a shard filled the room."""
+        count = len(self._shards)
+        first, self._first = self._first, (self._first + 1) % count
+        more = False
+        for step in range(count):
+            more |= await self._claim_shard(self._shards[(first + step) % count])
+        return more
+
+    async def _claim_shard(self, streams: Streams) -> bool:
         free = self._capacity(self._processor.free_slots)
         if free <= 0:
             return False
         # A failure propagates: PeriodicActor logs it, counts it and tries again next round.
-        result = await self._streams.claim_due(
+        result = await streams.claim_due(
             base_ms=self._base_ms,
             cap_ms=self._cap_ms,
             jitter=self._jitter,
@@ -61,9 +73,16 @@ class Claimer(PeriodicActor):
             limit=free,
         )
         if result.missing:
-            log.warning("pending_entries_missing", entry_ids=result.missing)
+            log.warning(
+                "pending_entries_missing", shard=streams.shard.index, entry_ids=result.missing
+            )
         for entry in result.claimed:
-            log.info("entry_claimed", entry_id=entry.entry_id, deliveries=entry.deliveries)
+            log.info(
+                "entry_claimed",
+                shard=entry.shard,
+                entry_id=entry.entry_id,
+                deliveries=entry.deliveries,
+            )
             self._processor.submit(entry)
         return len(result.claimed) >= free
 
@@ -71,8 +90,10 @@ class Claimer(PeriodicActor):
 class Heartbeat:
     name = "heartbeat"
 
-    def __init__(self, streams: Streams, processor: Processor, *, interval_ms: int) -> None:
-        self._streams = streams
+    def __init__(
+        self, streams: Streams | Sequence[Streams], processor: Processor, *, interval_ms: int
+    ) -> None:
+        self._shards = (streams,) if isinstance(streams, Streams) else tuple(streams)
         self._processor = processor
         self._interval_s = interval_ms / 1000
 
@@ -80,12 +101,11 @@ class Heartbeat:
         # Keeps beating after `stop` while sends drain, so a graceful shutdown never lets
         # another replica claim (and send again) an e-mail this one is still sending.
         while not stop.is_set() or self._processor.in_flight:
-            in_flight = list(self._processor.in_flight)
-            if in_flight:
+            for shard_index, entry_ids in self._processor.in_flight_by_shard().items():
                 try:
-                    await self._streams.heartbeat(in_flight)
+                    await self._shards[shard_index].heartbeat(entry_ids)
                 except (RedisError, OSError) as exc:
-                    log.warning("heartbeat_failed", error=repr(exc))
+                    log.warning("heartbeat_failed", shard=shard_index, error=repr(exc))
             if stop.is_set():
                 await asyncio.sleep(min(self._interval_s, 0.5))
             else:

@@ -8,18 +8,25 @@ brief's peak a replica then handles a few entries per read instead of one, and t
 look-ups and records, Redis scripts and wake-ups are shared (acme_runtime.coalesce); with a
 backlog every read is full and nothing waits. Stopping means: stop reading;
 the supervisor's grace period lets the in-flight sends finish.
+
+With several shards (`ACME_STREAM_SHARDS`) one reader per shard blocks on its own stream (a
+Redis Cluster cannot block on streams of different slots in one call). Slots are never
+promised twice: a read reserves the slots it asks for until it returns. A reader whose last
+read found nothing waits on its stream for one entry only (one slot reserved); once its shard
+is busy it asks for its share of the free slots (their number over the shards', rounded up),
+read after read. So no shard can starve another, and a shard with a backlog can take every
+slot but one per idle shard. With one shard it reads exactly as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import structlog
 from redis.exceptions import RedisError
 
-from acme_notify.keys import EVENTS_STREAM
 from acme_notify.processor import Processor
 from acme_notify.streams import Streams
 from acme_runtime.actors import sleep_or_stop
@@ -40,7 +47,7 @@ class Consumer:
 
     def __init__(
         self,
-        streams: Streams,
+        streams: Streams | Sequence[Streams],
         processor: Processor,
         *,
         block_ms: int,
@@ -48,19 +55,46 @@ class Consumer:
         linger_ms: int = 0,
         recheck_s: float = RECHECK_S,
     ) -> None:
-        self._streams = streams
+        self._shards = (streams,) if isinstance(streams, Streams) else tuple(streams)
         self._processor = processor
         self._block_ms = block_ms
         self._capacity = capacity
         self._linger_s = linger_ms / 1000
         self._recheck_s = recheck_s
+        #: Slots asked for by the reads out now.
+        self._reserved = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self._streams.ensure_group()
+        for streams in self._shards:
+            await streams.ensure_group()
+        await asyncio.gather(*(self._read(streams, stop) for streams in self._shards))
+        await self._processor.drain()
+        # Leaving with nothing pending: take our name out of each group (with entries still
+        # pending it stays, so that its entries remain claimable by the others).
+        for streams in self._shards:
+            with contextlib.suppress(RedisError, OSError):
+                await prune_consumers(
+                    streams.redis,
+                    streams.shard.events,
+                    streams.group,
+                    min_idle_ms=0,
+                    only=streams.consumer,
+                )
+
+    def _ask(self, idle: bool) -> int:
+        """How many entries a reader asks for now (0: no room); `idle`: its last read found
+        nothing."""
+        free = self._capacity(self._processor.free_slots - self._reserved)
+        if free <= 0 or len(self._shards) == 1:
+            return free
+        return 1 if idle else -(-free // len(self._shards))
+
+    async def _read(self, streams: Streams, stop: asyncio.Event) -> None:
         backoff = Backoff(first_s=0.1, max_s=5.0)
+        idle = True
         while not stop.is_set():
-            free = self._capacity(self._processor.free_slots)
-            if free <= 0:
+            count = self._ask(idle)
+            if count <= 0:
                 # Every slot busy: read again as soon as a quarter of them are free (a backlog
                 # is read at the pace sends finish, not at a polling period's, a few entries
                 # per read); the breaker holding the reads (capacity 0 with slots free) is
@@ -68,26 +102,22 @@ class Consumer:
                 self._processor.slot_freed.clear()
                 await sleep_or_stop(stop, self._recheck_s, wake=self._processor.slot_freed)
                 continue
+            self._reserved += count
             try:
-                entries = await self._streams.read_new(free, self._block_ms)
+                try:
+                    entries = await streams.read_new(count, self._block_ms)
+                finally:
+                    self._reserved -= count
                 backoff.reset()
             except (RedisError, OSError) as exc:
                 delay_s = backoff.next_s()
-                log.warning("read_failed", error=repr(exc), retry_in_s=delay_s)
+                log.warning(
+                    "read_failed", shard=streams.shard.index, error=repr(exc), retry_in_s=delay_s
+                )
                 await sleep_or_stop(stop, delay_s)
                 continue
+            idle = not entries
             for entry in entries:
                 self._processor.submit(entry)
-            if 0 < len(entries) < free and self._linger_s > 0:
+            if 0 < len(entries) < count and self._linger_s > 0:
                 await sleep_or_stop(stop, self._linger_s)
-        await self._processor.drain()
-        # Leaving with nothing pending: take our name out of the group (with entries still
-        # pending it stays, so that its entries remain claimable by the others).
-        with contextlib.suppress(RedisError, OSError):
-            await prune_consumers(
-                self._streams.redis,
-                EVENTS_STREAM,
-                self._streams.group,
-                min_idle_ms=0,
-                only=self._streams.consumer,
-            )

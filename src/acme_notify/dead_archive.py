@@ -15,6 +15,7 @@ from typing import Any, Final, NamedTuple
 
 import asyncpg
 
+from acme_runtime.channels import unqualify
 from acme_runtime.deadletter_layout import REASON_CLASS, REPLAYS, split_dead_fields
 
 __all__ = ["ArchivedEntry", "DeadArchive", "IndexRow", "id_order", "pairs"]
@@ -46,10 +47,12 @@ def pairs(fields: Sequence[bytes]) -> dict[bytes, bytes]:
     return found
 
 
-def id_order(dead_id: str) -> tuple[int, int]:
-    """A stream id as a sortable pair (ms, seq)."""
-    ms, _, seq = dead_id.partition("-")
-    return int(ms), int(seq or 0)
+def id_order(dead_id: str) -> tuple[int, int, int]:
+    """A dead letter's name (`acme_runtime.channels.qualify`: `[<shard>/]<ms>-<seq>`) as a
+    sortable triple (ms, seq, shard): time order across shards."""
+    shard_index, stream_id = unqualify(dead_id)
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0), shard_index
 
 
 def _text(value: bytes | None) -> str | None:
@@ -58,7 +61,7 @@ def _text(value: bytes | None) -> str | None:
 
 def _row(entry: ArchivedEntry) -> tuple[Any, ...]:
     own, original, _named = split_dead_fields(pairs(entry.fields))
-    ms, seq = id_order(entry.dead_id)
+    ms, seq, _shard = id_order(entry.dead_id)
     replays = original.get(REPLAYS.encode(), b"")
     return (
         entry.dead_id,
@@ -199,7 +202,7 @@ def _filters(
         return f"to_timestamp({arg(ms)}::bigint / 1000.0)"
 
     if before is not None:
-        ms, seq = id_order(before)
+        ms, seq, _shard = id_order(before)
         where.append(f"(dead_at, dead_seq) < ({moment(ms)}, {arg(seq)})")
     if since_ms is not None:
         where.append(f"dead_at >= {moment(since_ms)}")

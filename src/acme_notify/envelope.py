@@ -88,6 +88,8 @@ class StreamEntry(msgspec.Struct, frozen=True):
     entry_id: str
     deliveries: int
     envelope: Envelope
+    #: The index of the shard whose stream holds it.
+    shard: int = 0
 
 
 _decoder = msgspec.json.Decoder(Envelope)
@@ -108,7 +110,9 @@ def _check_event_id(event_id: str) -> None:
         raise PoisonMessage(f"event_id {event_id!r} was made more than an hour in the future")
 
 
-def decode_entry(entry_id: str, fields: dict[bytes, bytes], deliveries: int = 1) -> StreamEntry:
+def decode_entry(
+    entry_id: str, fields: dict[bytes, bytes], deliveries: int = 1, shard: int = 0
+) -> StreamEntry:
     """Decodes a raw stream entry, or raises PoisonMessage saying exactly what is wrong."""
     raw_version = fields.get(b"v")
     if raw_version is None:
@@ -133,4 +137,4 @@ def decode_entry(entry_id: str, fields: dict[bytes, bytes], deliveries: int = 1)
     if not envelope.payload.items:
         raise PoisonMessage("order without items")
     _check_event_id(envelope.event_id)
-    return StreamEntry(entry_id=entry_id, deliveries=deliveries, envelope=envelope)
+    return StreamEntry(entry_id=entry_id, deliveries=deliveries, envelope=envelope, shard=shard)

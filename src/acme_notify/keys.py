@@ -1,7 +1,10 @@
 """Names of the notifier's Redis keys, and the shared channels it reads and writes.
 
-Every key carries the `{acme}` hash tag (one Redis Cluster slot), so the Lua scripts that touch
-several of them at once stay cluster-safe.
+The keys about events live per shard (`acme_runtime.channels.Shard`: its stream, dead stream,
+last errors, held set and locks share the shard's hash tag, one Redis Cluster slot, so the Lua
+scripts that touch several of them at once stay cluster-safe); the names below without a shard
+are shard 0's. The breaker and the recipient windows are about a provider or an address, not an
+event: they stay on the global `{acme}` tag.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from typing import Final
 from acme_runtime.channels import (
     DEAD_STREAM,
     EVENTS_STREAM,
-    HASH_TAG,
+    GLOBAL_TAG,
     NOTIFIER_GROUP,
     RECEIPTS_STREAM,
+    shard,
 )
 
 __all__ = [
@@ -34,25 +38,18 @@ __all__ = [
     "recipient_windows",
 ]
 
-#: entry id -> the last transient error of that pending entry (kept for the dead letter).
-LAST_ERROR_HASH: Final = f"{HASH_TAG}:notify:last-error"
+_SHARD_0: Final = shard(0)
+LAST_ERROR_HASH: Final = _SHARD_0.last_error
+REAPER_LOCK: Final = _SHARD_0.reaper_lock
+ARCHIVER_LOCK: Final = _SHARD_0.archiver_lock
+AUDIT_STREAM: Final = _SHARD_0.audit
+HELD_SET: Final = _SHARD_0.held
 #: Set (with a TTL) while SMTP is considered down, so that every replica backs off together:
 #: the primary provider's; another provider's is `breaker_key(name)`.
-BREAKER_KEY: Final = f"{HASH_TAG}:notify:smtp-breaker"
-#: Held (SET NX PX) by the replica doing this round of reaping and trimming.
-REAPER_LOCK: Final = f"{HASH_TAG}:notify:reaper-lock"
-#: Held (SET NX PX) by the replica moving dead letters to the archive; its token fences the
-#: removal from the dead stream (lua/archive_dead.lua), so two archivers never race.
-ARCHIVER_LOCK: Final = f"{HASH_TAG}:notify:archiver-lock"
-#: Operator actions on the dead stream (replay, purge): who, when, why, which entry. Written
-#: by the admin scripts in the same atomic step as the action itself.
-AUDIT_STREAM: Final = f"{HASH_TAG}:audit"
-#: Sorted set: entry id -> release time (ms) of the pending entries held over their
-#: recipient's cap (lua/hold.lua); claim_due.lua claims none before its time.
-HELD_SET: Final = f"{HASH_TAG}:notify:held"
+BREAKER_KEY: Final = f"{GLOBAL_TAG}:notify:smtp-breaker"
 #: Prefix of the per-recipient counts (lua/recipient_quota.lua): one hash per fixed window,
 #: field = a hash of the address (so no address is readable in the key space), value = e-mails.
-RECIPIENTS_PREFIX: Final = f"{HASH_TAG}:notify:recipients:"
+RECIPIENTS_PREFIX: Final = f"{GLOBAL_TAG}:notify:recipients:"
 
 
 def breaker_key(provider: str) -> str:

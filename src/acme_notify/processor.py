@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
@@ -47,7 +47,6 @@ from acme_notify.errors import (
     ProviderError,
     TransientError,
 )
-from acme_notify.keys import EVENTS_STREAM
 from acme_notify.ledger import SendLedger
 from acme_notify.providers import Accepted
 from acme_notify.render import RenderedMessage, Renderer
@@ -74,7 +73,7 @@ class Processor:
     def __init__(
         self,
         *,
-        streams: Streams,
+        streams: Streams | Sequence[Streams],
         ledger: SendLedger,
         renderer: Renderer,
         send: Sender,
@@ -85,7 +84,9 @@ class Processor:
         recipient_window_s: float = 3600.0,
         metrics: NotifyMetrics | None = None,
     ) -> None:
-        self._streams = streams
+        # One Streams per shard, by shard index; the first also reaches the global keys.
+        self._shards = (streams,) if isinstance(streams, Streams) else tuple(streams)
+        self._streams = self._shards[0]
         self._recipient_cap = recipient_cap
         self._recipient_window_ms = round(recipient_window_s * 1000)
         self._window_text = "hour" if recipient_window_s == 3600 else f"{recipient_window_s:g} s"
@@ -95,10 +96,11 @@ class Processor:
         self._max_deliveries = max_deliveries
         self._record_patience_s = record_patience_s
         self._metrics = metrics or NotifyMetrics()
-        self._rescinder = Rescinder(streams, self._metrics.rescinded)
+        self._rescinder = Rescinder(self._shards, self._metrics.rescinded)
         self._slots = asyncio.Semaphore(concurrency)
         self.concurrency = concurrency
-        self.in_flight: dict[str, asyncio.Task[None]] = {}
+        #: (shard index, entry id) -> its task: entry ids are unique per stream only.
+        self.in_flight: dict[tuple[int, str], asyncio.Task[None]] = {}
         #: Set when an entry finishes and a quarter of the slots (at least one) are free: a
         #: reader waiting for room wakes on it and reads several entries at once, so a backlog
         #: is read in batches whose database and Redis work is shared, not one entry a read.
@@ -111,16 +113,27 @@ class Processor:
 
     def submit(self, entry: RawEntry) -> None:
         """Starts handling an entry in its own task (callers respect `free_slots`)."""
-        entry_id = entry.entry_id
-        if entry_id in self.in_flight:
+        key = (entry.shard, entry.entry_id)
+        if key in self.in_flight:
             return
-        task = asyncio.create_task(self._guarded(entry), name=f"entry-{entry_id}")
-        self.in_flight[entry_id] = task
+        task = asyncio.create_task(self._guarded(entry), name=f"entry-{key[0]}-{key[1]}")
+        self.in_flight[key] = task
         self._metrics.in_flight.set(len(self.in_flight))
-        task.add_done_callback(lambda _t: self._done(entry_id))
+        task.add_done_callback(lambda _t: self._done(key))
 
-    def _done(self, entry_id: str) -> None:
-        self.in_flight.pop(entry_id, None)
+    def in_flight_by_shard(self) -> dict[int, list[str]]:
+        """The entry ids being handled now, by shard index."""
+        by_shard: dict[int, list[str]] = {}
+        for shard_index, entry_id in list(self.in_flight):
+            by_shard.setdefault(shard_index, []).append(entry_id)
+        return by_shard
+
+    def _on(self, entry: RawEntry | StreamEntry) -> Streams:
+        """The stream state of the entry's shard."""
+        return self._shards[entry.shard]
+
+    def _done(self, key: tuple[int, str]) -> None:
+        self.in_flight.pop(key, None)
         self._metrics.in_flight.set(len(self.in_flight))
         if self.free_slots >= self._refill_at:
             self.slot_freed.set()
@@ -142,7 +155,7 @@ class Processor:
                     log.warning("entry_handling_failed", entry_id=raw.entry_id, error=repr(exc))
                     self._metrics.send_failures.labels("outage").inc()
                     with contextlib.suppress(Exception):
-                        await self._streams.refund(raw.entry_id)
+                        await self._on(raw).refund(raw.entry_id)
                     return
                 # A defect, or a refusal of our storage, met with this entry: it stays pending
                 # and uses up its deliveries, so the reaper dead-letters it in the end instead
@@ -152,19 +165,20 @@ class Processor:
 
     async def handle(self, raw: RawEntry) -> None:
         """Handles one entry inside a consumer span that continues the order's trace."""
-        entry_id, fields, deliveries = raw
+        entry_id, fields, deliveries, shard_index = raw
+        streams = self._shards[shard_index]
         self._metrics.delivery_attempts.inc()
         try:
-            entry = decode_entry(entry_id, fields, deliveries)
+            entry = decode_entry(entry_id, fields, deliveries, shard_index)
         except PoisonMessage as exc:
             with tracer().start_as_current_span(
-                f"process {EVENTS_STREAM}",
+                f"process {streams.shard.events}",
                 kind=SpanKind.CONSUMER,
-                attributes=self._span_attributes(entry_id, deliveries),
+                attributes=self._span_attributes(streams, entry_id, deliveries),
             ) as span:
                 span.set_status(Status(StatusCode.ERROR, exc.reason))
                 log.error("poison_entry_dead_lettered", entry_id=entry_id, reason=exc.reason)
-                await self._streams.dead_letter(entry_id, reason_class="poison", reason=exc.reason)
+                await streams.dead_letter(entry_id, reason_class="poison", reason=exc.reason)
             self._metrics.dead_lettered.labels("poison").inc()
             self._metrics.send_failures.labels("poison").inc()
             return
@@ -180,13 +194,13 @@ class Processor:
                 trace_context.tracestate if trace_context else "",
             )
         attributes = {
-            **self._span_attributes(entry_id, deliveries),
+            **self._span_attributes(streams, entry_id, deliveries),
             "acme.order_id": envelope.order_id,
             "acme.event_id": envelope.event_id,
         }
         with (
             tracer().start_as_current_span(
-                f"process {EVENTS_STREAM}",
+                f"process {streams.shard.events}",
                 context=parent,
                 kind=SpanKind.CONSUMER,
                 attributes=attributes,
@@ -204,7 +218,7 @@ class Processor:
         envelope = entry.envelope
         already = await self._ledger.already_sent(envelope.event_id)
         if already is not None:
-            await self._streams.ack_sent(
+            await self._on(entry).ack_sent(
                 entry.entry_id,
                 self._receipt(entry, "sent", already, reason_class="duplicate"),
                 emailed=False,
@@ -221,7 +235,7 @@ class Processor:
             accepted = await self._smtp_send(message)
         except CircuitOpen:
             # Our own breaker held it back (another entry is the probe): not an attempt.
-            await self._streams.refund(entry.entry_id)
+            await self._on(entry).refund(entry.entry_id)
             return
         except TransientError as exc:
             log.warning(
@@ -234,7 +248,7 @@ class Processor:
             receipt = self._receipt(
                 entry, "attempt_failed", exc.reason, exc.reason_class, exc.provider
             )
-            await self._streams.record_failure(entry.entry_id, receipt, refund=exc.refund)
+            await self._on(entry).record_failure(entry.entry_id, receipt, refund=exc.refund)
             self._metrics.send_failures.labels(exc.reason_class).inc()
             if isinstance(exc, ProviderError) and exc.storm_key is not None:
                 await self._rescinder.rescind(exc.storm_key, exc.reason)
@@ -246,11 +260,11 @@ class Processor:
                 provider=exc.provider,
                 to=mask_email(envelope.payload.customer.email),
             )
-            dead_id = await self._streams.dead_letter(
+            dead_id = await self._on(entry).dead_letter(
                 entry.entry_id, reason_class=exc.reason_class, reason=exc.reason
             )
             if dead_id is not None:
-                self._rescinder.remember(exc.reason, dead_id)
+                self._rescinder.remember(exc.reason, entry.shard, dead_id)
             self._metrics.send_failures.labels(exc.reason_class).inc()
             self._metrics.dead_lettered.labels(exc.reason_class).inc()
             return
@@ -271,7 +285,7 @@ class Processor:
             return False
         reason = f"recipient rate limit: {quota.counted} in the last {self._window_text}"
         receipt = self._receipt(entry, "held", reason, reason_class="recipient_rate_limit")
-        await self._streams.hold(entry.entry_id, quota.release_at_ms, receipt)
+        await self._on(entry).hold(entry.entry_id, quota.release_at_ms, receipt)
         log.info(
             "email_held",
             reason=reason,
@@ -300,7 +314,7 @@ class Processor:
         await self._record(entry, message, accepted)
         receipt = self._receipt(entry, "sent", message.message_id, provider=accepted.provider)
         try:
-            await self._streams.ack_sent(entry.entry_id, receipt, emailed=True)
+            await self._on(entry).ack_sent(entry.entry_id, receipt, emailed=True)
         except Exception as exc:  # noqa: BLE001 - whatever failed, the e-mail went out
             # The entry stays pending with this try counted; a redelivery finds the ledger row
             # (or this replica's memory) and acknowledges it without a second e-mail.
@@ -334,10 +348,12 @@ class Processor:
             self._metrics.bookkeeping_failures.labels("ledger").inc()
             self._ledger.remember_unrecorded(envelope.event_id, message.message_id)
 
-    def _span_attributes(self, entry_id: str, deliveries: int) -> dict[str, str | int]:
+    def _span_attributes(
+        self, streams: Streams, entry_id: str, deliveries: int
+    ) -> dict[str, str | int]:
         return {
             "messaging.system": "redis",
-            "messaging.destination.name": EVENTS_STREAM,
+            "messaging.destination.name": streams.shard.events,
             "messaging.operation.type": "process",
             "messaging.consumer.group.name": self._streams.group,
             "messaging.message.id": entry_id,

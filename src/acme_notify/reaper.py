@@ -1,5 +1,7 @@
 """The reaper actor: dead-letters entries that used up their deliveries, and trims the stream.
 
+One reaper per shard, each with its own lock, so a shard's reaping never waits on another's.
+
 Only one replica needs to reap per round: it takes a short lock (SET NX PX). Concurrent reapers
 would still be safe, because dead_letter.lua re-checks, atomically, that the entry is pending
 and over budget before moving it. Trimming removes only entries that every group acknowledged
@@ -14,7 +16,6 @@ import asyncio
 import structlog
 from prometheus_client import Counter
 
-from acme_notify.keys import EVENTS_STREAM, REAPER_LOCK
 from acme_notify.streams import Streams
 from acme_runtime.actors import PeriodicActor
 from acme_runtime.clock import now_ms
@@ -51,7 +52,8 @@ class Reaper(PeriodicActor):
         self._interval_ms = interval_ms
         self.dead_lettered = 0
         self._next_prune = 0.0
-        super().__init__("reaper", self._reap, interval_ms / 1000)
+        name = "reaper" if streams.shard.index == 0 else f"reaper-{streams.shard.index}"
+        super().__init__(name, self._reap, interval_ms / 1000)
 
     async def _prune_departed(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -60,7 +62,7 @@ class Reaper(PeriodicActor):
         self._next_prune = now + _PRUNE_EVERY_S
         gone = await prune_consumers(
             self._streams.redis,
-            EVENTS_STREAM,
+            self._streams.shard.events,
             self._streams.group,
             min_idle_ms=CONSUMER_GONE_AFTER_MS,
             keep=self._streams.consumer,
@@ -72,7 +74,8 @@ class Reaper(PeriodicActor):
     async def _reap(self) -> bool:
         # A failure propagates: PeriodicActor logs it, counts it and tries again next round.
         redis = self._streams.redis
-        if not await redis.set(REAPER_LOCK, self._streams.consumer, nx=True, px=self._interval_ms):
+        lock = self._streams.shard.reaper_lock
+        if not await redis.set(lock, self._streams.consumer, nx=True, px=self._interval_ms):
             return False
         exhausted = await self._streams.exhausted(self._max_deliveries, self._min_idle_ms)
         for entry_id in exhausted:
@@ -88,6 +91,7 @@ class Reaper(PeriodicActor):
                     self._dead_counter.inc()
                 log.warning(
                     "entry_dead_lettered",
+                    shard=self._streams.shard.index,
                     entry_id=entry_id,
                     dead_id=dead_id,
                     reason_class="max_deliveries",

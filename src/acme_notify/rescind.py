@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import Final
 
 import structlog
@@ -30,35 +31,46 @@ RESCIND_WINDOW_S: Final = 300.0
 
 
 class Rescinder:
-    def __init__(self, streams: Streams, rescinded: Counter) -> None:
-        self._streams = streams
+    def __init__(self, shards: Sequence[Streams], rescinded: Counter) -> None:
+        self._shards = shards
         self._rescinded = rescinded
-        # (refusal key, loop time, dead id), oldest first.
-        self._recent: deque[tuple[str, float, str]] = deque(maxlen=RESCIND_MEMORY)
+        # (refusal key, loop time, shard index, dead id), oldest first.
+        self._recent: deque[tuple[str, float, int, str]] = deque(maxlen=RESCIND_MEMORY)
 
-    def remember(self, reason: str, dead_id: str) -> None:
-        """An e-mail SMTP refused with `reason` was dead-lettered as `dead_id`."""
+    def remember(self, reason: str, shard: int, dead_id: str) -> None:
+        """An e-mail SMTP refused with `reason` was dead-lettered as `dead_id` on `shard`."""
         now = asyncio.get_running_loop().time()
-        self._recent.append((refusal_key(reason), now, dead_id))
+        self._recent.append((refusal_key(reason), now, shard, dead_id))
 
     async def rescind(self, storm_key: str, reason: str) -> None:
         """A storm of the refusal `storm_key` was declared: take its dead letters back. Never
         raises: a failure leaves them dead, for `acme dead replay`, and says so."""
         now = asyncio.get_running_loop().time()
-        mine = [
-            dead_id
-            for key, at, dead_id in self._recent
-            if key == storm_key and now - at <= RESCIND_WINDOW_S
-        ]
+        mine: dict[int, list[str]] = {}
+        for key, at, shard, dead_id in self._recent:
+            if key == storm_key and now - at <= RESCIND_WINDOW_S:
+                mine.setdefault(shard, []).append(dead_id)
         if not mine:
             return
         self._recent = deque(
-            (item for item in self._recent if item[2] not in mine), maxlen=RESCIND_MEMORY
+            (item for item in self._recent if item[3] not in mine.get(item[2], ())),
+            maxlen=RESCIND_MEMORY,
         )
-        try:
-            replayed = await self._streams.rescind(mine, why=f"refusal storm: {reason}")
-        except Exception as exc:  # noqa: BLE001 - they stay dead, for `acme dead replay`
-            log.error("dead_letters_not_rescinded", dead_ids=mine, error=repr(exc))
-            return
-        log.warning("dead_letters_rescinded", dead_ids=mine, new_ids=replayed, reason=reason)
-        self._rescinded.inc(len(replayed))
+        for shard, dead_ids in mine.items():
+            try:
+                replayed = await self._shards[shard].rescind(
+                    dead_ids, why=f"refusal storm: {reason}"
+                )
+            except Exception as exc:  # noqa: BLE001 - they stay dead, for `acme dead replay`
+                log.error(
+                    "dead_letters_not_rescinded", shard=shard, dead_ids=dead_ids, error=repr(exc)
+                )
+                continue
+            log.warning(
+                "dead_letters_rescinded",
+                shard=shard,
+                dead_ids=dead_ids,
+                new_ids=replayed,
+                reason=reason,
+            )
+            self._rescinded.inc(len(replayed))

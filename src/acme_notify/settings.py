@@ -13,6 +13,7 @@ from typing import Annotated
 
 import msgspec
 
+from acme_runtime.channels import StreamShards, StreamShardsRead
 from acme_runtime.env import (
     POSTGRES_SCHEMES,
     REDIS_SCHEMES,
@@ -74,6 +75,8 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
             minimum=1,
         ),
     ] = 32
+    stream_shards: StreamShards = 1
+    stream_shards_read: StreamShardsRead = 0
     block_ms: Annotated[
         int, Env("ACME_NOTIFY_BLOCK_MS", "how long XREADGROUP waits for new entries", minimum=10)
     ] = 1_000
@@ -309,6 +312,11 @@ class NotifySettings(msgspec.Struct, frozen=True, kw_only=True):
             minimum=0.1,
         ),
     ] = 5.0
+
+    @property
+    def read_shards(self) -> int:
+        """How many shards this process reads: ACME_STREAM_SHARDS, or more while shrinking."""
+        return max(self.stream_shards, self.stream_shards_read)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> NotifySettings:

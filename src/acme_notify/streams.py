@@ -14,17 +14,8 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from acme_notify.keys import (
-    AUDIT_STREAM,
-    DEAD_STREAM,
-    EVENTS_STREAM,
-    HELD_SET,
-    LAST_ERROR_HASH,
-    NOTIFIER_GROUP,
-    RECEIPTS_STREAM,
-    recipient_field,
-    recipient_windows,
-)
+from acme_notify.keys import NOTIFIER_GROUP, recipient_field, recipient_windows
+from acme_runtime.channels import Shard, shard
 from acme_runtime.clock import now_ms
 from acme_runtime.coalesce import Coalescer
 from acme_runtime.consumers import ensure_group
@@ -39,6 +30,7 @@ log = structlog.get_logger(__name__)
 RESCIND_AUDIT_MAXLEN = 100_000
 #: A rescind is no operator's replay: the replay cap does not hold it back (nor is it "forced").
 RESCIND_CAP = 2**31 - 1
+_SHARD_0 = shard(0)
 _Ack = tuple[str, dict[str, str], bool]  # entry id, receipt, e-mailed just now
 
 
@@ -49,6 +41,8 @@ class RawEntry(NamedTuple):
     fields: dict[bytes, bytes]
     #: Deliveries to the group so far, this one included.
     deliveries: int
+    #: The index of the shard whose stream holds the entry (entry ids are per stream).
+    shard: int = 0
 
 
 @dataclass(frozen=True)
@@ -68,10 +62,20 @@ class Quota(NamedTuple):
 
 
 class Streams:
-    def __init__(self, redis: Redis, consumer: str, group: str = NOTIFIER_GROUP) -> None:
+    """One shard's stream state, as seen by one consumer of the notifier group."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        consumer: str,
+        group: str = NOTIFIER_GROUP,
+        *,
+        shard: Shard = _SHARD_0,
+    ) -> None:
         self.redis = redis
         self.consumer = consumer
         self.group = group
+        self.shard = shard
         self._claim_cursor = "-"
         self._reap_cursor = "-"
         # Acknowledgements of sends that finish together go to Redis in one pipeline.
@@ -79,20 +83,22 @@ class Streams:
 
     async def ensure_group(self) -> None:
         """Creates the consumer group (and the stream) unless it exists: idempotent."""
-        await ensure_group(self.redis, EVENTS_STREAM, self.group)
+        await ensure_group(self.redis, self.shard.events, self.group)
 
     async def read_new(self, count: int, block_ms: int) -> list[RawEntry]:
         """New entries for this consumer (XREADGROUP >); recreates a vanished group."""
         try:
             reply: Any = await self.redis.xreadgroup(
-                self.group, self.consumer, {EVENTS_STREAM: ">"}, count=count, block=block_ms
+                self.group, self.consumer, {self.shard.events: ">"}, count=count, block=block_ms
             )
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
             # Redis lost the group (restart without persistence, failover): recreate it from
             # the start of whatever the stream holds; the outbox re-drive refills the rest.
-            log.warning("consumer_group_vanished_recreating", group=self.group)
+            log.warning(
+                "consumer_group_vanished_recreating", group=self.group, shard=self.shard.index
+            )
             await self.ensure_group()
             return []
         entries: list[RawEntry] = []
@@ -100,7 +106,7 @@ class Streams:
             for entry_id, fields in items:
                 if fields is None:  # deleted between XADD and read
                     continue
-                entries.append(RawEntry(as_text(entry_id), fields, 1))
+                entries.append(RawEntry(as_text(entry_id), fields, 1, self.shard.index))
         return entries
 
     async def claim_due(
@@ -117,7 +123,7 @@ class Streams:
         the previous call stopped, so entries deep in a long list are reached on schedule."""
         reply = await load_script("claim_due").run(
             self.redis,
-            [EVENTS_STREAM, LAST_ERROR_HASH, HELD_SET],
+            [self.shard.events, self.shard.last_error, self.shard.held],
             [
                 self.group,
                 self.consumer,
@@ -136,14 +142,14 @@ class Streams:
         claimed: list[RawEntry] = []
         for entry_id, deliveries, flat in claimed_raw:
             fields = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-            claimed.append(RawEntry(as_text(entry_id), fields, int(deliveries)))
+            claimed.append(RawEntry(as_text(entry_id), fields, int(deliveries), self.shard.index))
         return ClaimResult(claimed, [as_text(m) for m in missing])
 
     async def heartbeat(self, entry_ids: list[str]) -> int:
         if not entry_ids:
             return 0
         refreshed: int = await load_script("heartbeat").run(
-            self.redis, [EVENTS_STREAM], [self.group, self.consumer, *entry_ids]
+            self.redis, [self.shard.events], [self.group, self.consumer, *entry_ids]
         )
         return refreshed
 
@@ -155,7 +161,7 @@ class Streams:
 
     async def _ack_batch(self, acks: Sequence[_Ack]) -> list[bool]:
         script = load_script("ack_sent")
-        keys = [EVENTS_STREAM, RECEIPTS_STREAM, LAST_ERROR_HASH]
+        keys = [self.shard.events, self.shard.receipts, self.shard.last_error]
 
         def args(ack: _Ack) -> list[str]:
             entry_id, receipt, emailed = ack
@@ -184,7 +190,7 @@ class Streams:
         was no longer pending or has had fewer than `min_deliveries` deliveries."""
         dead_id = await load_script("dead_letter").run(
             self.redis,
-            [EVENTS_STREAM, DEAD_STREAM, RECEIPTS_STREAM, LAST_ERROR_HASH],
+            [self.shard.events, self.shard.dead, self.shard.receipts, self.shard.last_error],
             [
                 self.group,
                 entry_id,
@@ -202,7 +208,7 @@ class Streams:
         stream (replay_dead.lua, with an audit record naming this consumer); returns the ids
         of the new entries."""
         script = load_script("replay_dead")
-        keys = [DEAD_STREAM, EVENTS_STREAM, AUDIT_STREAM]
+        keys = [self.shard.dead, self.shard.events, self.shard.audit]
         at = now_ms()
         calls: list[tuple[Sequence[str], Sequence[str | int]]] = [
             (keys, [dead_id, RESCIND_CAP, "0", at, self.consumer, why[:1000], RESCIND_AUDIT_MAXLEN])
@@ -218,7 +224,7 @@ class Streams:
         flat = [part for pair in receipt.items() for part in pair]
         deliveries: int = await load_script("attempt_failed").run(
             self.redis,
-            [EVENTS_STREAM, RECEIPTS_STREAM, LAST_ERROR_HASH],
+            [self.shard.events, self.shard.receipts, self.shard.last_error],
             [
                 self.group,
                 self.consumer,
@@ -233,7 +239,7 @@ class Streams:
     async def refund(self, entry_id: str) -> int:
         """Gives back the current delivery of an entry this consumer could not attempt."""
         deliveries: int = await load_script("refund").run(
-            self.redis, [EVENTS_STREAM], [self.group, self.consumer, entry_id]
+            self.redis, [self.shard.events], [self.group, self.consumer, entry_id]
         )
         return deliveries
 
@@ -256,7 +262,7 @@ class Streams:
         flat = [part for pair in receipt.items() for part in pair]
         deliveries: int = await load_script("hold").run(
             self.redis,
-            [EVENTS_STREAM, RECEIPTS_STREAM, HELD_SET],
+            [self.shard.events, self.shard.receipts, self.shard.held],
             [self.group, self.consumer, entry_id, release_at_ms, *flat],
         )
         return deliveries
@@ -264,14 +270,15 @@ class Streams:
     async def forget_held(self, released_before_ms: int) -> int:
         """Removes held-set members released before this time: their entries were claimed
         long since, or acknowledged or dead-lettered by other means."""
-        removed: int = await self.redis.zremrangebyscore(HELD_SET, "-inf", released_before_ms)
+        held = self.shard.held
+        removed: int = await self.redis.zremrangebyscore(held, "-inf", released_before_ms)
         return removed
 
     async def exhausted(self, max_deliveries: int, min_idle_ms: int, scan: int = 200) -> list[str]:
         """Pending entries that used up their delivery budget and sat idle `min_idle_ms`,
         examined `scan` at a time from where the previous call stopped."""
         reply: Any = await self.redis.xpending_range(
-            EVENTS_STREAM,
+            self.shard.events,
             self.group,
             min=self._reap_cursor,
             max="+",
@@ -286,20 +293,20 @@ class Streams:
             return over
         # A held entry is waiting for its recipient's window, not failing: never reaped
         # (with ACME_MAX_DELIVERIES=1 its one delivery cannot be given back).
-        held: Any = await self.redis.zmscore(HELD_SET, over)
+        held: Any = await self.redis.zmscore(self.shard.held, over)
         return [entry_id for entry_id, score in zip(over, held, strict=True) if score is None]
 
     async def trim_acknowledged(self, retention_ms: int) -> int:
         """Trims entries every consumer acknowledged and older than the retention; never a
         pending or undelivered one."""
-        groups: Any = await self.redis.xinfo_groups(EVENTS_STREAM)
+        groups: Any = await self.redis.xinfo_groups(self.shard.events)
         floor = f"{now_ms() - retention_ms}-0"
         candidates = [floor]
         for group in groups:
             candidates.append(as_text(group["last-delivered-id"]))
-            summary: Any = await self.redis.xpending(EVENTS_STREAM, as_text(group["name"]))
+            summary: Any = await self.redis.xpending(self.shard.events, as_text(group["name"]))
             if summary["pending"]:
                 candidates.append(as_text(summary["min"]))
         lowest = min(candidates, key=lambda sid: tuple(int(x) for x in sid.split("-")))
-        trimmed: int = await self.redis.xtrim(EVENTS_STREAM, minid=lowest, approximate=True)
+        trimmed: int = await self.redis.xtrim(self.shard.events, minid=lowest, approximate=True)
         return trimmed

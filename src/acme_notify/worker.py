@@ -33,10 +33,13 @@ from acme_notify.smtp import SmtpConfig, SmtpPool
 from acme_notify.streams import Streams
 from acme_notify.telemetry import CIRCUIT_STATES, NotifyMetrics
 from acme_runtime.actors import Actor, PeriodicActor, Supervisor, install_signal_handlers
+from acme_runtime.channels import Shard
+from acme_runtime.channels import shards as shards_of
 from acme_runtime.heap import freeze_startup_heap, timing_collections
 from acme_runtime.metrics_http import WorkerHttp, dependencies_answer
 from acme_runtime.partitions import maintain
 from acme_runtime.pg import reset_connection
+from acme_runtime.redis_client import open_redis
 
 __all__ = ["Replica", "build_replica", "run_notifier"]
 
@@ -47,7 +50,8 @@ log = structlog.get_logger(__name__)
 class Replica:
     """Everything one notifier replica runs, exposed for tests and metrics."""
 
-    streams: Streams
+    #: One per shard, by shard index.
+    shards: list[Streams]
     processor: Processor
     delivery: Delivery
     ledger: SendLedger
@@ -62,11 +66,13 @@ def build_replica(
     metrics: NotifyMetrics | None = None,
 ) -> Replica:
     metrics = metrics or NotifyMetrics()
-    streams = Streams(redis, settings.consumer_name)
+    shards = [
+        Streams(redis, settings.consumer_name, shard=on) for on in shards_of(settings.read_shards)
+    ]
     ledger = SendLedger(pool)
     delivery = _delivery(settings, redis, metrics)
     processor = Processor(
-        streams=streams,
+        streams=shards,
         ledger=ledger,
         renderer=Renderer(settings.from_address, settings.message_id_domain),
         send=delivery.send,
@@ -78,9 +84,9 @@ def build_replica(
         metrics=metrics,
     )
     _export_gauges(metrics, delivery, settings.smtp_fallback_alert_after_s)
-    actors = _actors(settings, redis, pool, streams, processor, delivery, metrics)
-    actors.append(_archiver(settings, redis, pool, metrics))
-    return Replica(streams, processor, delivery, ledger, actors, metrics)
+    actors = _actors(settings, redis, pool, shards, processor, delivery, metrics)
+    actors += [_archiver(settings, redis, pool, metrics, s.shard) for s in shards]
+    return Replica(shards, processor, delivery, ledger, actors, metrics)
 
 
 def _delivery(settings: NotifySettings, redis: Redis, metrics: NotifyMetrics) -> Delivery:
@@ -132,27 +138,38 @@ def _actors(
     settings: NotifySettings,
     redis: Redis,
     pool: asyncpg.Pool,
-    streams: Streams,
+    shards: list[Streams],
     processor: Processor,
     delivery: Delivery,
     metrics: NotifyMetrics,
 ) -> list[Actor]:
-    """Every loop of a replica, one actor each."""
+    """Every loop of a replica, one actor each; a reaper per shard (each with its lock)."""
 
     async def sweep_ledger() -> bool:
         await _ledger_partitions(settings, pool, metrics)
         return False
 
+    reapers: list[Actor] = [
+        Reaper(
+            streams,
+            interval_ms=settings.reaper_interval_ms,
+            max_deliveries=settings.max_deliveries,
+            min_idle_ms=3 * settings.heartbeat_interval_ms,
+            retention_ms=settings.stream_retention_ms,
+            dead_lettered=metrics.dead_lettered.labels("max_deliveries"),
+        )
+        for streams in shards
+    ]
     return [
         Consumer(
-            streams,
+            shards,
             processor,
             block_ms=settings.block_ms,
             capacity=delivery.capacity,
             linger_ms=settings.read_linger_ms,
         ),
         Claimer(
-            streams,
+            shards,
             processor,
             interval_ms=settings.claim_interval_ms,
             base_ms=settings.backoff_base_ms,
@@ -161,25 +178,23 @@ def _actors(
             max_deliveries=settings.max_deliveries,
             capacity=delivery.capacity,
         ),
-        Heartbeat(streams, processor, interval_ms=settings.heartbeat_interval_ms),
-        Reaper(
-            streams,
-            interval_ms=settings.reaper_interval_ms,
-            max_deliveries=settings.max_deliveries,
-            min_idle_ms=3 * settings.heartbeat_interval_ms,
-            retention_ms=settings.stream_retention_ms,
-            dead_lettered=metrics.dead_lettered.labels("max_deliveries"),
-        ),
+        Heartbeat(shards, processor, interval_ms=settings.heartbeat_interval_ms),
+        *reapers,
         BreakerSync(delivery),
-        StreamProbe(redis, metrics, interval_s=settings.probe_interval_s),
+        StreamProbe(
+            redis,
+            metrics,
+            interval_s=settings.probe_interval_s,
+            shards=[streams.shard for streams in shards],
+        ),
         PeriodicActor("ledger-janitor", sweep_ledger, settings.ledger_janitor_interval_s),
     ]
 
 
 def _archiver(
-    settings: NotifySettings, redis: Redis, pool: asyncpg.Pool, metrics: NotifyMetrics
+    settings: NotifySettings, redis: Redis, pool: asyncpg.Pool, metrics: NotifyMetrics, on: Shard
 ) -> Archiver:
-    """Keeps the dead stream bounded: its oldest entries move to notify.dead_letters."""
+    """Keeps a shard's dead stream bounded: its oldest entries move to notify.dead_letters."""
     return Archiver(
         redis,
         DeadArchive(pool),
@@ -189,6 +204,7 @@ def _archiver(
         archive_retention_s=settings.dead_archive_retention_s,
         archived=metrics.dead_archived,
         expired=metrics.dead_archive_expired,
+        on=on,
     )
 
 
@@ -252,7 +268,7 @@ async def open_clients(settings: NotifySettings) -> AsyncIterator[tuple[Redis, a
         reset=reset_connection,
         server_settings={"application_name": "acme-notifier"},
     )
-    redis = Redis.from_url(
+    redis = open_redis(
         settings.redis_url,
         socket_timeout=5 + settings.block_ms / 1000,
         socket_connect_timeout=2,

@@ -32,10 +32,12 @@ from acme_orders.settings import OrdersSettings
 from acme_orders.store import TIMELINE_TABLE, OrderStore
 from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.actors import Actor, Supervisor, install_signal_handlers
+from acme_runtime.channels import shards
 from acme_runtime.heap import freeze_startup_heap, timing_collections
 from acme_runtime.metrics_http import WorkerHttp, dependencies_answer
 from acme_runtime.partitions import maintain
 from acme_runtime.pg import init_connection, reset_connection
+from acme_runtime.redis_client import open_redis
 
 __all__ = ["Clients", "api_app", "open_clients", "relay_actors", "run_relay"]
 
@@ -64,7 +66,7 @@ async def open_clients(settings: OrdersSettings) -> AsyncIterator[Clients]:
             "statement_timeout": str(settings.db_timeout_ms),
         },
     )
-    redis = Redis.from_url(
+    redis = open_redis(
         settings.redis_url,
         socket_timeout=settings.redis_timeout_ms / 1000,
         socket_connect_timeout=settings.redis_timeout_ms / 1000,
@@ -130,6 +132,7 @@ def api_app(settings: OrdersSettings, metrics: OrdersMetrics | None = None) -> L
                 pause_ms=settings.fast_path_pause_ms,
                 dedupe_ttl_s=settings.dedupe_ttl_s,
                 metrics=metrics,
+                shards=settings.stream_shards,
             )
             writer = GroupCommit(
                 clients.store,
@@ -184,6 +187,7 @@ def relay_actors(
             batch=settings.relay_batch,
             dedupe_ttl_s=settings.dedupe_ttl_s,
             published=metrics.events_published.labels("relay"),
+            shards=settings.stream_shards,
         ),
         Redriver(
             clients.store,
@@ -192,6 +196,7 @@ def relay_actors(
             batch=settings.relay_batch,
             dedupe_ttl_s=settings.dedupe_ttl_s,
             published=metrics.events_published.labels("redrive"),
+            shards=settings.stream_shards,
         ),
         Janitor(
             clients.store,
@@ -201,15 +206,19 @@ def relay_actors(
             timeline_retention_s=settings.timeline_retention_s,
             partition_metrics=metrics.partitions,
         ),
-        # Blocking reads must end before the client's socket timeout does.
-        ReceiptsConsumer(
-            clients.store,
-            clients.redis,
-            consumer=settings.consumer_name,
-            block_ms=max(10, settings.redis_timeout_ms // 2),
-            linger_ms=settings.receipts_linger_ms,
-            claim_idle_ms=settings.receipts_claim_idle_ms,
-            applied=metrics.receipts_applied,
+        # One per shard. Blocking reads must end before the client's socket timeout does.
+        *(
+            ReceiptsConsumer(
+                clients.store,
+                clients.redis,
+                consumer=settings.consumer_name,
+                block_ms=max(10, settings.redis_timeout_ms // 2),
+                linger_ms=settings.receipts_linger_ms,
+                claim_idle_ms=settings.receipts_claim_idle_ms,
+                applied=metrics.receipts_applied,
+                on=on,
+            )
+            for on in shards(settings.read_shards)
         ),
         OutboxProbe(clients.store, metrics, interval_s=settings.outbox_probe_interval_s),
     ]

@@ -1,7 +1,10 @@
 """Publishing outbox events to the Redis Stream, once each, and the API's fast path.
 
 `publish_batch` is the one way events reach the stream: a pipeline of `publish_once.lua` calls,
-one round trip per batch, each call idempotent. The `FastPathPublisher` actor runs inside the API
+one round trip per batch (per cluster node), each call idempotent. An event goes to its order's
+shard (`acme_runtime.channels.shard_of`), or, once published, back to the shard it went to
+first (`OutboxEvent.shard`), so a re-drive finds its publish-once key whatever
+`ACME_STREAM_SHARDS` says now. The `FastPathPublisher` actor runs inside the API
 process: the request handler hands it the event after commit and answers at once; the actor
 publishes in batches and records the result. When Redis is slow or down it drops what it holds
 (the rows stay unpublished) and the relay publishes them: the fast path is an optimisation,
@@ -25,7 +28,7 @@ from redis.exceptions import RedisError
 from acme_orders.events import stream_fields
 from acme_orders.store import OrderStore, OutboxEvent, Published
 from acme_orders.telemetry import OrdersMetrics
-from acme_runtime.channels import EVENTS_STREAM, published_key
+from acme_runtime.channels import shard, shard_of
 from acme_runtime.lua import load_script
 from acme_runtime.text import as_text
 from acme_runtime.tracing import context_from_traceparent, tracer
@@ -37,7 +40,6 @@ log = structlog.get_logger(__name__)
 
 _PUBLISH_ATTRIBUTES: Final = {
     "messaging.system": "redis",
-    "messaging.destination.name": EVENTS_STREAM,
     "messaging.operation.type": "send",
     "messaging.operation.name": "XADD",
 }
@@ -53,7 +55,12 @@ RELAY_WAKE_CHANNEL = "acme_outbox"
 
 
 async def publish_batch(
-    redis: Redis, events: Sequence[OutboxEvent], dedupe_ttl_s: int, *, via: str = "relay"
+    redis: Redis,
+    events: Sequence[OutboxEvent],
+    dedupe_ttl_s: int,
+    *,
+    via: str = "relay",
+    shards: int = 1,
 ) -> list[Published]:
     """Publishes each event at most once; returns each one's stream entry and whether this
     publish added it.
@@ -61,22 +68,27 @@ async def publish_batch(
     Each event gets a producer span in its own order's trace (a batch mixes orders)."""
     if not events:
         return []
+    targets = [
+        event.shard if event.shard is not None else shard_of(str(event.order_id), shards)
+        for event in events
+    ]
     spans = [
         tracer().start_span(
-            f"send {EVENTS_STREAM}",
+            f"send {shard(index).events}",
             context=context_from_traceparent(event.traceparent),
             kind=SpanKind.PRODUCER,
             attributes={
                 **_PUBLISH_ATTRIBUTES,
+                "messaging.destination.name": shard(index).events,
                 "acme.publish.path": via,
                 "acme.event_id": str(event.event_id),
             },
         )
-        for event in events
+        for event, index in zip(events, targets, strict=True)
     ]
     traceparents = [_traceparent_of(span) for span in spans]
     try:
-        results = await _publish(redis, events, dedupe_ttl_s, traceparents)
+        results = await _publish(redis, events, targets, dedupe_ttl_s, traceparents)
     except BaseException as exc:
         for span in spans:
             span.record_exception(exc)
@@ -99,19 +111,21 @@ def _traceparent_of(span: Span) -> str | None:
 async def _publish(
     redis: Redis,
     events: Sequence[OutboxEvent],
+    targets: Sequence[int],
     dedupe_ttl_s: int,
     traceparents: Sequence[str | None],
 ) -> list[Published]:
     ttl_ms = dedupe_ttl_s * 1000
     calls = []
-    for event, traceparent in zip(events, traceparents, strict=True):
+    for event, index, traceparent in zip(events, targets, traceparents, strict=True):
         event_id = str(event.event_id)
         fields = stream_fields(event_id, str(event.order_id), event.envelope, traceparent)
-        calls.append(([EVENTS_STREAM, published_key(event_id)], [ttl_ms, *fields]))
+        on = shard(index)
+        calls.append(([on.events, on.published_key(event_id)], [ttl_ms, *fields]))
     replies = await load_script("publish_once").run_many(redis, calls)
     return [
-        Published(event.event_id, event.order_id, as_text(stream_id), bool(added))
-        for event, (added, stream_id) in zip(events, replies, strict=True)
+        Published(event.event_id, event.order_id, as_text(stream_id), bool(added), index)
+        for event, index, (added, stream_id) in zip(events, targets, replies, strict=True)
     ]
 
 
@@ -129,6 +143,7 @@ class FastPathPublisher:
         pause_ms: int,
         dedupe_ttl_s: int,
         metrics: OrdersMetrics,
+        shards: int = 1,
         batch_max: int = 256,
         record_linger_ms: int = RECORD_LINGER_MS,
     ) -> None:
@@ -139,6 +154,7 @@ class FastPathPublisher:
         self._queue: asyncio.Queue[OutboxEvent] = asyncio.Queue(maxsize=queue_size)
         self._pause_s = pause_ms / 1000
         self._dedupe_ttl_s = dedupe_ttl_s
+        self._shards = shards
         self._batch_max = batch_max
         self._paused_until = 0.0
         self._record_linger_s = record_linger_ms / 1000
@@ -181,7 +197,9 @@ class FastPathPublisher:
     async def publish_now(self, batch: list[OutboxEvent]) -> None:
         """Publishes `batch`; its results are recorded with the next `record_published`."""
         try:
-            results = await publish_batch(self._redis, batch, self._dedupe_ttl_s, via="fast-path")
+            results = await publish_batch(
+                self._redis, batch, self._dedupe_ttl_s, via="fast-path", shards=self._shards
+            )
         except (RedisError, OSError) as exc:
             self._paused_until = asyncio.get_running_loop().time() + self._pause_s
             self._left_to_relay.inc(len(batch))

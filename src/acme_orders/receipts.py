@@ -14,6 +14,10 @@ Receipts this consumer has read but not applied (PostgreSQL failed mid-batch, or
 restarted) stay in its own pending list; it reads that list again (`XREADGROUP … 0`) first,
 at start and after every failure, so they are applied as soon as PostgreSQL answers.
 
+Each shard's receipts stream (`ACME_STREAM_SHARDS`) has its own consumer actor; a receipt's
+timeline entry carries its stream id qualified by its shard (`acme_runtime.channels.qualify`),
+since stream ids are unique per stream only.
+
 Receipts are not on the e-mail's critical path (the e-mail has already gone), so after a read
 that did not fill a batch the consumer lingers `linger_ms` before the next one: at 200 orders/s
 a 100 ms linger applies ~20 receipts per statement instead of one or two, which is most of the
@@ -38,7 +42,7 @@ from redis.exceptions import RedisError, ResponseError
 from acme_orders.store import OrderStore
 from acme_runtime.actors import sleep_or_stop
 from acme_runtime.backoff import Backoff
-from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM, published_key
+from acme_runtime.channels import RECEIPTS_GROUP, Shard, qualify, shard
 from acme_runtime.consumers import ensure_group, prune_consumers
 from acme_runtime.tracing import context_from_traceparent, tracer
 
@@ -132,15 +136,18 @@ WHERE outbox.event_id = applied.event_id AND applied.kind IN ('sent', 'dead')
 """
 
 
-def _receipt_span(fields: dict[bytes, bytes]) -> Span:
+_SHARD_0: Final = shard(0)
+
+
+def _receipt_span(fields: dict[bytes, bytes], stream: str) -> Span:
     """A consumer span in the order's own trace, when the receipt carries its context."""
     return tracer().start_span(
-        f"process {RECEIPTS_STREAM}",
+        f"process {stream}",
         context=context_from_traceparent(_field(fields, b"traceparent")),
         kind=SpanKind.CONSUMER,
         attributes={
             "messaging.system": "redis",
-            "messaging.destination.name": RECEIPTS_STREAM,
+            "messaging.destination.name": stream,
             "messaging.operation.type": "process",
             "messaging.consumer.group.name": RECEIPTS_GROUP,
             "acme.receipt.type": _field(fields, b"type"),
@@ -158,13 +165,14 @@ def _field(fields: dict[bytes, bytes], name: bytes) -> str:
     return fields.get(name, b"").decode("utf-8", "replace").replace("\x00", "")
 
 
-async def apply_receipts(store: OrderStore, receipts: list[Receipt]) -> int:
-    """Applies receipts in one statement; malformed ones are skipped (logged). Returns applied."""
+async def apply_receipts(store: OrderStore, receipts: list[Receipt], shard_index: int = 0) -> int:
+    """Applies receipts (of shard `shard_index`) in one statement; malformed ones are skipped
+    (logged). Returns how many were applied."""
     columns: list[list[object]] = [[] for _ in range(10)]
     for source_id, fields in receipts:
         try:
             row = (
-                source_id,
+                qualify(shard_index, source_id),
                 _field(fields, b"type"),
                 _field(fields, b"event_id"),
                 _field(fields, b"order_id"),
@@ -193,7 +201,7 @@ async def apply_receipts(store: OrderStore, receipts: list[Receipt]) -> int:
     return len(columns[0])
 
 
-def _finished_dedupe_keys(receipts: list[Receipt]) -> list[str]:
+def _finished_dedupe_keys(receipts: list[Receipt], on: Shard) -> list[str]:
     """The publish-once keys of events whose e-mail is now settled (sent or dead).
 
     Called only after the statement that deleted their outbox rows has committed: from then
@@ -204,7 +212,7 @@ def _finished_dedupe_keys(receipts: list[Receipt]) -> list[str]:
     for _sid, fields in receipts:
         if fields.get(b"type") in (b"sent", b"dead"):
             with contextlib.suppress(ValueError):
-                keys.append(published_key(str(uuid.UUID(_field(fields, b"event_id")))))
+                keys.append(on.published_key(str(uuid.UUID(_field(fields, b"event_id")))))
     return keys
 
 
@@ -223,7 +231,10 @@ class ReceiptsConsumer:
         claim_idle_ms: int = 30_000,
         claim_interval_ms: int = 5_000,
         applied: Counter | None = None,
+        on: Shard = _SHARD_0,
     ) -> None:
+        self._on = on
+        self.name = "receipts" if on.index == 0 else f"receipts-{on.index}"
         self._applied = applied
         self._store = store
         self._redis = redis
@@ -238,7 +249,7 @@ class ReceiptsConsumer:
         self._own_pending_first = True
 
     async def _ensure_group(self) -> None:
-        await ensure_group(self._redis, RECEIPTS_STREAM, RECEIPTS_GROUP)
+        await ensure_group(self._redis, self._on.receipts, RECEIPTS_GROUP)
 
     async def _read(self) -> list[Receipt]:
         try:
@@ -248,18 +259,20 @@ class ReceiptsConsumer:
                 raise
             # Redis lost the stream and its group (restart without persistence, failover):
             # recreate it, or no receipt would ever be applied again.
-            log.warning("receipts_group_vanished_recreating", group=RECEIPTS_GROUP)
+            log.warning(
+                "receipts_group_vanished_recreating", group=RECEIPTS_GROUP, shard=self._on.index
+            )
             await self._ensure_group()
             return []
 
     async def _read_own_pending(self) -> list[Receipt]:
         reply: Any = await self._redis.xreadgroup(
-            RECEIPTS_GROUP, self._consumer, {RECEIPTS_STREAM: "0"}, count=self._batch
+            RECEIPTS_GROUP, self._consumer, {self._on.receipts: "0"}, count=self._batch
         )
         entries = [(sid.decode(), fields) for _s, items in reply or [] for sid, fields in items]
         if gone := [sid for sid, fields in entries if not fields]:
             # Deleted while pending: nothing to apply, only the pending entry to clear.
-            await self._redis.xack(RECEIPTS_STREAM, RECEIPTS_GROUP, *gone)
+            await self._redis.xack(self._on.receipts, RECEIPTS_GROUP, *gone)
         return [(sid, fields) for sid, fields in entries if fields]
 
     async def _read_or_claim(self) -> list[Receipt]:
@@ -272,7 +285,7 @@ class ReceiptsConsumer:
         now = asyncio.get_running_loop().time()
         if now >= self._next_claim:
             autoclaimed: Any = await self._redis.xautoclaim(
-                RECEIPTS_STREAM,
+                self._on.receipts,
                 RECEIPTS_GROUP,
                 self._consumer,
                 self._claim_idle_ms,
@@ -288,7 +301,7 @@ class ReceiptsConsumer:
         reply: Any = await self._redis.xreadgroup(
             RECEIPTS_GROUP,
             self._consumer,
-            {RECEIPTS_STREAM: ">"},
+            {self._on.receipts: ">"},
             count=self._batch,
             block=self._block_ms,
         )
@@ -300,10 +313,10 @@ class ReceiptsConsumer:
         receipts = await self._read()
         if not receipts:
             return 0
-        spans = [_receipt_span(fields) for _sid, fields in receipts]
+        spans = [_receipt_span(fields, self._on.receipts) for _sid, fields in receipts]
         try:
             try:
-                await apply_receipts(self._store, receipts)
+                await apply_receipts(self._store, receipts, self._on.index)
             except asyncpg.DataError:
                 # A value PostgreSQL refuses would fail this batch on every retry and hold up
                 # every receipt behind it: apply one by one and skip what cannot be applied.
@@ -316,9 +329,9 @@ class ReceiptsConsumer:
                 self._applied.labels(_field(fields, b"type") or "unknown").inc()
         ids = [sid for sid, _f in receipts]
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(RECEIPTS_STREAM, RECEIPTS_GROUP, *ids)
-            pipe.xdel(RECEIPTS_STREAM, *ids)
-            if done := _finished_dedupe_keys(receipts):
+            pipe.xack(self._on.receipts, RECEIPTS_GROUP, *ids)
+            pipe.xdel(self._on.receipts, *ids)
+            if done := _finished_dedupe_keys(receipts, self._on):
                 pipe.unlink(*done)
             await pipe.execute()
         return len(receipts)
@@ -326,7 +339,7 @@ class ReceiptsConsumer:
     async def _apply_one_by_one(self, receipts: list[Receipt]) -> None:
         for receipt in receipts:
             try:
-                await apply_receipts(self._store, [receipt])
+                await apply_receipts(self._store, [receipt], self._on.index)
             except asyncpg.DataError as exc:
                 log.error("malformed_receipt_skipped", receipt_id=receipt[0], error=repr(exc))
 
@@ -345,7 +358,7 @@ class ReceiptsConsumer:
                     next_prune = asyncio.get_running_loop().time() + 60
                     await prune_consumers(
                         self._redis,
-                        RECEIPTS_STREAM,
+                        self._on.receipts,
                         RECEIPTS_GROUP,
                         min_idle_ms=3_600_000,
                         keep=self._consumer,
@@ -364,5 +377,5 @@ class ReceiptsConsumer:
                 await sleep_or_stop(stop, delay_s)
         with contextlib.suppress(RedisError, OSError):
             await prune_consumers(
-                self._redis, RECEIPTS_STREAM, RECEIPTS_GROUP, min_idle_ms=0, only=self._consumer
+                self._redis, self._on.receipts, RECEIPTS_GROUP, min_idle_ms=0, only=self._consumer
             )

@@ -42,6 +42,7 @@ async def relay_once(
     batch: int,
     dedupe_ttl_s: int,
     published: Counter | None = None,
+    shards: int = 1,
 ) -> int:
     """Publishes one batch of unpublished events; returns how many it found."""
     return await _publish_locked(
@@ -51,6 +52,7 @@ async def relay_once(
         via="relay",
         dedupe_ttl_s=dedupe_ttl_s,
         published=published,
+        shards=shards,
     )
 
 
@@ -62,6 +64,7 @@ async def redrive_once(
     batch: int,
     dedupe_ttl_s: int,
     published: Counter | None = None,
+    shards: int = 1,
 ) -> int:
     """Publishes again one batch of unconfirmed events; returns how many it looked at."""
     return await _publish_locked(
@@ -71,6 +74,7 @@ async def redrive_once(
         via="redrive",
         dedupe_ttl_s=dedupe_ttl_s,
         published=published,
+        shards=shards,
     )
 
 
@@ -82,13 +86,14 @@ async def _publish_locked(
     via: str,
     dedupe_ttl_s: int,
     published: Counter | None,
+    shards: int,
 ) -> int:
     """Locks a batch (SKIP LOCKED), publishes it once, records it, in one transaction."""
     async with store.pool.acquire() as conn, conn.transaction():
         events = await lock(conn)
         if not events:
             return 0
-        results = await publish_batch(redis, events, dedupe_ttl_s, via=via)
+        results = await publish_batch(redis, events, dedupe_ttl_s, via=via, shards=shards)
         await store.mark_published(conn, results, via=via)
     added = sum(result.added for result in results)
     if published is not None:
@@ -115,10 +120,12 @@ class OutboxRelay:
         batch: int,
         dedupe_ttl_s: int,
         published: Counter | None = None,
+        shards: int = 1,
     ) -> None:
         self._store = store
         self._redis = redis
         self._published = published
+        self._shards = shards
         self._database_url = database_url
         self._poll_s = poll_ms / 1000
         self._grace_ms = grace_ms
@@ -151,6 +158,7 @@ class OutboxRelay:
                         batch=self._batch,
                         dedupe_ttl_s=self._dedupe_ttl_s,
                         published=self._published,
+                        shards=self._shards,
                     )
                 except (RedisError, asyncpg.PostgresError, OSError) as exc:
                     log.warning("relay_failed", error=repr(exc))
@@ -176,8 +184,10 @@ class Redriver:
         batch: int,
         dedupe_ttl_s: int,
         published: Counter | None = None,
+        shards: int = 1,
     ) -> None:
         self._published = published
+        self._shards = shards
         self._store = store
         self._redis = redis
         self._older_than_s = older_than_s
@@ -197,6 +207,7 @@ class Redriver:
                     batch=self._batch,
                     dedupe_ttl_s=self._dedupe_ttl_s,
                     published=self._published,
+                    shards=self._shards,
                 )
             except (RedisError, asyncpg.PostgresError, OSError) as exc:
                 log.warning("redrive_failed", error=repr(exc))

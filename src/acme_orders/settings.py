@@ -7,6 +7,7 @@ from typing import Annotated
 
 import msgspec
 
+from acme_runtime.channels import StreamShards, StreamShardsRead
 from acme_runtime.env import (
     POSTGRES_SCHEMES,
     REDIS_SCHEMES,
@@ -190,6 +191,8 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
             maximum=300,
         ),
     ] = 5.0
+    stream_shards: StreamShards = 1
+    stream_shards_read: StreamShardsRead = 0
     receipts_linger_ms: Annotated[
         int,
         Env(
@@ -224,6 +227,11 @@ class OrdersSettings(msgspec.Struct, frozen=True, kw_only=True):
             default_from=default_consumer_name,
         ),
     ] = "orders-1"
+
+    @property
+    def read_shards(self) -> int:
+        """How many shards this process reads: ACME_STREAM_SHARDS, or more while shrinking."""
+        return max(self.stream_shards, self.stream_shards_read)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OrdersSettings:

@@ -102,6 +102,8 @@ class Published(NamedTuple):
     order_id: uuid.UUID
     stream_id: str
     added: bool
+    #: The shard whose stream holds it.
+    shard: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ class OutboxEvent:
     order_id: uuid.UUID
     envelope: bytes
     traceparent: str | None = None
+    #: The shard it was first published on; None until then (it goes to its order's shard).
+    shard: int | None = None
 
 
 #: Writes a batch of orders in ONE statement (group commit, acme_orders.group_commit): their
@@ -175,8 +179,8 @@ SELECT id FROM o
 #: publish_once) and records it then.
 SQL_MARK_PUBLISHED = """
 WITH x AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bool[])
-        AS x(event_id, order_id, stream_id, added)
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bool[], $6::smallint[])
+        AS x(event_id, order_id, stream_id, added, shard)
 ),
 ob AS (
     SELECT outbox.event_id FROM outbox JOIN x USING (event_id)
@@ -187,6 +191,7 @@ u AS (
     SET published_at = coalesce(published_at, now()),
         last_published_at = now(),
         stream_id = coalesce(outbox.stream_id, x.stream_id),
+        shard = coalesce(outbox.shard, x.shard),
         publish_count = publish_count + x.added::int
     FROM x JOIN ob USING (event_id)
     WHERE outbox.event_id = x.event_id
@@ -207,13 +212,19 @@ INSERT INTO order_timeline (order_id, at, kind, detail)
 -- notifier may well have sent the e-mail in between.
 SELECT x.order_id, to_timestamp(split_part(x.stream_id, '-', 1)::bigint / 1000.0),
        CASE WHEN u.publish_count > 1 THEN 'redriven' ELSE 'published' END,
-       jsonb_build_object('stream_id', x.stream_id, 'via', $5::text)
+       jsonb_build_object('stream_id', x.stream_id, 'via', $5::text, 'shard', x.shard)
 FROM x LEFT JOIN u ON u.event_id = x.event_id WHERE x.added
 """
 
 
 def _outbox_event(row: asyncpg.Record) -> OutboxEvent:
-    return OutboxEvent(row["event_id"], row["order_id"], bytes(row["envelope"]), row["traceparent"])
+    return OutboxEvent(
+        row["event_id"],
+        row["order_id"],
+        bytes(row["envelope"]),
+        row["traceparent"],
+        row["shard"],
+    )
 
 
 class OrderStore:
@@ -331,12 +342,13 @@ class OrderStore:
             [p.stream_id for p in published],
             [p.added for p in published],
             via,
+            [p.shard for p in published],
         )
 
     async def lock_unpublished(self, conn: Conn, grace_ms: int, limit: int) -> list[OutboxEvent]:
         """Locks (SKIP LOCKED) events the fast path has not published within `grace_ms`."""
         rows = await conn.fetch(
-            "SELECT event_id, order_id, envelope, traceparent FROM outbox"
+            "SELECT event_id, order_id, envelope, traceparent, shard FROM outbox"
             " WHERE published_at IS NULL AND created_at < now() - make_interval(secs => $1)"
             " ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             grace_ms / 1000.0,
@@ -349,7 +361,7 @@ class OrderStore:
     ) -> list[OutboxEvent]:
         """Locks published events with no receipt for `older_than_s`: candidates for re-drive."""
         rows = await conn.fetch(
-            "SELECT event_id, order_id, envelope, traceparent FROM outbox"
+            "SELECT event_id, order_id, envelope, traceparent, shard FROM outbox"
             " WHERE published_at IS NOT NULL"
             " AND last_published_at < now() - make_interval(secs => $1)"
             " ORDER BY last_published_at LIMIT $2 FOR UPDATE SKIP LOCKED",

@@ -24,6 +24,7 @@ import msgspec
 
 __all__ = [
     "POSTGRES_SCHEMES",
+    "REDIS_CLUSTER_SCHEMES",
     "REDIS_SCHEMES",
     "SMTP_SCHEMES",
     "Env",
@@ -38,7 +39,9 @@ __all__ = [
 ]
 
 POSTGRES_SCHEMES: Final = ("postgresql", "postgres")
-REDIS_SCHEMES: Final = ("redis", "rediss", "unix")
+#: `redis+cluster://` and `rediss+cluster://` name a Redis Cluster by one or more seed nodes.
+REDIS_CLUSTER_SCHEMES: Final = ("redis+cluster", "rediss+cluster")
+REDIS_SCHEMES: Final = ("redis", "rediss", "unix", *REDIS_CLUSTER_SCHEMES)
 SMTP_SCHEMES: Final = ("smtp", "smtps")
 #: Schemes whose URL may name no host: a unix socket path, or libpq's `?host=/run/postgresql`
 #: (or its default socket, `postgresql:///acme`), all of which asyncpg accepts.
@@ -272,8 +275,9 @@ def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
             f"{name}: expected a URL starting with {allowed}, got {redact_url(value)!r}"
         )
     hostspec = parts.netloc.rpartition("@")[2]
-    # libpq lists several hosts, `h1:5432,h2:5433`, for failover.
-    hosts = hostspec.split(",") if parts.scheme in POSTGRES_SCHEMES else [hostspec]
+    # libpq lists several hosts, `h1:5432,h2:5433`, for failover; a cluster, its seed nodes.
+    several = (*POSTGRES_SCHEMES, *REDIS_CLUSTER_SCHEMES)
+    hosts = hostspec.split(",") if parts.scheme in several else [hostspec]
     for host in hosts:
         try:
             urlsplit(f"//{host}").port  # noqa: B018 - parsing the port is the check
@@ -281,7 +285,7 @@ def _url(name: str, value: str, schemes: tuple[str, ...]) -> str:
             raise SettingsError(f"{name}: bad port in {redact_url(value)!r}: {exc}") from None
     if not parts.hostname and parts.scheme not in _HOSTLESS_SCHEMES:
         raise SettingsError(f"{name}: no host in {redact_url(value)!r}")
-    problem = _tls_problem(parts.scheme, parts.query)
+    problem = _tls_problem(parts.scheme.removesuffix("+cluster"), parts.query)
     if problem:
         raise SettingsError(f"{name}: {problem}, in {redact_url(value)!r}")
     return value

@@ -32,11 +32,11 @@ import msgspec
 import psutil
 from bench.loadgen import LoadResult, http_get_status, run_load
 from bench.stack import HOST, Child, MailLog, Stack, acme_argv, log_tail
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from acme_cli.embedded import EmbeddedRedis, free_port
-from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM
+from acme_runtime.channels import RECEIPTS_GROUP, shards
+from acme_runtime.redis_client import open_redis
 from tests.chaos.faulty_smtp import FaultPlan, ack_path
 from tests.postfix import PostfixServer
 
@@ -201,6 +201,10 @@ class ChaosSystem:
     #: Start a second recording SMTP server as the notifiers' fallback provider
     #: (ACME_SMTP_FALLBACK_URL), steered with `set_fallback_smtp`.
     fallback: bool = False
+    #: ACME_STREAM_SHARDS of every process.
+    shards: int = 1
+    #: A Redis or Redis Cluster the test runs (`redis+cluster://…`); default: an embedded one.
+    redis_url: str = ""
     env: dict[str, str] = field(default_factory=dict)
     stack: Stack = field(init=False)
     smtp: FaultControl = field(init=False)
@@ -220,7 +224,7 @@ class ChaosSystem:
 
     def __post_init__(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.stack = Stack(self.root)
+        self.stack = Stack(self.root, external_redis_url=self.redis_url)
         if not self.redis_appendonly:
             self.stack.redis = EmbeddedRedis(self.root / "redis", appendonly=False)
         self.smtp = FaultControl(self.root / "smtp-control.json", self.root / "smtp-faults.jsonl")
@@ -231,7 +235,7 @@ class ChaosSystem:
         self.fallback_mail = MailLog(self.root / "received-fallback.csv")
         logs = [self.primary_mail, *([self.fallback_mail] if self.fallback else [])]
         self.mail = MailLogs(logs)
-        self.env = {**CHAOS_ENV, **self.env}
+        self.env = {**CHAOS_ENV, "ACME_STREAM_SHARDS": str(self.shards), **self.env}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -367,6 +371,29 @@ class ChaosSystem:
         code = await self._wait_exit(child)
         self.record("exited", child.name, str(code))
         return code, time.monotonic() - started
+
+    async def rolling_restart(self, env: dict[str, str]) -> None:
+        """A rollout of new settings (`env`): the relay, each notifier, then the API, one at a
+        time, each stopped with SIGTERM (drain) and started again with them, as a Deployment's
+        rolling update does; clients retry through the API's restart."""
+        self.env = {**self.env, **env}
+        detail = json.dumps(env, sort_keys=True)
+        assert self.relay is not None and self.api is not None
+        self.relay.process.send_signal(signal.SIGTERM)
+        await self._wait_exit(self.relay)
+        self.relay = self._spawn("relay", acme_argv("relay"))
+        self.record("rollout", self.relay.name, detail)
+        await self.wait_started(self.relay, "relay_started")
+        for slot in sorted(self.slots):
+            await self.sigterm_notifier(slot)
+            child = self.start_notifier(slot)
+            self.record("rollout", child.name, detail)
+            await self.wait_started(child, "notifier_started")
+        self.api.process.send_signal(signal.SIGTERM)
+        await self._wait_exit(self.api)
+        self.api = self._spawn("api", acme_argv("api"))
+        await self.wait_api_ready(timeout_s=2 * _READY_TIMEOUT_S)
+        self.record("rollout", self.api.name, detail)
 
     async def kill_relay(self, restart_after_s: float) -> None:
         assert self.relay is not None
@@ -507,23 +534,29 @@ class ChaosSystem:
                 " (SELECT count(*) FROM orders"
                 "  WHERE notification_status IN ('pending', 'published')) AS open"
             )
-            receipts = await pending_count(self.stack.redis_url, RECEIPTS_STREAM, RECEIPTS_GROUP)
+            receipts = await pending_count(
+                self.stack.redis_url, [s.receipts for s in shards(self.shards)], RECEIPTS_GROUP
+            )
         except (OSError, asyncpg.PostgresError, TimeoutError, RedisError):
             return False
         return bool(rows[0]["outbox"] == 0 and rows[0]["open"] == 0 and receipts == 0)
 
 
-async def pending_count(redis_url: str, stream: str, group: str) -> int:
-    """Entries read by `group` and not yet acknowledged; 0 when the group does not exist
-    (after a data loss nothing is pending)."""
-    redis = Redis.from_url(redis_url, socket_timeout=10)
+async def pending_count(redis_url: str, streams: list[str], group: str) -> int:
+    """Entries read by `group` and not yet acknowledged, over `streams`; a stream without the
+    group counts 0 (after a data loss nothing is pending)."""
+    redis = open_redis(redis_url, socket_timeout=10)
+    total = 0
     try:
-        summary: Any = await redis.xpending(stream, group)
-    except ResponseError:
-        return 0
+        for stream in streams:
+            try:
+                summary: Any = await redis.xpending(stream, group)
+            except ResponseError:
+                continue
+            total += int(summary["pending"])
     finally:
         await redis.aclose()
-    return int(summary["pending"])
+    return total
 
 
 async def run_with_faults(load: Awaitable[Any], nemesis: Awaitable[None]) -> Any:

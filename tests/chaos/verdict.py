@@ -32,16 +32,9 @@ from typing import Any, Final
 
 from bench.loadgen import LoadResult
 from bench.stack import git_revision, iso_ms, log_events, nearest_rank
-from redis.asyncio import Redis
 
-from acme_runtime.channels import (
-    DEAD_STREAM,
-    EVENTS_STREAM,
-    NOTIFIER_GROUP,
-    PUBLISHED_PREFIX,
-    RECEIPTS_GROUP,
-    RECEIPTS_STREAM,
-)
+from acme_runtime.channels import NOTIFIER_GROUP, RECEIPTS_GROUP, shards
+from acme_runtime.redis_client import open_redis
 from tests.chaos.client import RetryRun
 from tests.chaos.harness import ChaosSystem, Scale, pending_count
 
@@ -262,39 +255,44 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
-async def _redis_state(url: str) -> tuple[dict[str, list[str]], int, int, int]:
+async def _redis_state(url: str, count: int) -> tuple[dict[str, list[str]], int, int, int]:
     """Dead letters by order id (their reason classes), poison entries, pending events and
-    pending receipts."""
-    redis = Redis.from_url(url, socket_timeout=10)
+    pending receipts, over the `count` shards."""
+    redis = open_redis(url, socket_timeout=10)
+    by_order: dict[str, list[str]] = {}
+    poison = 0
     try:
-        entries: Any = await redis.xrange(DEAD_STREAM, count=_DEAD_SCAN)
-        by_order: dict[str, list[str]] = {}
-        poison = 0
-        for _id, fields in entries:
-            reason_class = _text(fields.get(b"reason_class", b""))
-            order_id = _text(fields.get(b"order_id", b""))
-            if reason_class == "poison":
-                poison += 1
-            if order_id:
-                by_order.setdefault(order_id, []).append(reason_class)
-        return (
-            by_order,
-            poison,
-            await pending_count(url, EVENTS_STREAM, NOTIFIER_GROUP),
-            await pending_count(url, RECEIPTS_STREAM, RECEIPTS_GROUP),
-        )
+        for on in shards(count):
+            entries: Any = await redis.xrange(on.dead, count=_DEAD_SCAN)
+            for _id, fields in entries:
+                reason_class = _text(fields.get(b"reason_class", b""))
+                order_id = _text(fields.get(b"order_id", b""))
+                if reason_class == "poison":
+                    poison += 1
+                if order_id:
+                    by_order.setdefault(order_id, []).append(reason_class)
     finally:
         await redis.aclose()
+    return (
+        by_order,
+        poison,
+        await pending_count(url, [on.events for on in shards(count)], NOTIFIER_GROUP),
+        await pending_count(url, [on.receipts for on in shards(count)], RECEIPTS_GROUP),
+    )
 
 
-async def _redis_leftovers(url: str) -> tuple[int, int]:
-    """(publish-once keys, events stream length) left in Redis."""
-    redis = Redis.from_url(url, socket_timeout=10)
+async def _redis_leftovers(url: str, count: int) -> tuple[int, int]:
+    """(publish-once keys, events streams' length) left in Redis over the `count` shards."""
+    redis = open_redis(url, socket_timeout=10)
+    keys = length = 0
     try:
-        keys = [key async for key in redis.scan_iter(match=f"{PUBLISHED_PREFIX}*", count=1_000)]
-        return len(keys), int(await redis.xlen(EVENTS_STREAM))
+        for on in shards(count):
+            match = f"{on.published_prefix}*"
+            keys += len([key async for key in redis.scan_iter(match=match, count=1_000)])
+            length += int(await redis.xlen(on.events))
     finally:
         await redis.aclose()
+    return keys, length
 
 
 def _windows(system: ChaosSystem) -> list[tuple[float, float]]:
@@ -350,7 +348,9 @@ async def judge(
         " FROM notify.sent_ledger"
     )
     recorded_at = {r["id"]: r["at"] for r in ledger}
-    dead, poison, pending, receipts_pending = await _redis_state(system.stack.redis_url)
+    dead, poison, pending, receipts_pending = await _redis_state(
+        system.stack.redis_url, system.shards
+    )
     orders = {r["id"]: r for r in rows}
     ambiguous = Counter(f["order_id"] for f in system.injected() if f["fault"] == "accept_close")
     windows = _windows(system)
@@ -360,7 +360,9 @@ async def judge(
                 receipts_pending=receipts_pending,
                 faults=_fault_counts(system), waits=waits or {})  # fmt: skip
     v.unknown_orders = len(orders.keys() - intake.accepted.keys())
-    v.published_keys_left, v.events_length = await _redis_leftovers(system.stack.redis_url)
+    v.published_keys_left, v.events_length = await _redis_leftovers(
+        system.stack.redis_url, system.shards
+    )
     v.timeline = [
         f"{e.at - system.started_at:.2f}s {e.kind} {e.target} {e.detail}".rstrip()
         for e in system.timeline
@@ -455,7 +457,7 @@ async def conclude(
         rows = await system.db_fetch("SELECT id::text AS id, customer_email AS email FROM orders")
         no_mail = {r["id"] for r in rows if expect_dead(r["email"]) is not None}
     # Orders already dead-lettered will get no e-mail: waiting for theirs only wastes time.
-    dead, _poison, _events, _receipts = await _redis_state(system.stack.redis_url)
+    dead, _poison, _events, _receipts = await _redis_state(system.stack.redis_url, system.shards)
     no_mail |= dead.keys()
     if confirm_timeout_s is None:
         confirm_timeout_s = scale.confirm_timeout_s

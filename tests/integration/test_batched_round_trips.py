@@ -95,7 +95,7 @@ async def test_acknowledgements_that_finish_together_ack_exactly_their_entries(
     acked = await asyncio.gather(
         *(
             streams.ack_sent(entry_id, {"type": "sent", "entry": entry_id}, emailed=True)
-            for entry_id, _fields, _n in to_ack
+            for entry_id, *_rest in to_ack
         )
     )
     assert acked == [True] * 20
@@ -109,7 +109,7 @@ async def test_acknowledgements_that_finish_together_ack_exactly_their_entries(
     again = await asyncio.gather(
         *(
             streams.ack_sent(entry_id, {"type": "sent"}, emailed=False)
-            for entry_id, _f, _n in to_ack[:5]
+            for entry_id, *_rest in to_ack[:5]
         )
     )
     assert again == [False] * 5

@@ -361,7 +361,7 @@ async def test_departed_consumers_are_pruned_but_never_one_with_pending_entries(
     for _ in range(3):
         await redis.xadd(EVENTS_STREAM, {"v": "1"})
     await Streams(redis, "holds-one").read_new(1, 10)
-    [(done_id, _f, _d)] = await Streams(redis, "left-empty").read_new(1, 10)
+    [(done_id, *_rest)] = await Streams(redis, "left-empty").read_new(1, 10)
     await redis.xack(EVENTS_STREAM, "notifier", done_id)  # its work is finished
     await Streams(redis, "me").read_new(1, 10)
     gone = await prune_consumers(redis, EVENTS_STREAM, "notifier", min_idle_ms=0, keep="me")

@@ -33,7 +33,7 @@ async def add_entry(redis: Redis) -> str:
 async def read_one(streams: Streams) -> str:
     """Reads the next entry as `streams`' consumer; it is then pending (delivered once)."""
     await streams.ensure_group()
-    [(entry_id, _fields, _deliveries)] = await streams.read_new(1, 10)
+    [(entry_id, *_rest)] = await streams.read_new(1, 10)
     return entry_id
 
 
