@@ -54,13 +54,7 @@ import asyncpg
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from acme_runtime.channels import (
-    DEAD_STREAM,
-    EVENTS_STREAM,
-    NOTIFIER_GROUP,
-    RECEIPTS_GROUP,
-    RECEIPTS_STREAM,
-)
+from acme_runtime.channels import NOTIFIER_GROUP, RECEIPTS_GROUP, Shard, shard
 from bench.cpu import CpuSnapshot, cpu_table, format_cpu_table
 from bench.loadgen import (
     DEFAULT_CONNECTIONS,
@@ -171,8 +165,9 @@ async def _measure(stack: Stack, args: argparse.Namespace, received_path: Path) 
         mail.poll()
     redis = Redis.from_url(stack.redis_url, socket_timeout=5)
     try:
-        stream = await scan_stream(redis, wanted, timeout_s=5.0)
-        redis_now = await redis_state(redis)
+        on = stack.stream_shards()
+        stream = await scan_stream(redis, wanted, timeout_s=5.0, on=on)
+        redis_now = await redis_state(redis, on)
     finally:
         await redis.aclose()
     database = await database_state(stack.database_url)
@@ -211,17 +206,20 @@ async def database_state(database_url: str) -> dict[str, Any]:
         await conn.close()
 
 
-async def redis_state(redis: Redis) -> dict[str, Any]:
-    """Pending entries of both consumer groups and the dead-letter stream (whole run)."""
-    state: dict[str, Any] = {}
+async def redis_state(redis: Redis, on: Sequence[Shard] = (shard(0),)) -> dict[str, Any]:
+    """Pending entries of both consumer groups and the dead-letter streams (whole run),
+    summed over the shards `on` (`Stack.stream_shards()`)."""
+    names = ("events_pending", "events_length", "dead_length", "receipts_length")
+    state: dict[str, Any] = dict.fromkeys((*names, "receipts_pending"), 0)
     try:
-        events: Any = await redis.xpending(EVENTS_STREAM, NOTIFIER_GROUP)
-        state["events_pending"] = int(events["pending"])
-        state["events_length"] = int(await redis.xlen(EVENTS_STREAM))
-        state["dead_length"] = int(await redis.xlen(DEAD_STREAM))
-        state["receipts_length"] = int(await redis.xlen(RECEIPTS_STREAM))
-        receipts: Any = await redis.xpending(RECEIPTS_STREAM, RECEIPTS_GROUP)
-        state["receipts_pending"] = int(receipts["pending"])
+        for s in on:
+            events: Any = await redis.xpending(s.events, NOTIFIER_GROUP)
+            state["events_pending"] += int(events["pending"])
+            state["events_length"] += int(await redis.xlen(s.events))
+            state["dead_length"] += int(await redis.xlen(s.dead))
+            state["receipts_length"] += int(await redis.xlen(s.receipts))
+            receipts: Any = await redis.xpending(s.receipts, RECEIPTS_GROUP)
+            state["receipts_pending"] += int(receipts["pending"])
     except (RedisError, OSError) as exc:
         state["error"] = repr(exc)
     return state

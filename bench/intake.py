@@ -42,7 +42,7 @@ from typing import Any, Final
 import asyncpg
 from redis.asyncio import Redis
 
-from acme_runtime.channels import EVENTS_STREAM
+from acme_runtime.channels import Shard
 from bench.cpu import CpuSnapshot, cpu_table, format_cpu_table
 from bench.loadgen import (
     DEFAULT_CONNECTIONS,
@@ -88,10 +88,13 @@ class _StreamCheck:
     published_after_1s: int
 
 
-async def _check_stream(redis: Redis, result: LoadResult, timeout_s: float) -> _StreamCheck:
-    """Wait until every accepted order's event is on the stream (or the timeout passes)."""
+async def _check_stream(
+    redis: Redis, result: LoadResult, timeout_s: float, on: Sequence[Shard]
+) -> _StreamCheck:
+    """Wait until every accepted order's event is on the stream of one of the shards `on`
+    (or the timeout passes)."""
     wanted = {r.order_id: r.created_at for r in result.ok_records if r.order_id}
-    scan = await scan_stream(redis, set(wanted), timeout_s)
+    scan = await scan_stream(redis, set(wanted), timeout_s, on)
     first_seen_ms, counts = scan.first_seen_ms, scan.counts
     found = [o for o in wanted if o in first_seen_ms]
     lags = sorted(
@@ -199,7 +202,7 @@ async def _measure(stack: Stack, args: argparse.Namespace) -> _Measurement:
     after = stack.snapshot(roots)
     redis = Redis.from_url(stack.redis_url, socket_timeout=5)
     try:
-        stream = await _check_stream(redis, load, args.stream_timeout_s)
+        stream = await _check_stream(redis, load, args.stream_timeout_s, stack.stream_shards())
     finally:
         await redis.aclose()
     database = await _database_counts(stack.database_url)
@@ -237,7 +240,7 @@ def _format(report: dict[str, Any], m: _Measurement, result_path: Path) -> str:
     s = m.stream
     verdict = "OK" if s.missing == 0 else f"MISSING {s.missing}"
     lines.append(
-        f"stream    {verdict}: {s.found}/{s.accepted} accepted orders on {EVENTS_STREAM} "
+        f"stream    {verdict}: {s.found}/{s.accepted} accepted orders on the events stream "
         f"(checked for {s.waited_s:.1f} s); duplicates {s.duplicates}; publish lag p50 "
         f"{s.publish_lag_ms['p50']:.0f} ms, p99 {s.publish_lag_ms['p99']:.0f} ms, max "
         f"{s.publish_lag_ms['max']:.0f} ms; {s.published_after_1s} published > 1 s after commit"

@@ -53,7 +53,7 @@ from acme_orders.domain import OrderDraft
 from acme_orders.events import build_envelope, encode_envelope
 from acme_orders.publisher import publish_batch
 from acme_orders.store import OutboxEvent
-from acme_runtime.channels import EVENTS_STREAM
+from acme_runtime.channels import shards as shards_of
 from acme_runtime.ids import uuid7
 from bench.cpu import CpuSnapshot, cpu_table, format_cpu_table
 from bench.loadgen import install_uvloop, order_body
@@ -117,16 +117,22 @@ def synthetic_events(count: int) -> list[OutboxEvent]:
     return events
 
 
-async def preload(redis_url: str, events: list[OutboxEvent], batch: int) -> dict[str, Any]:
+async def preload(
+    redis_url: str, events: list[OutboxEvent], batch: int, shards: int = 1
+) -> dict[str, Any]:
+    """Publishes the events as the order service does (each to its order's shard of
+    `shards`); checks the events streams hold them all."""
     redis = Redis.from_url(redis_url, socket_timeout=30)
     try:
         start = time.perf_counter()
         added = 0
         for offset in range(0, len(events), batch):
-            results = await publish_batch(redis, events[offset : offset + batch], _DEDUPE_TTL_S)
+            results = await publish_batch(
+                redis, events[offset : offset + batch], _DEDUPE_TTL_S, shards=shards
+            )
             added += sum(1 for result in results if result.added)
         elapsed_s = time.perf_counter() - start
-        length = int(await redis.xlen(EVENTS_STREAM))
+        length = sum([int(await redis.xlen(on.events)) for on in shards_of(shards)])
     finally:
         await redis.aclose()
     if added != len(events) or length != len(events):
@@ -160,7 +166,7 @@ async def _run(stack: Stack, args: argparse.Namespace, received: Path) -> _Run:
     print(f"building and publishing {args.events} events ...", flush=True)
     events = synthetic_events(args.events)
     wanted = {str(e.order_id) for e in events}
-    loaded = await preload(stack.redis_url, events, args.batch)
+    loaded = await preload(stack.redis_url, events, args.batch, len(stack.stream_shards()))
     del events
     print(f"pre-loaded in {loaded['seconds']:.1f} s; starting one notifier "
           f"(concurrency {args.concurrency}, pool {args.pool_size}) ...", flush=True)  # fmt: skip

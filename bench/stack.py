@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis, free_port
 from acme_cli.migrations import migrate
 from acme_cli.processes import Child, ProcessSupervisor, acme_argv, log_tail
 from acme_orders.api_keys import issue_key
-from acme_runtime.channels import EVENTS_STREAM
+from acme_runtime.channels import Shard, shard, shards
 from bench import cpu
 from bench.loadgen import http_get_status
 
@@ -151,6 +151,11 @@ class Stack:
             env["ACME_HTTP_HOST"] = HOST
             env["ACME_HTTP_PORT"] = str(self.http_port)
         return {**env, **(extra or {})}
+
+    def stream_shards(self) -> tuple[Shard, ...]:
+        """The shards the services run with: ACME_STREAM_SHARDS of their environment (the
+        bench's own, passed on), 1 when unset."""
+        return shards(int(self.env().get("ACME_STREAM_SHARDS") or 1))
 
     def start_acme_sink(self) -> None:
         """`acme smtp-sink`, storing every message as an .eml file (as `acme up` does)."""
@@ -403,26 +408,31 @@ def iso_ms(text: str) -> float:
     return datetime.fromisoformat(text).timestamp() * 1000
 
 
-async def scan_stream(redis: Redis, wanted: set[str], timeout_s: float) -> StreamScan:
-    """Read the events stream until every wanted order id is on it (or the timeout passes)."""
+async def scan_stream(
+    redis: Redis, wanted: set[str], timeout_s: float, on: Sequence[Shard] = (shard(0),)
+) -> StreamScan:
+    """Read the events streams of the shards `on` until every wanted order id is on one (or
+    the timeout passes)."""
     first_seen_ms: dict[str, int] = {}
     counts: dict[str, int] = {}
     entries = 0
     start = time.monotonic()
-    cursor = "-"
+    cursors = {s.events: "-" for s in on}
     max_pages = max(10, 4 * (len(wanted) // _STREAM_PAGE + 1))
     # Bounded twice: by the timeout and by pages read per poll.
     while True:
-        for _ in range(max_pages):
-            page = await redis.xrange(EVENTS_STREAM, min=cursor, max="+", count=_STREAM_PAGE)
-            if not page:
-                break
-            for entry_id, fields in page:
-                entries += 1
-                order_id = _text((fields or {}).get(b"order_id", b""))
-                counts[order_id] = counts.get(order_id, 0) + 1
-                first_seen_ms.setdefault(order_id, _entry_ms(_text(entry_id)))
-            cursor = "(" + _text(page[-1][0])
+        for stream, cursor in list(cursors.items()):
+            for _ in range(max_pages):
+                page = await redis.xrange(stream, min=cursor, max="+", count=_STREAM_PAGE)
+                if not page:
+                    break
+                for entry_id, fields in page:
+                    entries += 1
+                    order_id = _text((fields or {}).get(b"order_id", b""))
+                    counts[order_id] = counts.get(order_id, 0) + 1
+                    first_seen_ms.setdefault(order_id, _entry_ms(_text(entry_id)))
+                cursor = "(" + _text(page[-1][0])
+            cursors[stream] = cursor
         if all(o in first_seen_ms for o in wanted) or time.monotonic() - start > timeout_s:
             break
         await asyncio.sleep(_STREAM_POLL_S)

@@ -8,13 +8,14 @@ position); `per_order` turns two snapshots into bytes per order. The storage sce
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from typing import Any, Final
 
 import asyncpg
 from redis.asyncio import Redis
 
-from acme_runtime.channels import PUBLISHED_PREFIX
+from acme_runtime.channels import GLOBAL_TAG, PUBLISHED_PREFIX
 
 __all__ = ["TABLES", "per_order", "storage_sample"]
 
@@ -27,6 +28,10 @@ TABLES: Final = (
     "idempotency_keys",
     "notify.sent_ledger",
     "notify.dead_letters",
+)
+#: A publish-once key of any shard: `{acme}:published:<id>` (shard 0), `{acme:3}:published:…`.
+_PUBLISHED: Final = re.compile(
+    rb"\{acme(?::\d+)?\}" + re.escape(PUBLISHED_PREFIX.removeprefix(GLOBAL_TAG).encode())
 )
 _SCAN_COUNT: Final = 1_000
 #: A bound on the keys looked at per sample, so a runaway keyspace cannot stall the bench.
@@ -49,7 +54,6 @@ async def _redis_sample(redis: Redis) -> dict[str, Any]:
     types: Counter[str] = Counter()
     streams: dict[str, int] = {}
     published = 0
-    prefix = PUBLISHED_PREFIX.encode()
     seen = 0
     cursor: Any = 0
     while True:
@@ -62,7 +66,8 @@ async def _redis_sample(redis: Redis) -> dict[str, Any]:
             for key, kind in zip(keys, kinds, strict=True):
                 name = kind.decode() if isinstance(kind, bytes) else str(kind)
                 types[name] += 1
-                published += key.startswith(prefix)
+                raw = key if isinstance(key, bytes) else key.encode()
+                published += _PUBLISHED.match(raw) is not None
                 if name == "stream":
                     streams[key.decode()] = int(await redis.xlen(key))
         seen += len(keys)

@@ -66,7 +66,7 @@ async def constant(
         end_unix = time.time()
         await asyncio.sleep(2.0)  # late duplicates; one more monitor sample
         run.mail.poll()
-        report["redis"] = await redis_state(run.redis)
+        report["redis"] = await redis_state(run.redis, stack.stream_shards())
         report["api_gc"] = await gc_pauses_of(stack.metrics_port("api"))
     finally:
         await run.close()

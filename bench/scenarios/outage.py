@@ -70,7 +70,7 @@ async def outage(
         end_unix = time.time()
         await asyncio.sleep(2.0)
         run.mail.poll()
-        report["redis"] = await redis_state(run.redis)
+        report["redis"] = await redis_state(run.redis, stack.stream_shards())
     finally:
         await run.close()
     report["database"] = await database_state(stack.database_url)

@@ -28,9 +28,9 @@ from acme_orders.telemetry import OrdersMetrics
 ROOT: Final = Path(__file__).resolve().parents[2]
 K8S: Final = ROOT / "k8s"
 #: Every overlay a user may apply; each must render and validate.
-OVERLAYS: Final = ("dev", "prod", "prod-keda")
+OVERLAYS: Final = ("dev", "prod", "prod-keda", "prod-cluster")
 #: Overlays whose notifier is autoscaled (an HPA or a KEDA ScaledObject).
-AUTOSCALED_OVERLAYS: Final = ("prod", "prod-keda")
+AUTOSCALED_OVERLAYS: Final = ("prod", "prod-keda", "prod-cluster")
 
 Obj = dict[str, Any]
 
@@ -142,10 +142,37 @@ def container_env(
     return env
 
 
-def example_secrets() -> dict[str, dict[str, str]]:
-    """The example Secrets (one per workload): name -> stringData."""
+def example_secrets(overlay: str | None = None) -> dict[str, dict[str, str]]:
+    """The example Secrets (one per workload): name -> stringData. An overlay's own
+    secret.example.yaml (k8s/overlays/prod-cluster: the Redis Cluster URLs) replaces the keys it
+    names, Secret by Secret."""
     documents = yaml.safe_load_all((K8S / "base" / "secret.example.yaml").read_text())
-    return {doc["metadata"]["name"]: doc["stringData"] for doc in documents if doc}
+    secrets = {doc["metadata"]["name"]: dict(doc["stringData"]) for doc in documents if doc}
+    own = K8S / "overlays" / overlay / "secret.example.yaml" if overlay else None
+    if own is not None and own.exists():
+        for doc in yaml.safe_load_all(own.read_text()):
+            if doc:
+                secrets.setdefault(doc["metadata"]["name"], {}).update(doc["stringData"])
+    return secrets
+
+
+# ---- event shards ------------------------------------------------------------------------------
+
+
+def shard_events_stream(index: int) -> str:
+    """The events stream of shard `index`, by the product's naming rule spelled out: shard 0
+    keeps the one-shard name `{acme}:events`, shard i >= 1 is `{acme:i}:events` (each shard's
+    keys under a hash tag of their own, so shards spread over a Redis Cluster's nodes)."""
+    # TODO(lead): once acme_runtime.channels settles, switch to the product's own function,
+    # `acme_runtime.channels.shard(index).events`, and keep one literal case in the tests.
+    return "{acme}:events" if index == 0 else f"{{acme:{index}}}:events"
+
+
+def shards_read(config: dict[str, str]) -> int:
+    """How many shards the notifier reads with this ConfigMap data: ACME_STREAM_SHARDS (default
+    1), or ACME_STREAM_SHARDS_READ while shrinking, when that is larger."""
+    shards = int(config.get("ACME_STREAM_SHARDS", "1"))
+    return max(shards, int(config.get("ACME_STREAM_SHARDS_READ", "0")))
 
 
 # ---- what the code declares -------------------------------------------------------------------

@@ -7,12 +7,13 @@ autoscaled Deployments leave `replicas` to their autoscaler, every pod is locked
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from urllib.parse import urlsplit
 
 import pytest
 
 from acme_cli.acl.pg_roles import ROLES
-from acme_cli.acl.redis_users import USERS
+from acme_cli.acl.redis_users import USERS, acl_rules
 from acme_notify.settings import NotifySettings
 from acme_orders.settings import OrdersSettings
 from acme_runtime.metrics_http import ROUTES
@@ -159,11 +160,12 @@ def test_every_env_var_is_one_the_code_reads(rendered: dict[str, list[Obj]], ove
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_each_process_parses_its_environment(rendered: dict[str, list[Obj]], overlay: str) -> None:
-    """The settings of every pod load from the rendered env: types, ranges and URL schemes hold."""
+    """The settings of every pod load from the rendered env: types, ranges and URL schemes hold
+    (prod-cluster: `rediss+cluster://` seed lists and ACME_STREAM_SHARDS=8 included)."""
     objs = rendered[overlay]
     for workload in workloads(objs):
         (container,) = containers(workload)
-        env = container_env(objs, container, _secret())
+        env = container_env(objs, container, example_secrets(overlay))
         command = container["args"][0]
         if command in ("api", "relay"):
             settings = OrdersSettings.from_env(env)
@@ -212,12 +214,35 @@ def test_each_example_secret_carries_its_own_service_credential() -> None:
     assert {r.name for r in ROLES} == {p for _, p in expected.values()}
 
 
+@pytest.mark.parametrize("overlay", ["prod-keda", "prod-cluster"])
+def test_the_scalers_redis_user_may_read_every_stream_its_triggers_name(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
+    """KEDA logs in as acme-scaler (`acme setup-acl`): its key patterns cover every stream a
+    trigger names, it may run XINFO GROUPS (lagCount), and, on a Redis Cluster, CLUSTER SLOTS
+    (go-redis, inside KEDA, loads the slot map with it before its first command)."""
+    (scaler,) = [user for user in USERS if user.name == "acme-scaler"]
+    triggers = [
+        t for s in of_kind(rendered[overlay], "ScaledObject") for t in s["spec"]["triggers"]
+    ]
+    streams = {t["metadata"]["stream"] for t in triggers}
+    assert streams
+    denied = {s for s in streams if not any(fnmatchcase(s, key) for key in scaler.keys)}
+    assert not denied, sorted(denied)
+    cluster = any(t["type"] == "redis-cluster-streams" for t in triggers)
+    # What `acme setup-acl` grants it, on a cluster with the cluster client's introspection.
+    granted = {rule[1:] for rule in acl_rules(scaler, "x" * 16, cluster=cluster) if rule[0] == "+"}
+    needed = {"xinfo|groups", *(["cluster|slots"] if cluster else [])}
+    assert needed <= granted, sorted(needed - granted)
+
+
 def test_notifier_drains_inside_the_grace_period(rendered: dict[str, list[Obj]]) -> None:
     """SMTP timeout < ACME_NOTIFY_GRACE_S < terminationGracePeriodSeconds: no send is killed."""
-    for objs in rendered.values():
+    for overlay, objs in rendered.items():
         deployment = named(objs, "Deployment", "acme-notifier")
         (container,) = containers(deployment)
-        settings = NotifySettings.from_env(container_env(objs, container, _secret()))
+        env = container_env(objs, container, example_secrets(overlay))
+        settings = NotifySettings.from_env(env)
         grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
         assert settings.smtp_timeout_s < settings.grace_s < grace
         assert "lifecycle" not in container  # a preStop delay would eat into the drain
@@ -252,7 +277,8 @@ def test_autoscaled_deployments_leave_replicas_to_the_autoscaler(
 def test_notifier_has_exactly_one_autoscaler_with_two_replicas_minimum(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
-    """prod uses the prometheus-adapter HPA, prod-keda the ScaledObject; either keeps >= 2 pods."""
+    """prod uses the prometheus-adapter HPA, prod-keda and prod-cluster a ScaledObject; each
+    keeps >= 2 pods."""
     objs = rendered[overlay]
     hpas = [
         h
@@ -278,9 +304,10 @@ def test_autoscalers_scale_up_fast_and_down_slowly(rendered: dict[str, list[Obj]
     ]
     behaviours += [
         s["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-        for s in of_kind(rendered["prod-keda"], "ScaledObject")
+        for objs in rendered.values()
+        for s in of_kind(objs, "ScaledObject")
     ]
-    assert len(behaviours) >= 4
+    assert len(behaviours) >= 6
     for behaviour in behaviours:
         assert behaviour["scaleUp"]["stabilizationWindowSeconds"] == 0
         assert behaviour["scaleDown"]["stabilizationWindowSeconds"] >= 300

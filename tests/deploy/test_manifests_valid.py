@@ -14,6 +14,7 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -27,6 +28,7 @@ from tests.deploy.manifests import (
     OVERLAYS,
     ROOT,
     Obj,
+    config_map_data,
     containers,
     example_secrets,
     named,
@@ -34,6 +36,8 @@ from tests.deploy.manifests import (
     pod_labels,
     render,
     selects,
+    shard_events_stream,
+    shards_read,
 )
 
 #: The oldest Kubernetes the manifests support (matchLabelKeys, unhealthyPodEvictionPolicy) and
@@ -184,9 +188,115 @@ def test_keda_scaled_object_is_well_formed(rendered: dict[str, list[Obj]]) -> No
     assert spec["fallback"]["replicas"] >= spec["minReplicaCount"]
 
 
-def test_keda_behavior_is_a_valid_hpa_behavior(rendered: dict[str, list[Obj]]) -> None:
+REDIS_CLUSTER_STREAMS_KEYS = {
+    "addresses",
+    "hosts",
+    "ports",
+    "usernameFromEnv",
+    "passwordFromEnv",
+    "stream",
+    "consumerGroup",
+    "pendingEntriesCount",
+    "streamLength",
+    "lagCount",
+    "activationLagCount",
+    "enableTLS",
+    "unsafeSsl",
+}
+SCALING_MODIFIERS_KEYS = {"formula", "target", "activationTarget", "metricType"}
+FALLBACK_BEHAVIORS = {
+    "static",
+    "currentReplicas",
+    "currentReplicasIfHigher",
+    "currentReplicasIfLower",
+}
+#: Names KEDA's formula language (expr) accepts as variables; fixed width, so that no trigger's
+#: name is a prefix of another's (older KEDA pairs metrics with trigger names by prefix).
+_SHARD_TRIGGER = re.compile(r"shard_\d{3}")
+
+
+def _cluster_scaled_object(objs: list[Obj]) -> Obj:
+    (scaled,) = of_kind(objs, "ScaledObject")
+    return scaled
+
+
+def test_keda_cluster_scaled_object_is_well_formed(rendered: dict[str, list[Obj]]) -> None:
+    """prod-cluster's ScaledObject: redis-cluster-streams triggers with documented string
+    metadata, the real group, the overlay's seed nodes, KEDA's read-only user; a formula over
+    named triggers against an AverageValue target, so that the fallback applies to it."""
+    objs = rendered["prod-cluster"]
+    scaled = _cluster_scaled_object(objs)
+    spec = scaled["spec"]
+    assert set(spec) <= SCALED_OBJECT_SPEC_KEYS
+    assert named(objs, "Deployment", spec["scaleTargetRef"]["name"])
+    modifiers = spec["advanced"]["scalingModifiers"]
+    assert set(modifiers) <= SCALING_MODIFIERS_KEYS
+    assert all(isinstance(value, str) for value in modifiers.values())
+    assert modifiers["metricType"] == "AverageValue"  # KEDA's fallback needs it on the formula
+    target = int(modifiers["target"])  # KEDA parses the target as an integer for the fallback
+    assert target > 0
+    secrets = example_secrets("prod-cluster")
+    addresses = set()
+    for trigger in spec["triggers"]:
+        assert set(trigger) <= TRIGGER_KEYS
+        assert trigger["type"] == "redis-cluster-streams"
+        assert _SHARD_TRIGGER.fullmatch(trigger["name"]), trigger["name"]
+        metadata = trigger["metadata"]
+        assert set(metadata) <= REDIS_CLUSTER_STREAMS_KEYS
+        assert all(isinstance(value, str) for value in metadata.values())
+        assert metadata["consumerGroup"] == NOTIFIER_GROUP
+        assert "lagCount" in metadata and "pendingEntriesCount" not in metadata
+        # The formula's target also scales the fallback; older KEDA releases take a trigger's.
+        assert int(metadata["lagCount"]) == target
+        addresses.add(metadata["addresses"])
+        auth = named(objs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+        for ref in auth["spec"]["secretTargetRef"]:
+            assert ref["parameter"] in {"username", "password"}
+            assert ref["name"] == "acme-scaler"
+            assert ref["key"] in secrets[ref["name"]]
+    (seeds,) = addresses  # one cluster: every trigger has the same seed nodes
+    assert re.fullmatch(r"[a-z0-9.-]+:\d+(,[a-z0-9.-]+:\d+)*", seeds), seeds
+    assert ".invalid:" not in seeds, "the overlay must set the real seed nodes"
+    # The same cluster the workloads' Redis URLs name.
+    notifier_url = urlsplit(secrets["acme-notifier"]["redis-url"])
+    assert notifier_url.scheme.endswith("+cluster")
+    assert notifier_url.netloc.rpartition("@")[2] == seeds
+    assert spec["minReplicaCount"] >= 2
+    assert spec["fallback"]["replicas"] >= spec["minReplicaCount"]
+    assert spec["fallback"].get("behavior", "static") in FALLBACK_BEHAVIORS
+
+
+def test_keda_cluster_triggers_follow_the_shard_naming_rule(rendered: dict[str, list[Obj]]) -> None:
+    """One trigger per shard the notifier reads (ACME_STREAM_SHARDS of the overlay's ConfigMap),
+    in order: shard 0 on `{acme}:events`, shard i on `{acme:i}:events`; and the formula is the
+    sum of exactly those triggers. A shard left out would not count towards scaling; a shard too
+    many names a stream nobody creates (kedacore/keda#7447: the scaler then fails)."""
+    objs = rendered["prod-cluster"]
+    shards = shards_read(config_map_data(objs))
+    assert shards == 8
+    triggers = _cluster_scaled_object(objs)["spec"]["triggers"]
+    assert [t["metadata"]["stream"] for t in triggers] == [
+        shard_events_stream(i) for i in range(shards)
+    ]
+    # The rule itself, literally (shard_events_stream is spelled after the product's rule).
+    assert [t["metadata"]["stream"] for t in triggers[:3]] == [
+        "{acme}:events",
+        "{acme:1}:events",
+        "{acme:2}:events",
+    ]
+    assert triggers[0]["metadata"]["stream"] == EVENTS_STREAM  # shard 0 keeps today's name
+    assert [t["name"] for t in triggers] == [f"shard_{i:03d}" for i in range(shards)]
+    formula = _cluster_scaled_object(objs)["spec"]["advanced"]["scalingModifiers"]["formula"]
+    terms = [term.strip() for term in formula.split("+")]
+    assert sorted(terms) == sorted(t["name"] for t in triggers), formula
+
+
+@pytest.mark.parametrize("overlay", ["prod-keda", "prod-cluster"])
+def test_keda_behavior_is_a_valid_hpa_behavior(
+    rendered: dict[str, list[Obj]], overlay: str
+) -> None:
     """KEDA copies `advanced...behavior` into its HPA: it must pass the HPA schema strictly."""
-    (scaled,) = of_kind(rendered["prod-keda"], "ScaledObject")
+    (scaled,) = of_kind(rendered[overlay], "ScaledObject")
     hpa = {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",

@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from acme_notify import probe
 from acme_notify.telemetry import NotifyMetrics
+from acme_runtime import channels
 from acme_runtime.channels import EVENTS_STREAM, NOTIFIER_GROUP
 from tests.deploy.manifests import (
     EXTERNAL_SERIES,
@@ -166,7 +167,8 @@ def test_promtool_accepts_the_rules(tmp_path: Path, promtool: str) -> None:
 
 
 def test_adapter_rules_expose_code_metrics_with_max_for_the_lag() -> None:
-    """Each external rule reads a series the code exports; the lag is max()ed, never summed."""
+    """Each external rule reads a series the code exports; the lag is max()ed across pods per
+    stream, then summed over the streams (the shards): never summed across pods."""
     known = code_series_names()
     rules = {rule["name"]["as"]: rule for rule in _adapter_rules()}
     for exposed, rule in rules.items():
@@ -175,8 +177,87 @@ def test_adapter_rules_expose_code_metrics_with_max_for_the_lag() -> None:
         assert re.fullmatch(rule["name"]["matches"], series), exposed
         assert "<<.Series>>{<<.LabelMatchers>>" in rule["metricsQuery"], exposed
         assert rule["resources"]["overrides"]["namespace"]["resource"] == "namespace"
-    lag = rules["acme_stream_lag_entries"]["metricsQuery"]
-    assert lag.startswith("max(") and "sum(" not in lag
+    lag = " ".join(rules["acme_stream_lag_entries"]["metricsQuery"].split())
+    outer, _, inner = lag.partition("(max by (stream")
+    assert outer.startswith("sum") and inner, lag
+    assert "sum" not in inner, "summed across pods: grows with the replica count"
+
+
+def _adapter_query(rule: Obj, namespace: str = "acme") -> str:
+    """The PromQL prometheus-adapter sends for the HPA's selector `group=notifier`."""
+    matchers = f'namespace="{namespace}",group="{NOTIFIER_GROUP}"'
+    query: str = rule["metricsQuery"]
+    return query.replace("<<.Series>>", "acme_stream_lag_entries").replace(
+        "<<.LabelMatchers>>", matchers
+    )
+
+
+def _lag_series(pods: int, lags: dict[str, float], namespace: str = "acme") -> list[Obj]:
+    """promtool input: every pod reports the same value for each stream, as the probe does."""
+    return [
+        {
+            "series": f'acme_stream_lag_entries{{namespace="{namespace}",pod="acme-notifier-{pod}",'
+            f'stream="{stream}",group="{NOTIFIER_GROUP}"}}',
+            "values": f"{value:g}x10",
+        }
+        for pod in range(pods)
+        for stream, value in lags.items()
+    ]
+
+
+#: shard i's events stream: `{acme}:events` for shard 0, `{acme:i}:events` after.
+_EIGHT = {
+    ("{acme}:events" if i == 0 else f"{{acme:{i}}}:events"): 1000.0 * (i + 1) for i in range(8)
+}
+
+
+def test_adapter_lag_query_sums_the_shards_once_whatever_the_replica_count(
+    tmp_path: Path, promtool: str
+) -> None:
+    """promtool evaluates the adapter's lag query on series shaped like the probe's: 3 pods x 8
+    shards is the sum of the 8 shards (36,000), not 3 times it; a rollout where a new pod reports
+    fewer shards changes nothing; another namespace is not counted; with one shard the query
+    gives what the max() by group of one stream always gave."""
+    (rule,) = [r for r in _adapter_rules() if r["name"]["as"] == "acme_stream_lag_entries"]
+    query = _adapter_query(rule)
+    one_shard_before = (
+        f'max(acme_stream_lag_entries{{namespace="acme",group="{NOTIFIER_GROUP}"}}) by (group)'
+    )
+    group = f'{{group="{NOTIFIER_GROUP}"}}'
+
+    def case(series: list[Obj], value: float, *exprs: str) -> Obj:
+        """promtool's test group: each expression must give the one sample {group} = value."""
+        sample = {"labels": group, "value": value}
+        return {
+            "interval": "1m",
+            "input_series": series,
+            "promql_expr_test": [
+                {"expr": expr, "eval_time": "5m", "exp_samples": [sample]}
+                for expr in exprs or (query,)
+            ],
+        }
+
+    # Mid-rollout: two pods read 8 shards, a third (its settings not yet updated) only 4.
+    first_four = dict(list(_EIGHT.items())[:4])
+    rollout = _lag_series(2, _EIGHT) + [
+        {**s, "series": s["series"].replace("acme-notifier-0", "acme-notifier-new")}
+        for s in _lag_series(1, first_four)
+    ]
+    tests = [
+        case(_lag_series(3, {"{acme}:events": 7000.0}), 7000.0, query, one_shard_before),
+        case(_lag_series(3, _EIGHT) + _lag_series(2, _EIGHT, "acme-dev"), 36000.0),
+        case(rollout, 36000.0),
+        case(
+            _lag_series(4, {name: (9000.0 if i == 0 else 0.0) for i, name in enumerate(_EIGHT)}),
+            9000.0,
+        ),
+    ]
+    spec = tmp_path / "adapter-test.yaml"
+    spec.write_text(yaml.safe_dump({"rule_files": [], "evaluation_interval": "1m", "tests": tests}))
+    out = subprocess.run(
+        [promtool, "test", "rules", str(spec)], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_hpa_external_metrics_are_served_by_adapter_rules(rendered: dict[str, list[Obj]]) -> None:
@@ -189,14 +270,22 @@ def test_hpa_external_metrics_are_served_by_adapter_rules(rendered: dict[str, li
     assert lag["selector"]["matchLabels"] == {"group": NOTIFIER_GROUP}
 
 
-def test_lag_gauge_carries_the_labels_the_hpa_selects(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The real stream probe exports acme_stream_lag_entries{stream, group="notifier"}."""
+@pytest.mark.parametrize("shard_count", [1, 3])
+def test_lag_gauge_carries_the_labels_the_hpa_selects(
+    monkeypatch: pytest.MonkeyPatch, shard_count: int
+) -> None:
+    """The real stream probe exports acme_stream_lag_entries{stream, group="notifier"}: one
+    series per shard it reads, labelled with that shard's events stream (the adapter sums them)."""
 
-    async def measured(_redis: Any, group: str = NOTIFIER_GROUP) -> probe.StreamState:
+    async def measured(_redis: Any, *args: Any, **kwargs: Any) -> probe.StreamState:
+        # Whichever way the probe passes the shard (positionally or by keyword), it is the
+        # argument with an events stream; none: the one-shard probe of before.
+        on = next((a for a in (*args, *kwargs.values()) if hasattr(a, "events")), None)
+        index = 0 if on is None else int(on.index)
         return probe.StreamState(
             length=10.0,
             dead=0.0,
-            lag=7.0,
+            lag=7.0 + index,
             lag_capped=0.0,
             pending=3.0,
             oldest_pending_age_s=1.5,
@@ -206,13 +295,27 @@ def test_lag_gauge_carries_the_labels_the_hpa_selects(monkeypatch: pytest.Monkey
     monkeypatch.setattr(probe, "measure_stream", measured)
     metrics = NotifyMetrics()
     no_redis: Any = None  # measure_stream is replaced: Redis is never touched
-    asyncio.run(probe.StreamProbe(no_redis, metrics, interval_s=1.0)._probe())
+    if shard_count == 1:
+        stream_probe = probe.StreamProbe(no_redis, metrics, interval_s=1.0)
+    else:
+        stream_probe = probe.StreamProbe(
+            no_redis, metrics, interval_s=1.0, shards=channels.shards(shard_count)
+        )
+    asyncio.run(stream_probe._probe())
     exposition = generate_latest(metrics.registry).decode()
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(exposition)
         for s in family.samples
     }
+    lags = {
+        dict(labels)["stream"]: value
+        for (name, labels), value in samples.items()
+        if name == "acme_stream_lag_entries" and dict(labels).get("group") == NOTIFIER_GROUP
+    }
+    # Shard 0 keeps the one-shard name; shard i is {acme:i}:events (the rule, spelled out).
+    expected = {"{acme}:events": 7.0, "{acme:1}:events": 8.0, "{acme:2}:events": 9.0}
+    assert lags == dict(list(expected.items())[:shard_count])
     labels = (("group", NOTIFIER_GROUP), ("stream", EVENTS_STREAM))
     assert samples[("acme_stream_lag_entries", labels)] == 7.0
     assert samples[("acme_stream_oldest_unread_age_seconds", labels)] == 2.5

@@ -23,6 +23,7 @@ CA_FILE = "/etc/acme/tls/ca.crt"
 #: The URL parameters that name a file the client library opens, per scheme.
 FILE_PARAMS = {
     "rediss": ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"),
+    "rediss+cluster": ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"),
     "postgresql": ("sslrootcert", "sslcert", "sslkey"),
     "postgres": ("sslrootcert", "sslcert", "sslkey"),
     "smtp": ("cafile",),
@@ -52,8 +53,9 @@ def _verified(url: str) -> bool:
     params = dict(parse_qsl(parts.query))
     if parts.scheme in POSTGRES_SCHEMES:
         return params.get("sslmode") == "verify-full" and "sslrootcert" in params
-    if parts.scheme in ("redis", "rediss", "unix"):
-        return parts.scheme == "rediss" and params.get("ssl_cert_reqs", "required") == "required"
+    if parts.scheme in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+        tls = parts.scheme in ("rediss", "rediss+cluster")
+        return tls and params.get("ssl_cert_reqs", "required") == "required"
     tls = parts.scheme == "smtps" or params.get("starttls") == "true"
     return tls and params.get("verify", "true") == "true"
 
@@ -63,13 +65,15 @@ def test_every_url_asks_for_verified_tls_with_files_the_pod_mounts(
     rendered: dict[str, list[Obj]], overlay: str
 ) -> None:
     """verify-full, rediss:// and STARTTLS/SMTPS with checks on; each CA or client certificate
-    a URL names is a file the pod mounts read-only, readable by its group alone (0440)."""
+    a URL names is a file the pod mounts read-only, readable by its group alone (0440);
+    prod-cluster's `rediss+cluster://` URLs likewise."""
     objs = rendered[overlay]
     checked = 0
+    schemes = set()
     for workload in workloads(objs):
         name = workload["metadata"]["name"]
         (container,) = containers(workload)
-        env = container_env(objs, container, example_secrets())
+        env = container_env(objs, container, example_secrets(overlay))
         files = _mounted_files(workload, container)
         assert CA_FILE in files, name
         assert set(files.values()) == {0o440}, name
@@ -82,5 +86,7 @@ def test_every_url_asks_for_verified_tls_with_files_the_pod_mounts(
             params = dict(parse_qsl(parts.query))
             named = [params[key] for key in FILE_PARAMS.get(parts.scheme, ()) if key in params]
             assert set(named) <= set(files), f"{name} {var}: {named} not mounted"
+            schemes.add(parts.scheme)
             checked += 1
     assert checked >= 7  # api, relay: 2 each; notifier: 4; migrate: 1
+    assert ("rediss+cluster" in schemes) == (overlay == "prod-cluster"), schemes

@@ -8,15 +8,25 @@ from __future__ import annotations
 
 import hashlib
 import re
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import pytest
 
 from acme_cli.acl.command import read_password
 from acme_cli.acl.pg_roles import ROLES, managed_tables, scram_verifier
-from acme_cli.acl.redis_users import FORBIDDEN, USERS, acl_rules, script_commands
+from acme_cli.acl.redis_users import (
+    FORBIDDEN,
+    SHARD_TAGS,
+    USERS,
+    RedisUser,
+    acl_rules,
+    every_shard,
+    script_commands,
+)
 from acme_notify import keys as notify_keys
-from acme_runtime.channels import HASH_TAG
+from acme_orders.ratelimit import RATE_LIMIT_PREFIX
+from acme_runtime.channels import MAX_SHARDS, Shard, shard
 from acme_runtime.env import EnvReader, SettingsError
 from acme_runtime.lua import lua_dir
 
@@ -77,19 +87,74 @@ def test_no_user_may_run_a_forbidden_command() -> None:
         assert all(re.fullmatch(r"[a-z]+(\|[a-z]+)?", c) for c in user.all_commands())
 
 
-def test_the_notifier_private_keys_are_all_under_its_pattern() -> None:
-    """Every `{acme}:notify:` name of acme_notify.keys is covered by the notifier's pattern and
-    by nobody else's, except the held set, which `acme trace` reads."""
+def _may(user: RedisUser, key: str) -> bool:
+    """Whether one of the user's patterns matches the key (Redis's glob: `*` any run of
+    characters, braces literal; fnmatch's, for patterns with no `[` or `?`)."""
+    assert not any(c in pattern for pattern in user.keys for c in "[?\\"), user.keys
+    return any(fnmatchcase(key, pattern) for pattern in user.keys)
+
+
+def _shard_keys(on: Shard) -> dict[str, str]:
+    """Every key of one shard, by what it is."""
+    return {
+        "events": on.events,
+        "receipts": on.receipts,
+        "dead": on.dead,
+        "audit": on.audit,
+        "published": on.published_key("0190f1c2-7a3e-7c4e-9b1d-2f6a8e4c1d00"),
+        "last_error": on.last_error,
+        "held": on.held,
+        "reaper_lock": on.reaper_lock,
+        "archiver_lock": on.archiver_lock,
+    }
+
+
+#: The keys of each shard each user's code touches; every other shard key is refused it.
+SHARD_KEYS_NEEDED = {
+    "acme-api": {"events", "published"},
+    "acme-relay": {"events", "published", "receipts"},
+    "acme-notifier": {
+        "events", "receipts", "dead", "audit", "last_error", "held", "reaper_lock",
+        "archiver_lock",
+    },
+    "acme-admin": {"events", "receipts", "dead", "audit", "held"},
+    "acme-scaler": {"events"},
+}  # fmt: skip
+
+
+def test_key_patterns_give_each_user_its_keys_on_every_shard_and_no_others() -> None:
+    """On each of the 256 possible shards (shard 0's historical `{acme}` names, `{acme:i}`
+    after), a user's patterns match exactly the shard keys its code touches."""
+    assert set(SHARD_KEYS_NEEDED) == set(USER)
+    for index in range(MAX_SHARDS):
+        for what, key in _shard_keys(shard(index)).items():
+            for name, user in USER.items():
+                assert _may(user, key) == (what in SHARD_KEYS_NEEDED[name]), (name, key)
+
+
+def test_keys_of_no_shard_stay_with_their_one_user() -> None:
+    """The breakers and recipient windows (the global tag) are the notifier's alone, the
+    rate-limit buckets the API's alone."""
     private = [
         value
         for name, value in vars(notify_keys).items()
         if name.isupper() and isinstance(value, str) and ":notify:" in value
     ]
-    assert private
-    assert f"{HASH_TAG}:notify:*" in USER["acme-notifier"].keys
-    for user in USERS:
-        if user.name != "acme-notifier":
-            assert set(user.keys) & set(private) <= {notify_keys.HELD_SET}, user.name
+    assert notify_keys.BREAKER_KEY in private
+    for key in [*private, notify_keys.breaker_key("fallback"), f"{notify_keys.RECIPIENTS_PREFIX}1"]:
+        holders = {name for name, user in USER.items() if _may(user, key)}
+        assert holders <= {"acme-notifier", "acme-admin"} and "acme-notifier" in holders, key
+        assert "acme-admin" not in holders or key == notify_keys.HELD_SET, key
+    bucket = f"{RATE_LIMIT_PREFIX}key:3f9c2a7b1d04"
+    assert {name for name, user in USER.items() if _may(user, bucket)} == {"acme-api"}
+
+
+def test_every_shard_pattern_is_shard_0s_name_with_the_shard_tags() -> None:
+    """`{acme}:events` -> `{acme*}:events`; a name without the tag is refused."""
+    assert SHARD_TAGS == "{acme*}"
+    assert every_shard(shard(0).events) == "{acme*}:events"
+    with pytest.raises(ValueError, match="tag"):
+        every_shard("other:events")
 
 
 def test_acl_rules_reset_the_user_and_carry_only_the_password_hash() -> None:
@@ -98,7 +163,7 @@ def test_acl_rules_reset_the_user_and_carry_only_the_password_hash() -> None:
     assert rules[:2] == ["reset", "on"]
     assert f"#{hashlib.sha256(b'a-secret-password-123').hexdigest()}" in rules
     assert not any("a-secret-password-123" in rule for rule in rules)
-    assert "-@all" in rules and "+xadd" in rules and "~{acme}:events" in rules
+    assert "-@all" in rules and "+xadd" in rules and "~{acme*}:events" in rules
 
 
 def test_every_table_a_migration_creates_is_granted() -> None:

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Final
 
 import asyncpg
-from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -28,6 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from acme_cli.acl.pg_roles import ROLES, RoleError, ensure_roles, grant_privileges
 from acme_cli.acl.redis_users import USERS, apply_users
 from acme_runtime.env import POSTGRES_SCHEMES, REDIS_SCHEMES, EnvReader, SettingsError, redact_url
+from acme_runtime.redis_client import open_redis
 
 __all__ = ["read_password", "run_setup_acl", "setup_acl"]
 
@@ -69,7 +69,7 @@ async def setup_acl(
     """Sets up the servers whose URL is given, printing each step through `out`."""
     if redis_url is not None:
         out(f"redis: {redact_url(redis_url)}")
-        redis = Redis.from_url(redis_url, socket_connect_timeout=10, socket_timeout=30)
+        redis = open_redis(redis_url, socket_connect_timeout=10, socket_timeout=30)
         try:
             for line in await apply_users(redis, redis_passwords):
                 out(line)

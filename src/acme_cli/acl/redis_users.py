@@ -3,8 +3,11 @@
 A user's commands are its direct commands (what its Python calls: XREADGROUP, SET NX, ...)
 plus every command of the Lua scripts it runs, read from the scripts in lua/ themselves: a
 script runs with its caller's permissions, so an ACL that missed one of a script's commands
-would fail that script at its first call in production. Key patterns are the `{acme}:` names
-of acme_runtime.channels and acme_notify.keys.
+would fail that script at its first call in production. Key patterns are the names of
+acme_runtime.channels and acme_notify.keys, for every shard: a shard's keys differ from shard
+0's only by their hash tag (`{acme:3}:events` for `{acme}:events`), so one pattern per name
+with the tag `{acme*}` (`SHARD_TAGS`: braces are literal in ACL globs) covers every shard a
+deployment runs or may grow to, and nothing the name does not.
 
 Redis 6.2 key patterns (`~`) allow reads and writes alike; Redis 7's read-only patterns
 (`%R~`) could narrow the admin's view of the receipts stream further, but 6.2 (the embedded
@@ -24,21 +27,46 @@ from typing import Any, Final
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from acme_notify.keys import AUDIT_STREAM, HELD_SET
 from acme_orders.ratelimit import RATE_LIMIT_PREFIX
-from acme_runtime.channels import (
-    DEAD_STREAM,
-    EVENTS_STREAM,
-    HASH_TAG,
-    PUBLISHED_PREFIX,
-    RECEIPTS_STREAM,
-)
+from acme_runtime.channels import GLOBAL_TAG, shard
 from acme_runtime.lua import load_script
+from acme_runtime.redis_client import is_cluster
 
-__all__ = ["FORBIDDEN", "USERS", "RedisUser", "acl_rules", "apply_users", "script_commands"]
+__all__ = [
+    "CLUSTER_CLIENT",
+    "FORBIDDEN",
+    "SHARD_TAGS",
+    "USERS",
+    "RedisUser",
+    "acl_rules",
+    "apply_users",
+    "every_shard",
+    "script_commands",
+]
 
-#: Every private key of the notifier: last errors, breakers, locks, held set, recipient windows.
-NOTIFY_KEYS: Final = f"{HASH_TAG}:notify:*"
+#: The hash tags of every shard in an ACL glob: `{acme}` (shard 0, and the keys of no shard)
+#: and `{acme:<i>}`.
+SHARD_TAGS: Final = "{acme*}"
+
+
+def every_shard(shard_0_key: str) -> str:
+    """The ACL pattern of one of shard 0's key names on every shard (`{acme}:events` ->
+    `{acme*}:events`)."""
+    if not shard_0_key.startswith(GLOBAL_TAG):
+        raise ValueError(f"{shard_0_key!r} does not carry the tag {GLOBAL_TAG}")
+    return SHARD_TAGS + shard_0_key.removeprefix(GLOBAL_TAG)
+
+
+_SHARD_0 = shard(0)
+EVENTS: Final = every_shard(_SHARD_0.events)
+RECEIPTS: Final = every_shard(_SHARD_0.receipts)
+DEAD: Final = every_shard(_SHARD_0.dead)
+AUDIT: Final = every_shard(_SHARD_0.audit)
+PUBLISHED: Final = every_shard(f"{_SHARD_0.published_prefix}*")
+HELD: Final = every_shard(_SHARD_0.held)
+#: Every private key of the notifier, on every shard (last errors, held sets, locks) and on no
+#: shard (breakers, recipient windows).
+NOTIFY_KEYS: Final = every_shard(f"{GLOBAL_TAG}:notify:*")
 #: What no credential of the system may run, whatever it is for.
 FORBIDDEN: Final = frozenset(
     {"flushall", "flushdb", "config", "keys", "shutdown", "debug", "module", "acl", "monitor"}
@@ -93,7 +121,7 @@ USERS: Final = (
         "acme-api",
         "ACME_ACL_REDIS_API_PASSWORD",
         "publishes events on the fast path; takes from the per-key rate-limit buckets",
-        keys=(EVENTS_STREAM, f"{PUBLISHED_PREFIX}*", f"{RATE_LIMIT_PREFIX}*"),
+        keys=(EVENTS, PUBLISHED, f"{RATE_LIMIT_PREFIX}*"),
         commands=("ping",),
         scripts=("publish_once", "rate_limit"),
     ),
@@ -101,7 +129,7 @@ USERS: Final = (
         "acme-relay",
         "ACME_ACL_REDIS_RELAY_PASSWORD",
         "publishes and re-drives events; reads, acknowledges and deletes receipts",
-        keys=(EVENTS_STREAM, f"{PUBLISHED_PREFIX}*", RECEIPTS_STREAM),
+        keys=(EVENTS, PUBLISHED, RECEIPTS),
         # Receipts: its group, claims, acknowledges, deletes, in one MULTI with the UNLINK of
         # the finished events' publish-once keys.
         commands=_words(
@@ -113,7 +141,7 @@ USERS: Final = (
         "acme-notifier",
         "ACME_ACL_REDIS_NOTIFIER_PASSWORD",
         "reads its group, claims, acknowledges, dead-letters, archives; writes receipts",
-        keys=(EVENTS_STREAM, RECEIPTS_STREAM, DEAD_STREAM, AUDIT_STREAM, NOTIFY_KEYS),
+        keys=(EVENTS, RECEIPTS, DEAD, AUDIT, NOTIFY_KEYS),
         commands=_words(
             "ping xgroup|create xreadgroup xpending xinfo|groups xtrim xlen xrange",
             "set get pttl",  # locks (SET NX PX) and the shared breakers
@@ -129,7 +157,7 @@ USERS: Final = (
         "acme-admin",
         "ACME_ACL_REDIS_ADMIN_PASSWORD",
         "acme dead/stats/trace: reads the streams, replays and purges dead letters",
-        keys=(EVENTS_STREAM, RECEIPTS_STREAM, DEAD_STREAM, AUDIT_STREAM, HELD_SET),
+        keys=(EVENTS, RECEIPTS, DEAD, AUDIT, HELD),
         scripts=("dead_index", "purge_dead", "replay_dead", "stream_lag"),
         commands=_words(
             "ping exists xinfo|stream xinfo|groups xinfo|consumers xpending xlen xrange xrevrange",
@@ -142,7 +170,7 @@ USERS: Final = (
         "acme-scaler",
         "ACME_ACL_REDIS_SCALER_PASSWORD",
         "KEDA's redis-streams scaler: the notifier group's lag, pending count, stream length",
-        keys=(EVENTS_STREAM,),
+        keys=(EVENTS,),
         commands=_words("ping xinfo|groups xpending xlen"),
     ),
 )
@@ -154,11 +182,20 @@ USERS: Final = (
 CLIENT_SETINFO: Final = "client|setinfo"
 
 
-def acl_rules(user: RedisUser, password: str, *, setinfo: bool = False) -> list[str]:
+#: What a Redis Cluster client asks every node it meets: the slot map (CLUSTER SLOTS, or
+#: CLUSTER SHARDS) and the command table (COMMAND, to find each command's keys). Read-only
+#: introspection, granted only on a cluster.
+CLUSTER_CLIENT: Final = frozenset({"cluster|slots", "cluster|shards", "command"})
+
+
+def acl_rules(
+    user: RedisUser, password: str, *, setinfo: bool = False, cluster: bool = False
+) -> list[str]:
     """The ACL SETUSER rules that make `user` exactly this, whatever it was before: `reset`
     first, so a rule dropped from the code is dropped from the server too."""
     digest = hashlib.sha256(password.encode()).hexdigest()
-    commands = sorted(user.all_commands() | ({CLIENT_SETINFO} if setinfo else set()))
+    extra = ({CLIENT_SETINFO} if setinfo else set()) | (CLUSTER_CLIENT if cluster else set())
+    commands = sorted(user.all_commands() | extra)
     return [
         "reset",
         "on",
@@ -172,10 +209,16 @@ def acl_rules(user: RedisUser, password: str, *, setinfo: bool = False) -> list[
 
 async def apply_users(redis: Redis, passwords: Mapping[str, str | None]) -> list[str]:
     """Creates or updates every user whose password is given (user name -> password); the
-    lines say what happened, naming users, never passwords."""
+    lines say what happened, naming users, never passwords. On a Redis Cluster (users are per
+    node, never replicated) every node, replicas included, gets the same users."""
     lines: list[str] = []
     changed = False
+    cluster = is_cluster(redis)
+    # Keyword arguments of a cluster client's commands: which nodes run them.
+    every_node: dict[str, Any] = {"target_nodes": "all"} if cluster else {}
     server: Any = await redis.info("server")
+    if cluster:  # one node's answer is as good as another's: they run the same release
+        server = next(iter(server.values())) if "redis_version" not in server else server
     version = tuple(int(part) for part in str(server["redis_version"]).split(".")[:2])
     for user in USERS:
         password = passwords.get(user.name)
@@ -183,9 +226,9 @@ async def apply_users(redis: Redis, passwords: Mapping[str, str | None]) -> list
             lines.append(f"redis: {user.name}: skipped ({user.password_env} not set)")
             continue
         existing: Any = await redis.acl_getuser(user.name)
-        rules = acl_rules(user, password, setinfo=version >= (7, 2))
+        rules = acl_rules(user, password, setinfo=version >= (7, 2), cluster=cluster)
         # As a list of rules, not acl_setuser's keywords: the rules are what the tests read.
-        await redis.execute_command("ACL", "SETUSER", user.name, *rules)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
+        await redis.execute_command("ACL", "SETUSER", user.name, *rules, **every_node)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         changed = True
         lines.append(
             f"redis: {user.name}: {'updated' if existing else 'created'}"
@@ -193,7 +236,7 @@ async def apply_users(redis: Redis, passwords: Mapping[str, str | None]) -> list
         )
     if changed:
         try:
-            await redis.acl_save()
+            await redis.execute_command("ACL", "SAVE", **every_node)  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             lines.append("redis: users saved to the server's ACL file")
         except ResponseError:
             # No aclfile: the users live in memory (and in replicas' memory only once set

@@ -1,9 +1,10 @@
-"""Dead letters wherever they are: the dead stream (Redis) and its archive (PostgreSQL).
+"""Dead letters wherever they are: the shards' dead streams (Redis) and their archive
+(PostgreSQL).
 
-The notifier's archiver moves the oldest dead entries to `notify.dead_letters`
-(acme_notify/archiver.py); the commands read both and say which (`where`). An entry found in
-both (an archiver that crashed between its two steps) is shown from the stream, and the next
-archiver round finishes the move.
+The notifier's archivers move the oldest dead entries of each shard to `notify.dead_letters`
+(acme_notify/archiver.py), under the same `qualify`d names the commands show; the commands read
+both and say which (`where`). An entry found in both (an archiver that crashed between its two
+steps) is shown from the stream, and the next archiver round finishes the move.
 
 Reads and selection here; replay and purge of archived entries in archive_actions.py.
 """
@@ -11,17 +12,26 @@ Reads and selection here; replay and purge of archived entries in archive_action
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from typing import Final
 
 from redis.asyncio import Redis
 
 from acme_cli.admin.actions import Outcome
 from acme_cli.admin.clients import Clients
-from acme_cli.admin.deadletters import DeadDetail, DeadEntry, decode_dead_detail, decode_dead_entry
-from acme_cli.admin.deadstream import DeadPage, Selected, fetch_dead, list_dead, select_dead
+from acme_cli.admin.deadletters import DeadDetail, decode_dead_detail, decode_dead_entry
+from acme_cli.admin.deadstream import (
+    DeadPage,
+    Selected,
+    fetch_dead,
+    list_dead,
+    merge_pages,
+    select_dead,
+)
 from acme_cli.admin.deadstream import selected_of as stream_selected
 from acme_cli.admin.errors import NotFound
 from acme_cli.admin.render import Output
 from acme_notify.dead_archive import ArchivedEntry, DeadArchive, id_order
+from acme_runtime.channels import MAX_SHARDS, Shard, shard
 
 __all__ = [
     "find_dead",
@@ -32,6 +42,7 @@ __all__ = [
 ]
 
 ARCHIVE = "archive"
+_SHARD_0: Final = (shard(0),)
 
 
 def open_archive(clients: Clients, out: Output) -> DeadArchive | None:
@@ -59,8 +70,46 @@ def _as_map(entry: ArchivedEntry) -> dict[bytes, bytes]:
     return {f[i]: f[i + 1] for i in range(0, len(f) - 1, 2)}
 
 
-def _newest_first(entries: Sequence[DeadEntry]) -> list[DeadEntry]:
-    return sorted(entries, key=lambda e: id_order(e.dead_id), reverse=True)
+def _moment(dead_id: str) -> tuple[int, int]:
+    ms, seq, _shard = id_order(dead_id)
+    return ms, seq
+
+
+async def _archive_page(
+    archive: DeadArchive,
+    *,
+    limit: int,
+    before: str | None,
+    since_ms: int | None,
+    reasons: Collection[str],
+) -> DeadPage:
+    """A page of the archive, with its cursor as `merge_pages` takes it.
+
+    The archive orders its rows by moment (ms, seq) only, and entries of several shards may
+    share one. So the rows of the `before` entry's moment are read too, and those not before
+    it (by shard) left out; and a full page leaves out its last moment, which may go on
+    beyond the page. A page left with nothing is read again bigger (no more rows than shards
+    share a moment), so the cursor always moves on."""
+    bound = None
+    if before is not None:
+        ms, seq = _moment(before)
+        bound = f"{ms}-{seq + 1}"
+    size = limit + 1
+    while True:
+        rows = await archive.page(limit=size, before=bound, since_ms=since_ms, reasons=reasons)
+        full, last = len(rows) == size, _moment(rows[-1].dead_id) if rows else (0, 0)
+        if before is not None:
+            rows = [r for r in rows if id_order(r.dead_id) < id_order(before)]
+        if not full:
+            floor = None
+            break
+        rows = [r for r in rows if _moment(r.dead_id) > last]
+        if rows:
+            floor = min((r.dead_id for r in rows), key=id_order)
+            break
+        size += MAX_SHARDS
+    entries = [decode_dead_entry(r.dead_id, _as_map(r), where=ARCHIVE) for r in rows]
+    return DeadPage(entries=entries, next_before=floor)
 
 
 async def list_all(
@@ -71,27 +120,24 @@ async def list_all(
     before: str | None = None,
     since_ms: int | None = None,
     reasons: Collection[str] = (),
+    shards: Sequence[Shard] = _SHARD_0,
 ) -> DeadPage:
-    """`list_dead` over the stream and the archive, merged newest first."""
-    stream = await list_dead(redis, limit=limit, before=before, since_ms=since_ms, reasons=reasons)
+    """`list_dead` over the shards' streams and the archive, merged newest first."""
+    stream = await list_dead(
+        redis, limit=limit, before=before, since_ms=since_ms, reasons=reasons, shards=shards
+    )
     if archive is None:
         return stream
-    rows = await archive.page(limit=limit + 1, before=before, since_ms=since_ms, reasons=reasons)
-    archived = [decode_dead_entry(r.dead_id, _as_map(r), where=ARCHIVE) for r in rows[:limit]]
-    in_stream = {e.dead_id for e in stream.entries}
-    merged = _newest_first([*stream.entries, *(e for e in archived if e.dead_id not in in_stream)])
-    # Each source has examined everything down to its cursor; below the higher of the two,
-    # one of them may still hold entries that belong between those already read.
-    cursors = [c for c in (stream.next_before, archived[-1].dead_id if rows[limit:] else None) if c]
-    floor = max(cursors, key=id_order) if cursors else None
-    valid = [e for e in merged if floor is None or id_order(e.dead_id) >= id_order(floor)]
-    if len(valid) > limit:
-        return DeadPage(entries=valid[:limit], next_before=valid[limit - 1].dead_id)
-    return DeadPage(entries=valid, next_before=floor)
+    archived = await _archive_page(
+        archive, limit=limit, before=before, since_ms=since_ms, reasons=reasons
+    )
+    # The stream's copy first: an entry in both is shown from the stream.
+    return merge_pages([stream, archived], limit)
 
 
 async def find_dead(redis: Redis, archive: DeadArchive | None, dead_id: str) -> DeadDetail | None:
-    """One entry, from the stream if it is there, else from the archive."""
+    """One entry (a `qualify`d name), from its shard's stream if it is there, else from the
+    archive."""
     found = await fetch_dead(redis, [dead_id])
     if dead_id in found:
         return decode_dead_detail(dead_id, found[dead_id])
@@ -110,9 +156,10 @@ async def select_all(
     reasons: Collection[str] = (),
     since_ms: int | None = None,
     until_ms: int | None = None,
+    shards: Sequence[Shard] = _SHARD_0,
 ) -> list[Selected]:
-    """`select_dead` over the stream and the archive: the ids named (all must exist in one or
-    the other), or those dead in the window with one of `reasons`, oldest first."""
+    """`select_dead` over the shards' streams and the archive: the ids named (all must exist
+    in one or the other), or those dead in the window with one of `reasons`, oldest first."""
     if ids:
         wanted = list(dict.fromkeys(ids))
         in_stream = await fetch_dead(redis, wanted)
@@ -128,7 +175,9 @@ async def select_all(
             else stream_selected(i, _as_map(in_archive[i]), ARCHIVE)
             for i in wanted
         ]
-    selected = await select_dead(redis, reasons=reasons, since_ms=since_ms, until_ms=until_ms)
+    selected = await select_dead(
+        redis, reasons=reasons, since_ms=since_ms, until_ms=until_ms, shards=shards
+    )
     if archive is None:
         return selected
     stream_ids = {s.dead_id for s in selected}

@@ -28,6 +28,9 @@ environment:
   ACME_REPLAY_MAX=3           an entry already replayed this often is refused unless --force
   ACME_ADMIN_CONFIRM_ABOVE=3  replay/purge of more entries asks first unless --yes
   ACME_OPERATOR               your name in the audit trail (default $USER@host)
+  ACME_STREAM_SHARDS=1        the shards the events travel on, as the services have it (and
+                              ACME_STREAM_SHARDS_READ while shrinking): every one is read;
+                              an entry of shard N>0 is named N/<ms>-<seq>
 
 exit codes: 0 ok, 1 failure (entries refused, not confirmed, interrupted), 2 usage (malformed
 id or duration), 3 configuration, 4 Redis/PostgreSQL unreachable, 5 not found (unknown id).
@@ -39,6 +42,7 @@ DEAD_EPILOG: Final = (
   acme dead list --reason invalid_recipient --since 2h --limit 100
   acme dead list --before 1714557600000-0         the next (older) page
   acme dead show 1714557600000-0                  one entry: envelope, order timeline, audit
+  acme dead show 3/1714557600000-0                the same, of an entry on shard 3
   acme dead replay --reason invalid_recipient --since 2h --dry-run
   acme dead replay --reason invalid_recipient --since 2h --yes --why "relay fixed, INC-42"
   acme dead purge --older-than 30d --yes --why "retention"
@@ -98,9 +102,10 @@ def _dead_list(commands: Subparsers) -> None:
     listing = commands.add_parser(
         "list",
         help="dead letters, newest first, a page at a time",
-        description="Dead letters, newest first, from the dead stream and its archive in "
-        "PostgreSQL (column `where`). Reads one page of each, never the whole stream; "
-        "`--before` the last id shown gives the next page.",
+        description="Dead letters, newest first, from every shard's dead stream and their "
+        "archive in PostgreSQL (column `where`). Reads one page of each, never the whole "
+        "stream; `--before` the last id shown gives the next page. Ids are <ms>-<seq> on "
+        "shard 0, <shard>/<ms>-<seq> on the others.",
         epilog=DEAD_EPILOG,
         formatter_class=_RAW,
     )
@@ -170,7 +175,9 @@ def _stats(sub: Subparsers) -> None:
         help="streams, lag, pending, dead letters, outbox, e-mail rate",
         description="Stream length, consumer-group lag (counted on Redis 6.2, which does not "
         "report it), pending entries and the age of the oldest, per-consumer pending and idle, "
-        "dead letters, outbox backlog and e-mails sent in the last minute.",
+        "dead letters, outbox backlog and e-mails sent in the last minute. With several "
+        "shards, one row per shard (length, lag, pending, oldest pending and unread, dead "
+        "letters, receipts lag) and their total.",
         epilog="""examples:
   acme stats
   acme stats --watch --interval 1        redraws in place until Ctrl-C
@@ -210,6 +217,9 @@ KEYS_EPILOG: Final = """examples:
 environment:
   ACME_DATABASE_URL           the orders database (the keys live in its api_keys table)
   ACME_OPERATOR               your name in the audit trail (default $USER@host)
+  ACME_STREAM_SHARDS=1        the shards the events travel on, as the services have it (and
+                              ACME_STREAM_SHARDS_READ while shrinking): every one is read;
+                              an entry of shard N>0 is named N/<ms>-<seq>
 
 exit codes: 0 ok, 2 usage (unknown scope, malformed id), 3 configuration, 4 PostgreSQL
 unreachable, 5 not found (unknown key id)."""

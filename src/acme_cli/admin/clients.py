@@ -21,6 +21,7 @@ from acme_cli.admin.errors import Unavailable
 from acme_cli.admin.settings import AdminSettings
 from acme_runtime.env import redact_url
 from acme_runtime.pg import init_connection
+from acme_runtime.redis_client import open_redis
 
 __all__ = ["Clients", "connect"]
 
@@ -47,7 +48,7 @@ class Clients:
 
 async def _open_redis(url: str, timeout_s: float) -> Redis:
     # Fail fast: the client's default retries would keep an operator waiting for seconds.
-    client = Redis.from_url(
+    client = open_redis(
         url,
         socket_connect_timeout=timeout_s,
         socket_timeout=max(10.0, timeout_s),

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import argparse
 import uuid
-from collections.abc import Collection
-from typing import TypeGuard
+from collections.abc import Collection, Sequence
+from typing import Any, TypeGuard
 
 import msgspec
+from redis.asyncio import Redis
 
 from acme_cli.admin.actions import find_audit
 from acme_cli.admin.archive import find_dead, list_all, open_archive
@@ -19,7 +20,7 @@ from acme_cli.admin.errors import NotFound, UsageError
 from acme_cli.admin.records import ledger_rows, order_record
 from acme_cli.admin.render import Output, render_dead_detail, render_dead_list
 from acme_cli.admin.settings import AdminSettings
-from acme_notify.keys import DEAD_STREAM
+from acme_runtime.channels import Shard, shard, unqualify
 from acme_runtime.clock import now_ms
 
 __all__ = ["dead_list", "dead_show", "run_dead_list", "run_dead_show"]
@@ -35,12 +36,19 @@ async def dead_list(
     reasons: Collection[str],
     show_pii: bool,
 ) -> int:
+    shards = settings.shards
     async with connect(settings, redis=True, postgres_if_up=True) as c:
         archive = open_archive(c, out)
         page = await list_all(
-            c.redis, archive, limit=limit, before=before, since_ms=since_ms, reasons=reasons
+            c.redis,
+            archive,
+            limit=limit,
+            before=before,
+            since_ms=since_ms,
+            reasons=reasons,
+            shards=shards,
         )
-        in_stream = int(await c.redis.xlen(DEAD_STREAM))
+        in_stream = await _dead_length(c.redis, shards)
         in_archive = None if archive is None else await archive.count()
     entries = page.entries if show_pii else [e.masked() for e in page.entries]
     total = in_stream + (in_archive or 0)
@@ -58,6 +66,15 @@ async def dead_list(
         now = ms_to_datetime(now_ms())
         render_dead_list(out, entries, total, page.next_before, now, in_archive=in_archive)
     return 0
+
+
+async def _dead_length(redis: Redis, shards: Sequence[Shard]) -> int:
+    """Entries in the shards' dead streams, in one round trip."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for on in shards:
+            pipe.xlen(on.dead)
+        lengths: list[Any] = await pipe.execute()
+    return sum(int(n) for n in lengths)
 
 
 def run_dead_list(args: argparse.Namespace) -> int:
@@ -94,7 +111,10 @@ async def dead_show(settings: AdminSettings, out: Output, *, dead_id: str, show_
         ledger = await ledger_rows(clients.pool, [e.event_id]) if _is_uuid(e.event_id) else []
         since = e.first_attempt_at or e.dead_at
         audit, _truncated = await find_audit(
-            clients.redis, since_ms=int(since.timestamp() * 1000), event_ids={e.event_id or "-"}
+            clients.redis,
+            since_ms=int(since.timestamp() * 1000),
+            event_ids={e.event_id or "-"},
+            shards=_with_shard_of(settings.shards, dead_id),
         )
     if not show_pii:
         detail = detail.masked()
@@ -125,6 +145,13 @@ def run_dead_show(args: argparse.Namespace) -> int:
         return lambda s, out: dead_show(s, out, dead_id=dead_id, show_pii=args.show_pii)
 
     return checked(args, build)
+
+
+def _with_shard_of(shards: tuple[Shard, ...], dead_id: str) -> tuple[Shard, ...]:
+    """The shards, and the named entry's even when it is not one of them (an entry left on a
+    shard that a smaller ACME_STREAM_SHARDS no longer reads)."""
+    on = shard(unqualify(dead_id)[0])
+    return shards if on in shards else (*shards, on)
 
 
 def _is_uuid(value: str | None) -> TypeGuard[str]:

@@ -12,7 +12,7 @@ from rich.live import Live
 from acme_cli.admin.clients import connect
 from acme_cli.admin.edge import Flow, checked, parse_order_id
 from acme_cli.admin.errors import NotFound, UsageError
-from acme_cli.admin.health import snapshot
+from acme_cli.admin.health import Snapshot, snapshot
 from acme_cli.admin.render import Output, render_trace, stats_view
 from acme_cli.admin.settings import AdminSettings
 from acme_cli.admin.trace import trace_order
@@ -27,7 +27,11 @@ async def stats(
     """One snapshot; with `watch`, a new one every `interval_s` (`count` times, or until
     Ctrl-C): redrawn in place on a terminal, one JSON document per line with `--json`."""
     async with connect(settings, redis=True, postgres=True) as clients:
-        first = await snapshot(clients.redis, clients.pool, now_ms())
+
+        async def take() -> Snapshot:
+            return await snapshot(clients.redis, clients.pool, now_ms(), settings.shards)
+
+        first = await take()
         if not watch:
             if out.as_json:
                 out.json(first)
@@ -43,12 +47,12 @@ async def stats(
                 if count is not None and shown >= count:
                     return 0
                 await asyncio.sleep(interval_s)
-                current = await snapshot(clients.redis, clients.pool, now_ms())
+                current = await take()
         with Live(stats_view(first), console=out.console, auto_refresh=False) as live:
             shown = 1
             while count is None or shown < count:
                 await asyncio.sleep(interval_s)
-                live.update(stats_view(await snapshot(clients.redis, clients.pool, now_ms())))
+                live.update(stats_view(await take()))
                 live.refresh()
                 shown += 1
     return 0
@@ -72,7 +76,9 @@ async def trace(
     settings: AdminSettings, out: Output, *, order_id: uuid.UUID, show_pii: bool
 ) -> int:
     async with connect(settings, redis=True, postgres=True) as clients:
-        found = await trace_order(clients.pool, clients.redis, order_id, show_pii=show_pii)
+        found = await trace_order(
+            clients.pool, clients.redis, order_id, show_pii=show_pii, shards=settings.shards
+        )
     if found is None:
         raise NotFound(f"no order {order_id}")
     if out.as_json:

@@ -105,7 +105,9 @@ async def dead_replay(
 ) -> int:
     async with connect(settings, redis=True, postgres_if_up=True) as c:
         archive = open_archive(c, out)
-        selected = await select_all(c.redis, archive, ids=ids, reasons=reasons, since_ms=since_ms)
+        selected = await select_all(
+            c.redis, archive, ids=ids, reasons=reasons, since_ms=since_ms, shards=settings.shards
+        )
         cap = settings.replay_max
         if dry_run:
             planned = [
@@ -188,7 +190,9 @@ async def dead_purge(
 ) -> int:
     async with connect(settings, redis=True, postgres_if_up=True) as c:
         archive = open_archive(c, out)
-        selected = await select_all(c.redis, archive, ids=ids, until_ms=until_ms)
+        selected = await select_all(
+            c.redis, archive, ids=ids, until_ms=until_ms, shards=settings.shards
+        )
         if dry_run:
             planned = [actions.Outcome(dead_id=s.dead_id, status="would_purge") for s in selected]
             _report(

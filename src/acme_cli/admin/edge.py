@@ -25,6 +25,7 @@ from acme_cli.admin.actions import Progress
 from acme_cli.admin.errors import AdminError, UsageError
 from acme_cli.admin.render import Output
 from acme_cli.admin.settings import AdminSettings
+from acme_runtime.channels import MAX_SHARDS, qualify
 from acme_runtime.clock import now_ms
 
 __all__ = [
@@ -42,17 +43,29 @@ __all__ = [
 Flow = Callable[[AdminSettings, Output], Coroutine[Any, Any, int]]
 
 _STREAM_ID: Final = re.compile(r"\d{1,20}-\d{1,20}")
+_SHARD: Final = re.compile(r"\d{1,3}")
 _DURATION: Final = re.compile(r"(\d+)(ms|s|m|h|d|w)")
 _UNIT_MS: Final = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _UNIT_MS["w"] = 7 * _UNIT_MS["d"]
 
 
 def stream_id(text: str) -> str:
-    """A full Redis stream id, `<ms>-<seq>` (what `acme dead list` shows)."""
+    """An entry's name across shards, as `acme dead list` shows it: `<ms>-<seq>` on shard 0,
+    `<shard>/<ms>-<seq>` on another (acme_runtime.channels.qualify). Returned in that same
+    canonical form (`0/<id>` becomes the bare id)."""
     value = text.strip()
-    if not _STREAM_ID.fullmatch(value):
-        raise UsageError(f"{text!r} is not a stream id (expected <ms>-<seq>, e.g. 1714557600000-0)")
-    return value
+    prefix, slash, entry_id = value.rpartition("/")
+    if not _STREAM_ID.fullmatch(entry_id):
+        raise UsageError(
+            f"{text!r} is not a stream id (expected [<shard>/]<ms>-<seq>, e.g. 1714557600000-0 "
+            "or 3/1714557600000-0)"
+        )
+    if slash and not (_SHARD.fullmatch(prefix) and int(prefix) < MAX_SHARDS):
+        raise UsageError(
+            f"{text!r}: {prefix!r} before '/' is not a shard (expected a number 0..{MAX_SHARDS - 1}"
+            ", e.g. 3/1714557600000-0)"
+        )
+    return qualify(int(prefix or 0), entry_id)
 
 
 def parse_order_id(text: str) -> uuid.UUID:

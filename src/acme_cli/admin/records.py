@@ -17,7 +17,15 @@ import msgspec
 
 from acme_orders.store import OrderStore
 
-__all__ = ["LedgerRow", "OutboxStats", "ledger_rows", "order_record", "outbox_stats", "sent_since"]
+__all__ = [
+    "LedgerRow",
+    "OutboxStats",
+    "ledger_rows",
+    "order_record",
+    "outbox_shard",
+    "outbox_stats",
+    "sent_since",
+]
 
 
 class OutboxStats(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,3 +97,11 @@ async def ledger_rows(pool: asyncpg.Pool, event_ids: Collection[str]) -> list[Le
 async def order_record(pool: asyncpg.Pool, order_id: uuid.UUID) -> dict[str, Any] | None:
     """The order, its items, timeline and outbox row (OrderStore.get_order), or None."""
     return await OrderStore(pool).get_order(order_id)
+
+
+async def outbox_shard(pool: asyncpg.Pool, order_id: uuid.UUID) -> int | None:
+    """The shard the order's event was published on, while its outbox row lives; else None."""
+    value: int | None = await pool.fetchval(
+        "SELECT shard FROM outbox WHERE order_id = $1 AND shard IS NOT NULL LIMIT 1", order_id
+    )
+    return value

@@ -247,8 +247,34 @@ def _age(seconds: float | None) -> str:
     return f"{seconds / 60:.1f}m" if seconds >= 60 else f"{seconds:.1f}s"
 
 
+def _count(n: int, capped: bool = False) -> str:
+    return f"{'≥' if capped else ''}{n:,}"
+
+
+def _shards_table(s: Snapshot) -> Table:
+    """One row per shard and their total: what each shard's notifiers and receipts owe."""
+    table = Table(title=f"Shards at {when(s.at)} (events stream, notifier group)")
+    columns = ("shard", "length", "lag", "pending", "oldest pending", "oldest unread", "dead")
+    for name in (*columns, "receipts lag"):
+        table.add_column(name, justify="left" if name == "shard" else "right")
+    for row in [*s.shards, s.total]:
+        table.add_row(
+            "total" if row.shard is None else str(row.shard),
+            f"{row.length:,}",
+            _count(row.lag, row.lag_capped),
+            f"{row.pending:,}",
+            _age(row.oldest_pending_age_s),
+            _age(row.oldest_unread_age_s),
+            f"{row.dead:,}",
+            _count(row.receipts_lag, row.receipts_lag_capped),
+            end_section=row.shard == s.shards[-1].shard,
+        )
+    return table
+
+
 def stats_view(s: Snapshot) -> Group:
-    """The snapshot as tables (a renderable, so `--watch` can redraw it in place)."""
+    """The snapshot as tables (a renderable, so `--watch` can redraw it in place). With one
+    shard, a row per stream and group; with several, a row per shard and their total."""
     streams = Table(title=f"Streams at {when(s.at)}")
     for name in ("stream", "length", "group", "lag", "pending", "oldest pending"):
         streams.add_column(name, justify="left" if name in ("stream", "group") else "right")
@@ -259,10 +285,14 @@ def stats_view(s: Snapshot) -> Group:
         if not stream.groups:
             streams.add_row(stream.stream, f"{stream.length:,}", "(no group)", "-", "-", "-")
         for g in stream.groups:
-            lag = f"{'≥' if g.lag_capped else ''}{g.lag:,}"
             pending_age = _age(g.oldest_pending_age_s)
             streams.add_row(
-                stream.stream, f"{stream.length:,}", g.name, lag, f"{g.pending:,}", pending_age
+                stream.stream,
+                f"{stream.length:,}",
+                g.name,
+                _count(g.lag, g.lag_capped),
+                f"{g.pending:,}",
+                pending_age,
             )
             for c in g.consumers:
                 idle = _age(c.idle_ms / 1000)
@@ -283,7 +313,8 @@ def stats_view(s: Snapshot) -> Group:
         "outbox unconfirmed", f"{o.unconfirmed:,} (oldest {_age(o.oldest_unconfirmed_s)})"
     )
     other.add_row("e-mails sent, last minute", f"{s.sent_last_minute:,}")
-    return Group(streams, consumers, other)
+    first = streams if len(s.shards) <= 1 else _shards_table(s)
+    return Group(first, consumers, other)
 
 
 def render_trace(out: Output, t: OrderTrace) -> None:

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import msgspec
 
+from acme_runtime.channels import Shard, StreamShards, StreamShardsRead, shards
 from acme_runtime.env import (
     POSTGRES_SCHEMES,
     REDIS_SCHEMES,
@@ -75,6 +76,8 @@ class AdminSettings(msgspec.Struct, frozen=True, kw_only=True):
             default_from=_login,
         ),
     ] = "unknown"
+    stream_shards: StreamShards = 1
+    stream_shards_read: StreamShardsRead = 0
     connect_timeout_s: Annotated[
         float,
         Env(
@@ -87,6 +90,12 @@ class AdminSettings(msgspec.Struct, frozen=True, kw_only=True):
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AdminSettings:
         return load_settings(cls, environ)
+
+    @property
+    def shards(self) -> tuple[Shard, ...]:
+        """The shards the commands read: the first ACME_STREAM_SHARDS, or more while
+        shrinking (ACME_STREAM_SHARDS_READ), as the services read them."""
+        return shards(max(self.stream_shards, self.stream_shards_read))
 
     def require_redis(self) -> str:
         if self.redis_url is None:
