@@ -10,6 +10,11 @@ measuring identical, so a difference is the code's.
     .tox/py311/bin/python bench/ab.py intake-1500 --base HEAD~1 --rounds 3
     .tox/py311/bin/python bench/ab.py cpu-200 --base 9253547 --rounds 3
     .tox/py311/bin/python bench/ab.py intake-1500 --env-a ACME_BENCH_API_RATE_PER_S=100000
+    .tox/py311/bin/python bench/ab.py drain --env-a ACME_STREAM_SHARDS=1 \
+        --env-b ACME_STREAM_SHARDS=8 --rounds 3 -- --events 20000
+
+`drain` is bench/notifier_throughput.py (one replica emptying a pre-loaded backlog); every
+other scenario is one of bench/run.py's.
 
 Without `--base` both arms run the same commit, and `--env-a` / `--env-b` (KEY=VALUE,
 repeatable) set what differs between them: a setting's A/B.
@@ -41,6 +46,8 @@ from typing import Any, Final
 from bench.cpu import OUTSIDE_THE_SYSTEM
 
 ROOT: Final = Path(__file__).resolve().parents[1]
+#: The scenario that is bench/notifier_throughput.py rather than one of bench/run.py's.
+DRAIN: Final = "drain"
 
 
 def _worktree(base: str, folder: Path, name: str) -> Path:
@@ -58,25 +65,30 @@ def _run_arm(
 ) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **arm_env, "PYTHONPATH": f"{src}:{ROOT}"}
-    argv = [
-        sys.executable,
-        str(ROOT / "bench" / "run.py"),
-        scenario,
-        "--no-plot",
-        "--out",
-        str(out),
-    ]
-    subprocess.run([*argv, "--quiet-timeout-s", "60", *extra], check=True, env=env)
-    [result] = sorted(out.glob(f"{scenario}-2*.json"))[-1:]
+    if scenario == DRAIN:
+        argv = [sys.executable, str(ROOT / "bench" / "notifier_throughput.py"), "--out", str(out)]
+        pattern = "notifier-throughput-*-2*.json"
+    else:
+        argv = [sys.executable, str(ROOT / "bench" / "run.py"), scenario, "--no-plot",
+                "--out", str(out), "--quiet-timeout-s", "60"]  # fmt: skip
+        pattern = f"{scenario}-2*.json"
+    subprocess.run([*argv, *extra], check=True, env=env)
+    [result] = sorted(out.glob(pattern))[-1:]
     report: dict[str, Any] = json.loads(result.read_text())
     result.rename(result.with_suffix(".done.json"))
     return report
 
 
 def figures(report: dict[str, Any]) -> dict[str, float]:
-    """The headline figures of a run, with the system's CPU per order added."""
-    out = {k: float(v) for k, v in report.get("headline", {}).items() if _number(v)}
+    """The headline figures of a run, with the system's CPU per order (or per e-mail, for the
+    drain) added."""
+    headline = report.get("headline") or report.get("figures", {})
+    out = {k: float(v) for k, v in headline.items() if _number(v)}
     rows = report.get("cpu", {}).get("by_process", {})
+    if "figures" in report:
+        for name, row in rows.items():
+            out[f"cpu_ms_per_email_{name}"] = float(row["cpu_ms_per_email"])
+        return out
     if rows:
         system = sum(
             row["cpu_ms_per_order"] for name, row in rows.items() if name not in OUTSIDE_THE_SYSTEM

@@ -292,6 +292,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-data", action="store_true", help="keep the databases too (logs always stay)"
     )
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     return parser
 
 
@@ -370,9 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         },
         "profile": run.profile,
     }
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
-    result_path = RESULTS_DIR / f"notifier-throughput-{args.events}-{stamp}.json"
+    result_path = args.out / f"notifier-throughput-{args.events}-{stamp}.json"
     result_path.write_text(json.dumps(report, indent=1, default=str) + "\n")
     print(_format(report, result_path))
     f = report["figures"]

@@ -335,9 +335,7 @@ def ours_drain(root: Path, cfg: Config, redis_binary: Path) -> dict[str, Any]:
     async def body() -> dict[str, Any]:
         await stack.wait_file(received, _SINK_READY_TIMEOUT_S)
         events = synthetic_events(cfg.drain_emails)
-        loaded = await preload(
-            stack.redis_url, events, _PRELOAD_BATCH, len(stack.stream_shards())
-        )
+        loaded = await preload(stack.redis_url, events, _PRELOAD_BATCH, len(stack.stream_shards()))
         del events
         mail = MailLog(received)
         spawned = time.time()

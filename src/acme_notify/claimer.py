@@ -98,14 +98,22 @@ class Heartbeat:
         self._interval_s = interval_ms / 1000
 
     async def run(self, stop: asyncio.Event) -> None:
+        # One loop per shard: a shard whose master is unreachable (a failover, seconds of
+        # retries) must not hold back the heartbeats of the others, whose entries would then
+        # look abandoned and be claimed, and sent a second time, while still being sent here.
+        await asyncio.gather(*(self._beat(streams, stop) for streams in self._shards))
+
+    async def _beat(self, streams: Streams, stop: asyncio.Event) -> None:
         # Keeps beating after `stop` while sends drain, so a graceful shutdown never lets
         # another replica claim (and send again) an e-mail this one is still sending.
+        index = streams.shard.index
         while not stop.is_set() or self._processor.in_flight:
-            for shard_index, entry_ids in self._processor.in_flight_by_shard().items():
+            entry_ids = self._processor.in_flight_by_shard().get(index)
+            if entry_ids:
                 try:
-                    await self._shards[shard_index].heartbeat(entry_ids)
+                    await streams.heartbeat(entry_ids)
                 except (RedisError, OSError) as exc:
-                    log.warning("heartbeat_failed", shard=shard_index, error=repr(exc))
+                    log.warning("heartbeat_failed", shard=index, error=repr(exc))
             if stop.is_set():
                 await asyncio.sleep(min(self._interval_s, 0.5))
             else:

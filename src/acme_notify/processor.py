@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Final
 
@@ -106,6 +106,10 @@ class Processor:
         #: is read in batches whose database and Redis work is shared, not one entry a read.
         self.slot_freed = asyncio.Event()
         self._refill_at = max(1, concurrency // 4)
+        #: Event id -> (its lock, how many copies hold or wait for it): two copies of one event
+        #: in this replica (a re-drive, a replay, a delivery a failed-over Redis forgot) are
+        #: handled one after the other, so the second finds the first's ledger row.
+        self._same_event: dict[str, tuple[asyncio.Lock, int]] = {}
 
     @property
     def free_slots(self) -> int:
@@ -212,7 +216,23 @@ class Processor:
                 deliveries=deliveries,
             ),
         ):
-            await self._deliver(entry)
+            async with self._one_copy_at_a_time(envelope.event_id):
+                await self._deliver(entry)
+
+    @contextlib.asynccontextmanager
+    async def _one_copy_at_a_time(self, event_id: str) -> AsyncIterator[None]:
+        lock, users = self._same_event.get(event_id, (None, 0))
+        lock = lock or asyncio.Lock()
+        self._same_event[event_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            _lock, users = self._same_event[event_id]
+            if users == 1:
+                del self._same_event[event_id]
+            else:
+                self._same_event[event_id] = (lock, users - 1)
 
     async def _deliver(self, entry: StreamEntry) -> None:
         envelope = entry.envelope

@@ -332,7 +332,9 @@ class ReceiptsConsumer:
             pipe.xack(self._on.receipts, RECEIPTS_GROUP, *ids)
             pipe.xdel(self._on.receipts, *ids)
             if done := _finished_dedupe_keys(receipts, self._on):
-                pipe.unlink(*done)
+                # As a plain command: a cluster pipeline's `unlink` splits keys by slot and is
+                # not queued at all (these are one shard's, one slot).
+                pipe.execute_command("UNLINK", *done)
             await pipe.execute()
         return len(receipts)
 

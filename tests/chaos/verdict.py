@@ -11,7 +11,10 @@ A duplicate is *explained* only by an ambiguity this run really had: the SMTP se
 message and hung up before its reply (it logged `accept_close` for that order), or the first copy
 was accepted within `AMBIGUITY_WINDOW_S` before (or `AFTER_KILL_S` after) a notifier was
 SIGKILLed, or while PostgreSQL (the send ledger) was down; that is the documented window "SMTP
-accepted, ledger insert not committed". An unexplained duplicate fails the scenario.
+accepted, ledger insert not committed". A Redis master killed adds its own window, from the kill
+until its replica was promoted: a delivery the replica never received makes the entry new again
+there, and a second notifier may read it while the first is still sending it. An unexplained
+duplicate fails the scenario.
 
 `Verdict.lines()` is the table the scenario prints; `Verdict.record()` appends one JSON line to
 ACME_CHAOS_RESULTS (default bench/results/chaos.jsonl, git-ignored) for docs/reliability.md.
@@ -296,11 +299,19 @@ async def _redis_leftovers(url: str, count: int) -> tuple[int, int]:
 
 
 def _windows(system: ChaosSystem) -> list[tuple[float, float]]:
-    """When a just-accepted e-mail could miss its ledger row: notifier kills, ledger down."""
+    """When a just-accepted e-mail could miss its ledger row (notifier kills, ledger down), or
+    be read a second time (a Redis master lost with deliveries not yet replicated: from the
+    kill until its replica was promoted)."""
     windows = []
     down_at: float | None = None
+    master_lost_at: float | None = None
     for event in system.timeline:
-        if event.kind == "kill" and event.target.startswith("notifier"):
+        if event.kind == "kill" and event.target.startswith("redis"):
+            master_lost_at = event.at
+        elif event.kind == "promoted" and master_lost_at is not None:
+            windows.append((master_lost_at - AMBIGUITY_WINDOW_S, event.at + AMBIGUITY_WINDOW_S))
+            master_lost_at = None
+        elif event.kind == "kill" and event.target.startswith("notifier"):
             # After the kill too: a notifier killed right after writing DATA never reads the
             # 250, while the server finishes reading what the socket already held and stores
             # the message a moment later (seen in a clean-clone CI run).

@@ -292,6 +292,45 @@ async def test_redelivered_event_already_sent_is_not_sent_again(
     assert await pool.fetchval("SELECT count(*) FROM notify.sent_ledger") == 1
 
 
+async def test_a_copy_read_while_the_first_is_being_sent_waits_and_sends_nothing(
+    api: AsyncTestClient[Any],
+    sink: MailSink,
+    database_url: str,
+    redis_url: str,
+    redis: Redis,
+) -> None:
+    """Two copies of one event in one replica at once (a re-drive, or a delivery a failed-over
+    Redis forgot): the second waits for the first's ledger row instead of racing it."""
+    answered = asyncio.Event()
+
+    async def slow_250(_envelope: object) -> None:
+        await asyncio.sleep(0.5)  # the first copy's DATA is in; its 250 is still to come
+        answered.set()
+
+    sink.policy = slow_250
+    settings = notify_settings(database_url, redis_url, sink.url)
+    async with running_replica(settings):
+        await api.post("/orders", json=ORDER)
+
+        async def published() -> bool:
+            return await redis.xlen(EVENTS_STREAM) == 1
+
+        await eventually(published, what="the event on the stream")
+        [(_id, fields)] = await redis.xrange(EVENTS_STREAM)
+        copy = await redis.xadd(EVENTS_STREAM, fields)
+        assert not answered.is_set(), "the copy went on the stream while the first was sending"
+
+        async def both_acked() -> bool:
+            if not await redis.exists(EVENTS_STREAM) or not await redis.xinfo_groups(EVENTS_STREAM):
+                return False  # the replica's reader has not made its group yet
+            summary: Any = await redis.xpending(EVENTS_STREAM, "notifier")
+            info: Any = await redis.xinfo_groups(EVENTS_STREAM)
+            return int(summary["pending"]) == 0 and info[0]["last-delivered-id"] == copy
+
+        await eventually(both_acked, what="both copies to be acknowledged")
+    assert len(sink.messages) == 1
+
+
 async def test_smtp_outage_burns_no_delivery_budget_and_the_backlog_drains(
     api: AsyncTestClient[Any], database_url: str, redis_url: str, redis: Redis
 ) -> None:
