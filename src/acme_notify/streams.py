@@ -34,6 +34,13 @@ _SHARD_0 = shard(0)
 _Ack = tuple[str, dict[str, str], bool]  # entry id, receipt, e-mailed just now
 
 
+def _no_group(exc: ResponseError) -> bool:
+    """The stream or its group does not exist (yet: the consumer makes them at start; or any
+    more: Redis lost them, and the consumer makes them again)."""
+    text = str(exc)
+    return "NOGROUP" in text or "no such key" in text
+
+
 class RawEntry(NamedTuple):
     """One events-stream entry as read, before decoding."""
 
@@ -121,7 +128,24 @@ class Streams:
     ) -> ClaimResult:
         """Claims due retries, examining the pending list `scan` entries at a time from where
         the previous call stopped, so entries deep in a long list are reached on schedule."""
-        reply = await load_script("claim_due").run(
+        try:
+            reply = await self._claim_due(base_ms, cap_ms, jitter, max_deliveries, limit, scan)
+        except ResponseError as exc:
+            if not _no_group(exc):
+                raise
+            return ClaimResult([], [])  # the consumer has not made this shard's group yet
+        claimed_raw, missing, cursor = reply
+        self._claim_cursor = as_text(cursor)
+        claimed: list[RawEntry] = []
+        for entry_id, deliveries, flat in claimed_raw:
+            fields = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+            claimed.append(RawEntry(as_text(entry_id), fields, int(deliveries), self.shard.index))
+        return ClaimResult(claimed, [as_text(m) for m in missing])
+
+    async def _claim_due(
+        self, base_ms: int, cap_ms: int, jitter: float, max_deliveries: int, limit: int, scan: int
+    ) -> Any:
+        return await load_script("claim_due").run(
             self.redis,
             [self.shard.events, self.shard.last_error, self.shard.held],
             [
@@ -137,13 +161,6 @@ class Streams:
                 now_ms(),
             ],
         )
-        claimed_raw, missing, cursor = reply
-        self._claim_cursor = as_text(cursor)
-        claimed: list[RawEntry] = []
-        for entry_id, deliveries, flat in claimed_raw:
-            fields = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-            claimed.append(RawEntry(as_text(entry_id), fields, int(deliveries), self.shard.index))
-        return ClaimResult(claimed, [as_text(m) for m in missing])
 
     async def heartbeat(self, entry_ids: list[str]) -> int:
         if not entry_ids:
@@ -277,14 +294,19 @@ class Streams:
     async def exhausted(self, max_deliveries: int, min_idle_ms: int, scan: int = 200) -> list[str]:
         """Pending entries that used up their delivery budget and sat idle `min_idle_ms`,
         examined `scan` at a time from where the previous call stopped."""
-        reply: Any = await self.redis.xpending_range(
-            self.shard.events,
-            self.group,
-            min=self._reap_cursor,
-            max="+",
-            count=scan,
-            idle=min_idle_ms,
-        )
+        try:
+            reply: Any = await self.redis.xpending_range(
+                self.shard.events,
+                self.group,
+                min=self._reap_cursor,
+                max="+",
+                count=scan,
+                idle=min_idle_ms,
+            )
+        except ResponseError as exc:
+            if not _no_group(exc):
+                raise
+            return []
         self._reap_cursor = f"({as_text(reply[-1]['message_id'])}" if len(reply) >= scan else "-"
         over = [
             as_text(p["message_id"]) for p in reply if int(p["times_delivered"]) >= max_deliveries
@@ -299,7 +321,12 @@ class Streams:
     async def trim_acknowledged(self, retention_ms: int) -> int:
         """Trims entries every consumer acknowledged and older than the retention; never a
         pending or undelivered one."""
-        groups: Any = await self.redis.xinfo_groups(self.shard.events)
+        try:
+            groups: Any = await self.redis.xinfo_groups(self.shard.events)
+        except ResponseError as exc:
+            if not _no_group(exc):
+                raise
+            return 0
         floor = f"{now_ms() - retention_ms}-0"
         candidates = [floor]
         for group in groups:

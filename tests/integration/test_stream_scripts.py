@@ -19,6 +19,7 @@ from acme_notify.keys import (
     RECEIPTS_STREAM,
 )
 from acme_notify.streams import ClaimResult, Streams
+from acme_runtime.channels import shard
 from acme_runtime.ids import uuid7
 from tests.harness import eventually
 
@@ -190,3 +191,23 @@ async def test_trimming_removes_what_every_group_acknowledged_and_keeps_the_rest
 
     await streams.trim_acknowledged(retention_ms=3_600_000)
     assert await redis.xlen(EVENTS_STREAM) == len(kept), "a retention keeps recent entries"
+
+
+async def test_claims_and_reaping_on_a_shard_without_its_group_yet_find_nothing(
+    redis: Redis,
+) -> None:
+    """A replica's claimer and reaper may run before its readers made every shard's group (8
+    shards at start): nothing to claim, reap or trim, rather than a failed round."""
+    streams = Streams(redis, "a", shard=shard(5))
+
+    async def claim() -> ClaimResult:
+        return await streams.claim_due(base_ms=1, cap_ms=1, jitter=0.0, max_deliveries=6, limit=10)
+
+    assert await claim() == ClaimResult([], [])
+    assert await streams.exhausted(max_deliveries=6, min_idle_ms=0) == []
+    assert await streams.trim_acknowledged(retention_ms=0) == 0
+    await redis.xadd(shard(5).events, {"n": "1"})  # the stream, still without the group
+    assert (
+        await streams.claim_due(base_ms=1, cap_ms=1, jitter=0.0, max_deliveries=6, limit=10)
+    ).claimed == []
+    assert await streams.exhausted(max_deliveries=6, min_idle_ms=0) == []
