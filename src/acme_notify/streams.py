@@ -327,6 +327,11 @@ class Streams:
             if not _no_group(exc):
                 raise
             return 0
+        if not any(as_text(group["name"]) == self.group for group in groups):
+            # No group of ours yet (the readers make it at start): nothing was delivered, so
+            # nothing is acknowledged. Trimming "below every group" with no group at all would
+            # drop every entry unread.
+            return 0
         floor = f"{now_ms() - retention_ms}-0"
         candidates = [floor]
         for group in groups:

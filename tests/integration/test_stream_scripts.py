@@ -211,3 +211,15 @@ async def test_claims_and_reaping_on_a_shard_without_its_group_yet_find_nothing(
         await streams.claim_due(base_ms=1, cap_ms=1, jitter=0.0, max_deliveries=6, limit=10)
     ).claimed == []
     assert await streams.exhausted(max_deliveries=6, min_idle_ms=0) == []
+
+
+async def test_a_stream_our_group_has_not_seen_yet_is_never_trimmed(redis: Redis) -> None:
+    """Events published before any replica made the shard's group (a backlog loaded while no
+    notifier ran, a shard just added): the reaper must not take "no group" for "every group
+    acknowledged everything" and drop them unread."""
+    events = shard(3).events
+    for n in range(300):  # three whole listpack nodes: what an approximate XTRIM removes
+        await redis.xadd(events, {"n": str(n)})
+    await redis.xgroup_create(events, "someone-else", id="$")
+    assert await Streams(redis, "a", shard=shard(3)).trim_acknowledged(retention_ms=0) == 0
+    assert await redis.xlen(events) == 300
