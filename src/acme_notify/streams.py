@@ -22,7 +22,7 @@ from acme_runtime.consumers import ensure_group
 from acme_runtime.lua import load_script
 from acme_runtime.text import as_text
 
-__all__ = ["ClaimResult", "Quota", "RawEntry", "Streams"]
+__all__ = ["Acks", "ClaimResult", "Quota", "RawEntry", "Streams", "read_new_across"]
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +32,37 @@ RESCIND_AUDIT_MAXLEN = 100_000
 RESCIND_CAP = 2**31 - 1
 _SHARD_0 = shard(0)
 _Ack = tuple[str, dict[str, str], bool]  # entry id, receipt, e-mailed just now
+
+
+async def read_new_across(shards: Sequence[Streams], count: int, block_ms: int) -> list[RawEntry]:
+    """New entries of several shards in ONE call (XREADGROUP over their streams, `count` from
+    each at most): a single Redis node allows it, a cluster does not (their keys are in
+    different slots). What several shards hand over together then starts together, so the
+    processor's ledger look-ups and acknowledgements stay batched as with one shard."""
+    first = shards[0]
+    by_stream = {on.shard.events: on for on in shards}
+    try:
+        reply: Any = await first.redis.xreadgroup(
+            first.group,
+            first.consumer,
+            {on.shard.events: ">" for on in shards},
+            count=count,
+            block=block_ms,
+        )
+    except ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        log.warning("consumer_group_vanished_recreating", group=first.group, shards=len(shards))
+        for on in shards:
+            await on.ensure_group()
+        return []
+    entries: list[RawEntry] = []
+    for stream, items in reply or []:
+        index = by_stream[as_text(stream)].shard.index
+        for entry_id, fields in items:
+            if fields is not None:  # None: deleted between XADD and read
+                entries.append(RawEntry(as_text(entry_id), fields, 1, index))
+    return entries
 
 
 def _no_group(exc: ResponseError) -> bool:
@@ -68,6 +99,29 @@ class Quota(NamedTuple):
     release_at_ms: int
 
 
+class Acks:
+    """Acknowledgements of sends that finish together go to Redis in one pipeline (one per
+    node of a cluster), whatever their shards: a replica makes one and shares it."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self._coalescer: Coalescer[tuple[Streams, _Ack], bool] = Coalescer(self._batch)
+
+    async def __call__(self, streams: Streams, ack: _Ack) -> bool:
+        return await self._coalescer((streams, ack))
+
+    async def _batch(self, acks: Sequence[tuple[Streams, _Ack]]) -> list[bool]:
+        script = load_script("ack_sent")
+        calls = [streams.ack_call(ack) for streams, ack in acks]
+        if len(calls) == 1:
+            return [bool(await script.run(self._redis, *calls[0]))]
+        # After NOSCRIPT the whole pipeline runs again. An entry already acknowledged answers
+        # 0; only an e-mail sent just now would be reported a second time, which the order
+        # service ignores (a sent order stays as it was).
+        replies = await script.run_many(self._redis, calls)
+        return [bool(reply) for reply in replies]
+
+
 class Streams:
     """One shard's stream state, as seen by one consumer of the notifier group."""
 
@@ -78,6 +132,7 @@ class Streams:
         group: str = NOTIFIER_GROUP,
         *,
         shard: Shard = _SHARD_0,
+        acks: Acks | None = None,
     ) -> None:
         self.redis = redis
         self.consumer = consumer
@@ -85,8 +140,7 @@ class Streams:
         self.shard = shard
         self._claim_cursor = "-"
         self._reap_cursor = "-"
-        # Acknowledgements of sends that finish together go to Redis in one pipeline.
-        self._acks = Coalescer(self._ack_batch)
+        self._acks = acks or Acks(redis)
 
     async def ensure_group(self) -> None:
         """Creates the consumer group (and the stream) unless it exists: idempotent."""
@@ -174,24 +228,14 @@ class Streams:
         """XACK + `sent` receipt (ack_sent.lua); False if the entry was no longer pending.
         `emailed`: SMTP accepted this entry's e-mail just now, so the receipt goes out even if
         the entry is no longer pending (a sent e-mail is never left reported as dead)."""
-        return await self._acks((entry_id, receipt, emailed))
+        return await self._acks(self, (entry_id, receipt, emailed))
 
-    async def _ack_batch(self, acks: Sequence[_Ack]) -> list[bool]:
-        script = load_script("ack_sent")
+    def ack_call(self, ack: _Ack) -> tuple[list[str], list[str]]:
+        """ack_sent.lua's keys and arguments for one acknowledgement on this shard."""
+        entry_id, receipt, emailed = ack
+        flat = (part for pair in receipt.items() for part in pair)
         keys = [self.shard.events, self.shard.receipts, self.shard.last_error]
-
-        def args(ack: _Ack) -> list[str]:
-            entry_id, receipt, emailed = ack
-            flat = (part for pair in receipt.items() for part in pair)
-            return [self.group, entry_id, "1" if emailed else "0", *flat]
-
-        if len(acks) == 1:
-            return [bool(await script.run(self.redis, keys, args(acks[0])))]
-        # After NOSCRIPT the whole pipeline runs again. An entry already acknowledged answers
-        # 0; only an e-mail sent just now would be reported a second time, which the order
-        # service ignores (a sent order stays as it was).
-        replies = await script.run_many(self.redis, [(keys, args(ack)) for ack in acks])
-        return [bool(reply) for reply in replies]
+        return keys, [self.group, entry_id, "1" if emailed else "0", *flat]
 
     async def dead_letter(
         self,

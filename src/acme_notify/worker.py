@@ -30,7 +30,7 @@ from acme_notify.reaper import Reaper
 from acme_notify.render import Renderer
 from acme_notify.settings import NotifySettings
 from acme_notify.smtp import SmtpConfig, SmtpPool
-from acme_notify.streams import Streams
+from acme_notify.streams import Acks, Streams
 from acme_notify.telemetry import CIRCUIT_STATES, NotifyMetrics
 from acme_runtime.actors import Actor, PeriodicActor, Supervisor, install_signal_handlers
 from acme_runtime.channels import Shard
@@ -66,8 +66,10 @@ def build_replica(
     metrics: NotifyMetrics | None = None,
 ) -> Replica:
     metrics = metrics or NotifyMetrics()
+    acks = Acks(redis)  # the acknowledgements of every shard, batched together
     shards = [
-        Streams(redis, settings.consumer_name, shard=on) for on in shards_of(settings.read_shards)
+        Streams(redis, settings.consumer_name, shard=on, acks=acks)
+        for on in shards_of(settings.read_shards)
     ]
     ledger = SendLedger(pool)
     delivery = _delivery(settings, redis, metrics)
