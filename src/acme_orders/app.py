@@ -32,12 +32,12 @@ from acme_orders.settings import OrdersSettings
 from acme_orders.store import TIMELINE_TABLE, OrderStore
 from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.actors import Actor, Supervisor, install_signal_handlers
-from acme_runtime.channels import shards
+from acme_runtime.channels import Shard, shards
 from acme_runtime.heap import freeze_startup_heap, timing_collections
 from acme_runtime.metrics_http import WorkerHttp, dependencies_answer
 from acme_runtime.partitions import maintain
 from acme_runtime.pg import init_connection, reset_connection
-from acme_runtime.redis_client import open_redis
+from acme_runtime.redis_client import is_cluster, open_redis
 
 __all__ = ["Clients", "api_app", "open_clients", "relay_actors", "run_relay"]
 
@@ -206,7 +206,8 @@ def relay_actors(
             timeline_retention_s=settings.timeline_retention_s,
             partition_metrics=metrics.partitions,
         ),
-        # One per shard. Blocking reads must end before the client's socket timeout does.
+        # Blocking reads must end before the client's socket timeout does. One consumer for
+        # every shard on one Redis node (one read, one statement); one per shard on a cluster.
         *(
             ReceiptsConsumer(
                 clients.store,
@@ -218,10 +219,17 @@ def relay_actors(
                 applied=metrics.receipts_applied,
                 on=on,
             )
-            for on in shards(settings.read_shards)
+            for on in _receipt_shards(settings, clients.redis)
         ),
         OutboxProbe(clients.store, metrics, interval_s=settings.outbox_probe_interval_s),
     ]
+
+
+def _receipt_shards(settings: OrdersSettings, redis: Redis) -> list[tuple[Shard, ...]]:
+    """The shards each receipts consumer serves: all of them together on one node, each on its
+    own on a cluster (no read across slots)."""
+    every = shards(settings.read_shards)
+    return [(on,) for on in every] if is_cluster(redis) else [every]
 
 
 async def run_relay(settings: OrdersSettings) -> None:

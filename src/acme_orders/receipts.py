@@ -14,7 +14,9 @@ Receipts this consumer has read but not applied (PostgreSQL failed mid-batch, or
 restarted) stay in its own pending list; it reads that list again (`XREADGROUP … 0`) first,
 at start and after every failure, so they are applied as soon as PostgreSQL answers.
 
-Each shard's receipts stream (`ACME_STREAM_SHARDS`) has its own consumer actor; a receipt's
+With several shards (`ACME_STREAM_SHARDS`) on one Redis node one consumer reads every shard's
+receipts stream in one call and applies what it read in one statement, as with one shard; on a
+Redis Cluster (no read across slots) each shard has its own consumer actor. A receipt's
 timeline entry carries its stream id qualified by its shard (`acme_runtime.channels.qualify`),
 since stream ids are unique per stream only.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
+from collections.abc import Sequence
 from typing import Any, Final
 
 import asyncpg
@@ -44,6 +47,7 @@ from acme_runtime.actors import sleep_or_stop
 from acme_runtime.backoff import Backoff
 from acme_runtime.channels import RECEIPTS_GROUP, Shard, qualify, shard
 from acme_runtime.consumers import ensure_group, prune_consumers
+from acme_runtime.text import as_text
 from acme_runtime.tracing import context_from_traceparent, tracer
 
 __all__ = ["ReceiptsConsumer", "apply_receipts"]
@@ -51,6 +55,8 @@ __all__ = ["ReceiptsConsumer", "apply_receipts"]
 log = structlog.get_logger(__name__)
 
 Receipt = tuple[str, dict[bytes, bytes]]
+#: A receipt as read: its shard, its id in that shard's stream, its fields.
+_ShardReceipt = tuple[Shard, str, dict[bytes, bytes]]
 
 SQL_APPLY_RECEIPTS = """
 WITH r AS (
@@ -165,14 +171,14 @@ def _field(fields: dict[bytes, bytes], name: bytes) -> str:
     return fields.get(name, b"").decode("utf-8", "replace").replace("\x00", "")
 
 
-async def apply_receipts(store: OrderStore, receipts: list[Receipt], shard_index: int = 0) -> int:
-    """Applies receipts (of shard `shard_index`) in one statement; malformed ones are skipped
-    (logged). Returns how many were applied."""
+async def apply_receipts(store: OrderStore, receipts: list[Receipt]) -> int:
+    """Applies receipts in one statement; malformed ones are skipped (logged). Returns how many
+    were applied. Each receipt's id is its `qualify`d stream id: unique across shards."""
     columns: list[list[object]] = [[] for _ in range(10)]
     for source_id, fields in receipts:
         try:
             row = (
-                qualify(shard_index, source_id),
+                source_id,
                 _field(fields, b"type"),
                 _field(fields, b"event_id"),
                 _field(fields, b"order_id"),
@@ -231,10 +237,14 @@ class ReceiptsConsumer:
         claim_idle_ms: int = 30_000,
         claim_interval_ms: int = 5_000,
         applied: Counter | None = None,
-        on: Shard = _SHARD_0,
+        on: Shard | Sequence[Shard] = _SHARD_0,
     ) -> None:
-        self._on = on
-        self.name = "receipts" if on.index == 0 else f"receipts-{on.index}"
+        self._shards = (on,) if isinstance(on, Shard) else tuple(on)
+        self._by_stream = {s.receipts: s for s in self._shards}
+        first = self._shards[0]
+        self.name = (
+            "receipts" if len(self._shards) > 1 or first.index == 0 else (f"receipts-{first.index}")
+        )
         self._applied = applied
         self._store = store
         self._redis = redis
@@ -248,44 +258,56 @@ class ReceiptsConsumer:
         # Own pending receipts first: at start (a restart) and after a failed batch.
         self._own_pending_first = True
 
-    async def _ensure_group(self) -> None:
-        await ensure_group(self._redis, self._on.receipts, RECEIPTS_GROUP)
+    async def ensure_groups(self) -> None:
+        """Creates each shard's receipts stream and group unless they exist: idempotent."""
+        for on in self._shards:
+            await ensure_group(self._redis, on.receipts, RECEIPTS_GROUP)
 
-    async def _read(self) -> list[Receipt]:
+    async def _read(self) -> list[_ShardReceipt]:
         try:
             return await self._read_or_claim()
         except ResponseError as exc:
             if "NOGROUP" not in str(exc):
                 raise
-            # Redis lost the stream and its group (restart without persistence, failover):
+            # Redis lost a stream and its group (restart without persistence, failover):
             # recreate it, or no receipt would ever be applied again.
-            log.warning(
-                "receipts_group_vanished_recreating", group=RECEIPTS_GROUP, shard=self._on.index
-            )
-            await self._ensure_group()
+            log.warning("receipts_group_vanished_recreating", group=RECEIPTS_GROUP)
+            await self.ensure_groups()
             return []
 
-    async def _read_own_pending(self) -> list[Receipt]:
-        reply: Any = await self._redis.xreadgroup(
-            RECEIPTS_GROUP, self._consumer, {self._on.receipts: "0"}, count=self._batch
-        )
-        entries = [(sid.decode(), fields) for _s, items in reply or [] for sid, fields in items]
-        if gone := [sid for sid, fields in entries if not fields]:
-            # Deleted while pending: nothing to apply, only the pending entry to clear.
-            await self._redis.xack(self._on.receipts, RECEIPTS_GROUP, *gone)
-        return [(sid, fields) for sid, fields in entries if fields]
+    def _entries(self, reply: Any) -> list[_ShardReceipt]:
+        """An XREADGROUP reply over our streams as (shard, stream id, fields)."""
+        return [
+            (self._by_stream[as_text(stream)], as_text(sid), fields)
+            for stream, items in reply or []
+            for sid, fields in items
+        ]
 
-    async def _read_or_claim(self) -> list[Receipt]:
-        if self._own_pending_first:
-            own = await self._read_own_pending()
-            if own:
-                return own
-            self._own_pending_first = False
-        # From time to time, what a crashed replica left pending for long.
+    async def _read_own_pending(self) -> list[_ShardReceipt]:
+        reply: Any = await self._redis.xreadgroup(
+            RECEIPTS_GROUP,
+            self._consumer,
+            {on.receipts: "0" for on in self._shards},
+            count=self._batch,
+        )
+        entries = self._entries(reply)
+        gone = [(on, sid) for on, sid, fields in entries if not fields]
+        for on in {on for on, _sid in gone}:
+            # Deleted while pending: nothing to apply, only the pending entry to clear.
+            await self._redis.xack(
+                on.receipts, RECEIPTS_GROUP, *[sid for o, sid in gone if o == on]
+            )
+        return [(on, sid, fields) for on, sid, fields in entries if fields]
+
+    async def _claim_stale(self) -> list[_ShardReceipt]:
+        """What a crashed replica left pending for long, from time to time."""
         now = asyncio.get_running_loop().time()
-        if now >= self._next_claim:
+        if now < self._next_claim:
+            return []
+        full = False
+        for on in self._shards:
             autoclaimed: Any = await self._redis.xautoclaim(
-                self._on.receipts,
+                on.receipts,
                 RECEIPTS_GROUP,
                 self._consumer,
                 self._claim_idle_ms,
@@ -293,30 +315,43 @@ class ReceiptsConsumer:
                 count=self._batch,
             )
             claimed = autoclaimed[1]
-            if len(claimed) < self._batch:
-                # Nothing more is stale: look again later. A full batch: go on claiming.
-                self._next_claim = now + self._claim_interval_s
+            full |= len(claimed) >= self._batch
             if claimed:
-                return [(sid.decode(), fields) for sid, fields in claimed if fields]
+                # A full batch: go on claiming; otherwise look again later.
+                if not full:
+                    self._next_claim = now + self._claim_interval_s
+                return [(on, as_text(sid), fields) for sid, fields in claimed if fields]
+        self._next_claim = now + self._claim_interval_s
+        return []
+
+    async def _read_or_claim(self) -> list[_ShardReceipt]:
+        if self._own_pending_first:
+            own = await self._read_own_pending()
+            if own:
+                return own
+            self._own_pending_first = False
+        if claimed := await self._claim_stale():
+            return claimed
+        # Every shard's new receipts in one call (one Redis node; on a cluster a consumer
+        # serves one shard).
         reply: Any = await self._redis.xreadgroup(
             RECEIPTS_GROUP,
             self._consumer,
-            {self._on.receipts: ">"},
+            {on.receipts: ">" for on in self._shards},
             count=self._batch,
             block=self._block_ms,
         )
-        return [
-            (sid.decode(), fields) for _s, items in reply or [] for sid, fields in items if fields
-        ]
+        return [(on, sid, fields) for on, sid, fields in self._entries(reply) if fields]
 
     async def consume_once(self) -> int:
-        receipts = await self._read()
-        if not receipts:
+        entries = await self._read()
+        if not entries:
             return 0
-        spans = [_receipt_span(fields, self._on.receipts) for _sid, fields in receipts]
+        receipts = [(qualify(on.index, sid), fields) for on, sid, fields in entries]
+        spans = [_receipt_span(fields, on.receipts) for on, _sid, fields in entries]
         try:
             try:
-                await apply_receipts(self._store, receipts, self._on.index)
+                await apply_receipts(self._store, receipts)
             except asyncpg.DataError:
                 # A value PostgreSQL refuses would fail this batch on every retry and hold up
                 # every receipt behind it: apply one by one and skip what cannot be applied.
@@ -327,26 +362,30 @@ class ReceiptsConsumer:
         if self._applied is not None:
             for _sid, fields in receipts:
                 self._applied.labels(_field(fields, b"type") or "unknown").inc()
-        ids = [sid for sid, _f in receipts]
         async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.xack(self._on.receipts, RECEIPTS_GROUP, *ids)
-            pipe.xdel(self._on.receipts, *ids)
-            if done := _finished_dedupe_keys(receipts, self._on):
-                # As a plain command: a cluster pipeline's `unlink` splits keys by slot and is
-                # not queued at all (these are one shard's, one slot).
-                pipe.execute_command("UNLINK", *done)
+            for on in self._shards:
+                mine = [(sid, fields) for o, sid, fields in entries if o == on]
+                if not mine:
+                    continue
+                ids = [sid for sid, _f in mine]
+                pipe.xack(on.receipts, RECEIPTS_GROUP, *ids)
+                pipe.xdel(on.receipts, *ids)
+                if done := _finished_dedupe_keys(mine, on):
+                    # As a plain command: a cluster pipeline's `unlink` splits keys by slot and
+                    # is not queued at all (these are one shard's, one slot).
+                    pipe.execute_command("UNLINK", *done)
             await pipe.execute()
-        return len(receipts)
+        return len(entries)
 
     async def _apply_one_by_one(self, receipts: list[Receipt]) -> None:
         for receipt in receipts:
             try:
-                await apply_receipts(self._store, [receipt], self._on.index)
+                await apply_receipts(self._store, [receipt])
             except asyncpg.DataError as exc:
                 log.error("malformed_receipt_skipped", receipt_id=receipt[0], error=repr(exc))
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self._ensure_group()
+        await self.ensure_groups()
         backoff = Backoff(first_s=0.1, max_s=5.0)
         next_prune = 0.0
         while not stop.is_set():
@@ -358,13 +397,14 @@ class ReceiptsConsumer:
                     await sleep_or_stop(stop, self._linger_s)
                 if asyncio.get_running_loop().time() >= next_prune:
                     next_prune = asyncio.get_running_loop().time() + 60
-                    await prune_consumers(
-                        self._redis,
-                        self._on.receipts,
-                        RECEIPTS_GROUP,
-                        min_idle_ms=3_600_000,
-                        keep=self._consumer,
-                    )
+                    for on in self._shards:
+                        await prune_consumers(
+                            self._redis,
+                            on.receipts,
+                            RECEIPTS_GROUP,
+                            min_idle_ms=3_600_000,
+                            keep=self._consumer,
+                        )
             except (
                 RedisError,
                 asyncpg.PostgresError,
@@ -377,7 +417,8 @@ class ReceiptsConsumer:
                 delay_s = backoff.next_s()
                 log.warning("receipts_failed", error=repr(exc), retry_in_s=delay_s)
                 await sleep_or_stop(stop, delay_s)
-        with contextlib.suppress(RedisError, OSError):
-            await prune_consumers(
-                self._redis, self._on.receipts, RECEIPTS_GROUP, min_idle_ms=0, only=self._consumer
-            )
+        for on in self._shards:
+            with contextlib.suppress(RedisError, OSError):
+                await prune_consumers(
+                    self._redis, on.receipts, RECEIPTS_GROUP, min_idle_ms=0, only=self._consumer
+                )

@@ -15,7 +15,7 @@ from acme_orders.publisher import publish_batch
 from acme_orders.receipts import Receipt, ReceiptsConsumer, apply_receipts
 from acme_orders.relay import redrive_once, relay_once
 from acme_orders.store import OrderStore
-from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM, published_key
+from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM, published_key, shards
 from acme_runtime.ids import uuid7_time_ms
 from tests.harness import eventually
 from tests.integration.test_outbox import insert_orders, stream_event_ids
@@ -95,7 +95,7 @@ async def test_sent_receipt_marks_the_order_and_ends_the_outbox_row(
     await redis.xadd(
         RECEIPTS_STREAM, receipt("sent", str(event_id), order_id, 2, 1_800_000_005_000, "<m@acme>")
     )
-    await consumer._ensure_group()
+    await consumer.ensure_groups()
     assert await consumer.consume_once() == 2
     row = await pool.fetchrow(
         "SELECT notification_status, delivery_attempts, notification_detail FROM orders"
@@ -166,7 +166,7 @@ async def test_a_receipt_applied_again_after_a_newer_one_changes_nothing(
     nothing: not the status, the detail, the time nor the attempts."""
     store, event_id, order_id = await one_order(pool)
     crashed = ReceiptsConsumer(store, redis, consumer="orders-crashed", block_ms=10)
-    await crashed._ensure_group()
+    await crashed.ensure_groups()
     await redis.xadd(
         RECEIPTS_STREAM, receipt("attempt_failed", event_id, order_id, 1, T, "421 first")
     )
@@ -297,7 +297,7 @@ async def test_a_settled_events_publish_once_key_goes_with_its_receipt_and_no_so
     for kind, event_id in (("sent", sent), ("dead", dead), ("attempt_failed", failing)):
         await redis.xadd(RECEIPTS_STREAM, receipt(kind, event_id, orders[event_id], 1, T))
     consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=10)
-    await consumer._ensure_group()
+    await consumer.ensure_groups()
     assert await consumer.consume_once() == 3
 
     left = {e for e in event_ids if await redis.exists(published_key(e))}
@@ -349,7 +349,7 @@ async def test_receipts_left_pending_by_a_departed_relay_are_claimed_and_applied
 ) -> None:
     store, event_id, order_id = await one_order(pool)
     departed = ReceiptsConsumer(store, redis, consumer="orders-departed", block_ms=10)
-    await departed._ensure_group()
+    await departed.ensure_groups()
     await redis.xadd(
         RECEIPTS_STREAM, receipt("sent", str(event_id), order_id, 1, 1_800_000_000_000, "<m@a>")
     )
@@ -390,7 +390,7 @@ async def test_receipts_read_when_the_database_failed_are_applied_once_it_answer
     counting = CountingPool(pool)
     store.pool = cast(asyncpg.Pool, counting)
     consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=20)
-    await consumer._ensure_group()  # before polling the group's pending count below
+    await consumer.ensure_groups()  # before polling the group's pending count below
     await pool.execute("ALTER TABLE order_timeline RENAME TO order_timeline_gone")
     stop = asyncio.Event()
     runner = asyncio.create_task(consumer.run(stop))
@@ -430,7 +430,7 @@ async def test_hostile_receipts_are_skipped_and_the_good_ones_in_their_batch_app
     """A timestamp past year 9999 or a NUL in a detail cannot wedge the receipts stream."""
     store, event_id, order_id = await one_order(pool)
     consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=10)
-    await consumer._ensure_group()
+    await consumer.ensure_groups()
     other = str(uuid.uuid4())
     await redis.xadd(RECEIPTS_STREAM, receipt("attempt_failed", other, other, 1, 10**18))
     await redis.xadd(
@@ -542,3 +542,44 @@ async def test_recording_a_publish_never_waits_for_rows_the_receipts_consumer_ho
     kinds = [r["kind"] for r in await pool.fetch("SELECT kind FROM order_timeline ORDER BY at")]
     assert kinds == ["created", "published"]
     assert (await notification(pool))[0] == "pending", "the locked order was left to its holder"
+
+
+async def test_receipts_of_several_shards_are_read_in_one_call_and_applied_together(
+    pool: asyncpg.Pool, redis: Redis
+) -> None:
+    """On one Redis node one consumer serves every shard: the receipts of orders published on
+    three shards are read by one XREADGROUP and applied by one statement; each shard's stream
+    is emptied and its publish-once keys deleted, and the same stream id on two shards stays
+    two receipts."""
+    store = OrderStore(pool)
+    await insert_orders(store, 3)
+    rows = await pool.fetch("SELECT event_id, order_id FROM outbox ORDER BY event_id")
+    on = shards(3)
+    consumer = ReceiptsConsumer(store, redis, consumer="orders-test", block_ms=10, on=on)
+    await consumer.ensure_groups()
+    for index, row in enumerate(rows):
+        event_id, order_id = str(row["event_id"]), str(row["order_id"])
+        await redis.set(on[index].published_key(event_id), "1-1")
+        fields = receipt("sent", event_id, order_id, 1, 1_800_000_000_000, "<m@acme>")
+        await redis.xadd(on[index].receipts, fields, id="5-1")  # the same id on each shard
+    calls_before = await command_calls(redis, "xreadgroup")
+    assert await consumer.consume_once() == 3
+    assert await command_calls(redis, "xreadgroup") - calls_before == 2, "own pending, then new"
+    transactions = await pool.fetchval(
+        "SELECT count(DISTINCT xmin::text) FROM order_timeline WHERE kind = 'sent'"
+    )
+    assert transactions == 1, "the three receipts were applied by one statement"
+    statuses = await pool.fetch("SELECT notification_status FROM orders")
+    assert [r["notification_status"] for r in statuses] == ["sent"] * 3
+    for index in range(3):
+        assert await redis.xlen(on[index].receipts) == 0
+        assert not await redis.exists(on[index].published_key(str(rows[index]["event_id"])))
+    sources = await pool.fetch(
+        "SELECT source_id FROM order_timeline WHERE kind = 'sent' ORDER BY source_id"
+    )
+    assert [r["source_id"] for r in sources] == ["1/5-1", "2/5-1", "5-1"]
+
+
+async def command_calls(redis: Redis, command: str) -> int:
+    stats: Any = await redis.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
