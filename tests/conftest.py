@@ -30,14 +30,12 @@ from redis.asyncio import Redis
 from acme_cli.embedded import EmbeddedPostgres, EmbeddedRedis
 from acme_cli.migrations import migrate
 from acme_cli.smtp_sink import MailSink
-from acme_notify.ledger import LEDGER_TABLE
 from acme_orders.settings import OrdersSettings
-from acme_orders.store import TIMELINE_TABLE
 from acme_runtime.ids import uuid7
-from acme_runtime.partitions import maintain
 from acme_runtime.pg import init_connection
 from acme_runtime.tracing import configure_tracing
 from tests.debian import PackageUnavailableError
+from tests.harness import partitions_ahead
 from tests.postfix import (
     INSTALL_HINT,
     PostfixServer,
@@ -151,13 +149,7 @@ async def _create_template(admin_url: str) -> None:
         await conn.close()
     template_url = _with_database(admin_url, TEMPLATE_DB)
     await migrate(template_url)
-    # What every process does before it writes: the partitions of today and ahead exist.
-    pool = await asyncpg.create_pool(template_url, min_size=1, max_size=1)
-    try:
-        for table in (TIMELINE_TABLE, LEDGER_TABLE):
-            await maintain(pool, table, interval_s=86_400, retention_s=30 * 86_400, wait=True)
-    finally:
-        await pool.close()
+    await partitions_ahead(template_url)
 
 
 @pytest.fixture(scope="session")

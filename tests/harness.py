@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 
 from acme_notify.delivery import Delivery
 from acme_notify.flow import CircuitBreaker
-from acme_notify.ledger import SendLedger
+from acme_notify.ledger import LEDGER_TABLE, SendLedger
 from acme_notify.processor import Processor
 from acme_notify.render import Renderer
 from acme_notify.settings import NotifySettings
@@ -29,8 +29,10 @@ from acme_orders.api_keys import SCOPES, issue_key
 from acme_orders.app import api_app, relay_actors
 from acme_orders.app import open_clients as open_order_clients
 from acme_orders.settings import OrdersSettings
+from acme_orders.store import TIMELINE_TABLE
 from acme_orders.telemetry import OrdersMetrics
 from acme_runtime.actors import Supervisor
+from acme_runtime.partitions import maintain
 
 
 def notify_env(
@@ -184,3 +186,14 @@ async def api_client(
     async with AsyncTestClient(app=api_app(settings, metrics)) as client:
         client.headers["Authorization"] = f"Bearer {key}"
         yield client
+
+
+async def partitions_ahead(database_url: str) -> None:
+    """What every process does before it writes: the partitions of today and ahead exist (a
+    database just migrated has its floor partition only, which ends when it was migrated)."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=1)
+    try:
+        for table in (TIMELINE_TABLE, LEDGER_TABLE):
+            await maintain(pool, table, interval_s=86_400, retention_s=30 * 86_400, wait=True)
+    finally:
+        await pool.close()
