@@ -142,6 +142,14 @@ def _scenarios() -> dict[str, Scenario]:
                 description="one API process offered 1,500 orders/s (no notifiers)",
             ),
             Scenario(
+                "cpu-idle",
+                "constant",
+                1.0,
+                60.0,
+                warmup_s=0.0,
+                description="fixed cost of a quiet system: 1 order/s for 60 s (per order = per s)",
+            ),
+            Scenario(
                 "cpu-200",
                 "constant",
                 200.0,

@@ -73,12 +73,15 @@ class Reaper(PeriodicActor):
 
     async def _reap(self) -> bool:
         # A failure propagates: PeriodicActor logs it, counts it and tries again next round.
-        redis = self._streams.redis
-        lock = self._streams.shard.reaper_lock
-        if not await redis.set(lock, self._streams.consumer, nx=True, px=self._interval_ms):
+        found = await self._streams.reap_round(
+            lock_ms=self._interval_ms,
+            max_deliveries=self._max_deliveries,
+            min_idle_ms=self._min_idle_ms,
+            retention_ms=self._retention_ms,
+        )
+        if found is None:  # another replica reaps this shard this round
             return False
-        exhausted = await self._streams.exhausted(self._max_deliveries, self._min_idle_ms)
-        for entry_id in exhausted:
+        for entry_id in found.exhausted:
             dead_id = await self._streams.dead_letter(
                 entry_id,
                 reason_class="max_deliveries",
@@ -96,6 +99,5 @@ class Reaper(PeriodicActor):
                     dead_id=dead_id,
                     reason_class="max_deliveries",
                 )
-        await self._streams.trim_acknowledged(self._retention_ms)
         await self._prune_departed()
         return False

@@ -22,7 +22,7 @@ from acme_runtime.consumers import ensure_group
 from acme_runtime.lua import load_script
 from acme_runtime.text import as_text
 
-__all__ = ["Acks", "ClaimResult", "Quota", "RawEntry", "Streams", "read_new_across"]
+__all__ = ["Acks", "ClaimResult", "Quota", "RawEntry", "ReapRound", "Streams", "read_new_across"]
 
 log = structlog.get_logger(__name__)
 
@@ -81,6 +81,15 @@ class RawEntry(NamedTuple):
     deliveries: int
     #: The index of the shard whose stream holds the entry (entry ids are per stream).
     shard: int = 0
+
+
+class ReapRound(NamedTuple):
+    """What one reaper round found and did on a shard."""
+
+    #: Pending entries over their delivery budget, to be dead-lettered.
+    exhausted: list[str]
+    #: Entries the trim removed (whole listpack nodes: approximate).
+    trimmed: int
 
 
 @dataclass(frozen=True)
@@ -335,54 +344,36 @@ class Streams:
         removed: int = await self.redis.zremrangebyscore(held, "-inf", released_before_ms)
         return removed
 
-    async def exhausted(self, max_deliveries: int, min_idle_ms: int, scan: int = 200) -> list[str]:
-        """Pending entries that used up their delivery budget and sat idle `min_idle_ms`,
-        examined `scan` at a time from where the previous call stopped."""
-        try:
-            reply: Any = await self.redis.xpending_range(
-                self.shard.events,
+    async def reap_round(
+        self,
+        *,
+        lock_ms: int,
+        max_deliveries: int,
+        min_idle_ms: int,
+        retention_ms: int,
+        scan: int = 200,
+    ) -> ReapRound | None:
+        """One reaper round on this shard in one call (reap_round.lua), or None when another
+        replica holds this round's lock. Lists the pending entries that used up their delivery
+        budget and sat idle `min_idle_ms` (examined `scan` at a time from where the previous
+        round stopped; held entries are waiting, never listed), and trims the entries every
+        group acknowledged that are older than the retention: never a pending or unread one."""
+        floor_ms = max(0, now_ms() - retention_ms)
+        took, exhausted, cursor, trimmed = await load_script("reap_round").run(
+            self.redis,
+            [self.shard.events, self.shard.reaper_lock, self.shard.held],
+            [
                 self.group,
-                min=self._reap_cursor,
-                max="+",
-                count=scan,
-                idle=min_idle_ms,
-            )
-        except ResponseError as exc:
-            if not _no_group(exc):
-                raise
-            return []
-        self._reap_cursor = f"({as_text(reply[-1]['message_id'])}" if len(reply) >= scan else "-"
-        over = [
-            as_text(p["message_id"]) for p in reply if int(p["times_delivered"]) >= max_deliveries
-        ]
-        if not over:
-            return over
-        # A held entry is waiting for its recipient's window, not failing: never reaped
-        # (with ACME_MAX_DELIVERIES=1 its one delivery cannot be given back).
-        held: Any = await self.redis.zmscore(self.shard.held, over)
-        return [entry_id for entry_id, score in zip(over, held, strict=True) if score is None]
-
-    async def trim_acknowledged(self, retention_ms: int) -> int:
-        """Trims entries every consumer acknowledged and older than the retention; never a
-        pending or undelivered one."""
-        try:
-            groups: Any = await self.redis.xinfo_groups(self.shard.events)
-        except ResponseError as exc:
-            if not _no_group(exc):
-                raise
-            return 0
-        if not any(as_text(group["name"]) == self.group for group in groups):
-            # No group of ours yet (the readers make it at start): nothing was delivered, so
-            # nothing is acknowledged. Trimming "below every group" with no group at all would
-            # drop every entry unread.
-            return 0
-        floor = f"{now_ms() - retention_ms}-0"
-        candidates = [floor]
-        for group in groups:
-            candidates.append(as_text(group["last-delivered-id"]))
-            summary: Any = await self.redis.xpending(self.shard.events, as_text(group["name"]))
-            if summary["pending"]:
-                candidates.append(as_text(summary["min"]))
-        lowest = min(candidates, key=lambda sid: tuple(int(x) for x in sid.split("-")))
-        trimmed: int = await self.redis.xtrim(self.shard.events, minid=lowest, approximate=True)
-        return trimmed
+                self.consumer,
+                lock_ms,
+                min_idle_ms,
+                max_deliveries,
+                scan,
+                self._reap_cursor,
+                f"{floor_ms}-0",
+            ],
+        )
+        if not took:
+            return None
+        self._reap_cursor = as_text(cursor)
+        return ReapRound([as_text(entry_id) for entry_id in exhausted], int(trimmed))

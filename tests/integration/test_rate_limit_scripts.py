@@ -100,7 +100,8 @@ async def test_a_held_entry_gives_its_try_back_is_not_claimed_early_nor_reaped(
     assert deliveries == 1 and await is_pending(redis, entry_id)
     entries: Any = await redis.xrange(RECEIPTS_STREAM)
     assert [fields[b"type"] for _id, fields in entries] == [b"held"]
-    assert await owner.exhausted(max_deliveries=1, min_idle_ms=0) == []
+    reaped = await owner.reap_round(lock_ms=1_000, max_deliveries=1, min_idle_ms=0, retention_ms=0)
+    assert reaped is not None and reaped.exhausted == []
 
     early = await claimer.claim_due(base_ms=0, cap_ms=0, jitter=0, max_deliveries=1, limit=10)
     assert early.claimed == []

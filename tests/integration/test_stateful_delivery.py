@@ -313,7 +313,11 @@ class DeliveryMachine(RuleBasedStateMachine):
         """The reaper's step: dead-letter what used up its deliveries, trim acknowledged."""
         streams = self.replicas[0].streams
         reaped = 0
-        for entry_id in await streams.exhausted(MAX_DELIVERIES, min_idle_ms=0):
+        found = await streams.reap_round(
+            lock_ms=1_000, max_deliveries=MAX_DELIVERIES, min_idle_ms=0, retention_ms=0
+        )
+        assert found is not None, "the only reaper was refused its own lock"
+        for entry_id in found.exhausted:
             dead_id = await streams.dead_letter(
                 entry_id,
                 reason_class="max_deliveries",
@@ -322,7 +326,6 @@ class DeliveryMachine(RuleBasedStateMachine):
             )
             assert dead_id is not None, f"exhausted entry {entry_id} was not dead-lettered"
             reaped += 1
-        await streams.trim_acknowledged(retention_ms=0)
         return reaped
 
     async def _pending(self) -> int:

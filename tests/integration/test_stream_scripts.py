@@ -18,7 +18,7 @@ from acme_notify.keys import (
     NOTIFIER_GROUP,
     RECEIPTS_STREAM,
 )
-from acme_notify.streams import ClaimResult, Streams
+from acme_notify.streams import ClaimResult, ReapRound, Streams
 from acme_runtime.channels import shard
 from acme_runtime.ids import uuid7
 from tests.harness import eventually
@@ -55,6 +55,15 @@ async def receipt_kinds(redis: Redis) -> list[str]:
     """The receipts stream's `type` fields, oldest first."""
     entries: Any = await redis.xrange(RECEIPTS_STREAM)
     return [fields[b"type"].decode() for _id, fields in entries]
+
+
+async def reap(
+    streams: Streams, *, retention_ms: int = 0, max_deliveries: int = 6
+) -> ReapRound | None:
+    """One reaper round as the Reaper runs it (its lock for a second)."""
+    return await streams.reap_round(
+        lock_ms=1_000, max_deliveries=max_deliveries, min_idle_ms=0, retention_ms=retention_ms
+    )
 
 
 async def is_pending(redis: Redis, entry_id: str) -> bool:
@@ -183,13 +192,13 @@ async def test_trimming_removes_what_every_group_acknowledged_and_keeps_the_rest
     await streams.ensure_group()
     await streams.read_new(300, 10)
     assert await redis.xack(EVENTS_STREAM, streams.group, *ids[:250]) == 250
-    await streams.trim_acknowledged(retention_ms=0)
+    assert await reap(streams) is not None
     left: Any = await redis.xrange(EVENTS_STREAM)
     kept = {entry_id.decode() for entry_id, _fields in left}
     assert set(ids[250:]) <= kept, "a pending (250-299) or unread (300-399) entry was trimmed"
     assert len(kept) <= 150 + 100, f"{len(kept)} entries left: acknowledged ones stayed"
 
-    await streams.trim_acknowledged(retention_ms=3_600_000)
+    assert await reap(streams, retention_ms=3_600_000) == ReapRound([], 0)
     assert await redis.xlen(EVENTS_STREAM) == len(kept), "a retention keeps recent entries"
 
 
@@ -204,13 +213,12 @@ async def test_claims_and_reaping_on_a_shard_without_its_group_yet_find_nothing(
         return await streams.claim_due(base_ms=1, cap_ms=1, jitter=0.0, max_deliveries=6, limit=10)
 
     assert await claim() == ClaimResult([], [])
-    assert await streams.exhausted(max_deliveries=6, min_idle_ms=0) == []
-    assert await streams.trim_acknowledged(retention_ms=0) == 0
+    assert await reap(streams) == ReapRound([], 0)
     await redis.xadd(shard(5).events, {"n": "1"})  # the stream, still without the group
     assert (
         await streams.claim_due(base_ms=1, cap_ms=1, jitter=0.0, max_deliveries=6, limit=10)
     ).claimed == []
-    assert await streams.exhausted(max_deliveries=6, min_idle_ms=0) == []
+    assert await reap(streams) == ReapRound([], 0)
 
 
 async def test_a_stream_our_group_has_not_seen_yet_is_never_trimmed(redis: Redis) -> None:
@@ -221,5 +229,55 @@ async def test_a_stream_our_group_has_not_seen_yet_is_never_trimmed(redis: Redis
     for n in range(300):  # three whole listpack nodes: what an approximate XTRIM removes
         await redis.xadd(events, {"n": str(n)})
     await redis.xgroup_create(events, "someone-else", id="$")
-    assert await Streams(redis, "a", shard=shard(3)).trim_acknowledged(retention_ms=0) == 0
+    assert await reap(Streams(redis, "a", shard=shard(3))) == ReapRound([], 0)
     assert await redis.xlen(events) == 300
+
+
+async def test_one_replica_reaps_a_shard_per_round_and_its_owner_may_go_again(
+    redis: Redis,
+) -> None:
+    """reap_round.lua's lock: the replicas that lose a shard's round are refused (None) until
+    it expires, the owner is not, and each shard's round has its own lock."""
+    first, second = Streams(redis, "a"), Streams(redis, "b")
+    await first.ensure_group()
+    assert await reap(first) == ReapRound([], 0)
+    assert await reap(second) is None, "two replicas reaped the same shard in one round"
+    assert await reap(first) == ReapRound([], 0), "the lock's owner was refused its own round"
+    other_shard = Streams(redis, "b", shard=shard(2))
+    assert await reap(other_shard) == ReapRound([], 0), "shard 0's lock held back shard 2"
+    await redis.delete(shard(0).reaper_lock)  # the lock expired
+    assert await reap(second) == ReapRound([], 0)
+
+
+async def test_a_round_lists_the_entries_over_their_budget_and_never_a_held_one(
+    redis: Redis,
+) -> None:
+    """Exhausted: pending and delivered `max deliveries` times. A held entry (waiting for its
+    recipient's window) is not failing; an entry read once with a budget of two has tries left."""
+    streams = Streams(redis, "a")
+    await add_entry(redis)
+    over = await read_one(streams)
+    await add_entry(redis)
+    held = await read_one(streams)
+    await redis.zadd(shard(0).held, {held: 10**13})
+    found = await reap(streams, max_deliveries=1)
+    assert found is not None and found.exhausted == [over]
+    assert await is_pending(redis, over), "listing an entry must not settle it"
+    await redis.delete(shard(0).reaper_lock)
+    assert await reap(streams, max_deliveries=2) == ReapRound([], 0)
+
+
+async def test_a_round_never_trims_below_another_groups_oldest_pending_entry(
+    redis: Redis,
+) -> None:
+    """The trim keeps what any group still owes: here a second group read 300 entries and
+    acknowledged none, while ours acknowledged all of them."""
+    streams = Streams(redis, "a")
+    ids = [await add_entry(redis) for _ in range(300)]
+    await streams.ensure_group()
+    await redis.xgroup_create(EVENTS_STREAM, "audit", id="0")
+    await redis.xreadgroup("audit", "x", {EVENTS_STREAM: ">"}, count=300)
+    await streams.read_new(300, 10)
+    assert await redis.xack(EVENTS_STREAM, NOTIFIER_GROUP, *ids) == 300
+    assert await reap(streams) == ReapRound([], 0)
+    assert await redis.xlen(EVENTS_STREAM) == 300

@@ -143,14 +143,14 @@ USERS: Final = (
         "reads its group, claims, acknowledges, dead-letters, archives; writes receipts",
         keys=(EVENTS, RECEIPTS, DEAD, AUDIT, NOTIFY_KEYS),
         commands=_words(
-            "ping xgroup|create xreadgroup xpending xinfo|groups xtrim xlen xrange",
+            "ping xgroup|create xreadgroup xpending xinfo|groups xlen xrange",
             "set get pttl",  # locks (SET NX PX) and the shared breakers
-            # The held set: the reaper skips held entries and forgets released ones.
-            "zmscore zremrangebyscore",
+            "zremrangebyscore",  # the reaper forgets released members of the held set
         ),
         scripts=_words(
             "ack_sent archive_dead attempt_failed claim_due dead_evictable dead_letter",
-            "heartbeat hold prune_consumers recipient_quota refund replay_dead stream_lag",
+            "heartbeat hold prune_consumers reap_round recipient_quota refund replay_dead",
+            "stream_lag",
         ),
     ),
     RedisUser(
