@@ -8,7 +8,9 @@ timeline entry carries the receipt's stream id, so applying a receipt twice (aft
 a claim of another replica's pending receipts) changes nothing. Receipts only move an order
 forward: a sent order stays sent, a dead one may still turn sent, and an older receipt never
 moves it back. Once a `sent` or `dead` receipt is applied, the event's publish-once key goes
-too (ADR 0012): Redis keeps a key per event only while the event is in flight.
+too (ADR 0012): Redis keeps a key per event only while the event is in flight. Applied
+receipts are settled (acknowledged, deleted, their keys unlinked) by one settle_receipts.lua
+call per shard, every shard's in one pipeline.
 
 Receipts this consumer has read but not applied (PostgreSQL failed mid-batch, or the process
 restarted) stay in its own pending list; it reads that list again (`XREADGROUP … 0`) first,
@@ -47,6 +49,7 @@ from acme_runtime.actors import sleep_or_stop
 from acme_runtime.backoff import Backoff
 from acme_runtime.channels import RECEIPTS_GROUP, Shard, qualify, shard
 from acme_runtime.consumers import ensure_group, prune_consumers
+from acme_runtime.lua import load_script
 from acme_runtime.text import as_text
 from acme_runtime.tracing import context_from_traceparent, tracer
 
@@ -362,20 +365,23 @@ class ReceiptsConsumer:
         if self._applied is not None:
             for _sid, fields in receipts:
                 self._applied.labels(_field(fields, b"type") or "unknown").inc()
-        async with self._redis.pipeline(transaction=True) as pipe:
-            for on in self._shards:
-                mine = [(sid, fields) for o, sid, fields in entries if o == on]
-                if not mine:
-                    continue
-                ids = [sid for sid, _f in mine]
-                pipe.xack(on.receipts, RECEIPTS_GROUP, *ids)
-                pipe.xdel(on.receipts, *ids)
-                if done := _finished_dedupe_keys(mine, on):
-                    # As a plain command: a cluster pipeline's `unlink` splits keys by slot and
-                    # is not queued at all (these are one shard's, one slot).
-                    pipe.execute_command("UNLINK", *done)
-            await pipe.execute()
+        await self._settle(entries)
         return len(entries)
+
+    async def _settle(self, entries: list[_ShardReceipt]) -> None:
+        """Acknowledges and deletes applied receipts and unlinks the publish-once keys they
+        finished: one settle_receipts.lua call per shard, every shard's in one pipeline."""
+        calls: list[tuple[list[str], list[str]]] = []
+        for on in self._shards:
+            mine = [(sid, fields) for o, sid, fields in entries if o == on]
+            if mine:
+                keys = [on.receipts, *_finished_dedupe_keys(mine, on)]
+                calls.append((keys, [RECEIPTS_GROUP, *(sid for sid, _f in mine)]))
+        script = load_script("settle_receipts")
+        if len(calls) == 1:
+            await script.run(self._redis, *calls[0])
+        else:
+            await script.run_many(self._redis, calls)
 
     async def _apply_one_by_one(self, receipts: list[Receipt]) -> None:
         for receipt in receipts:

@@ -17,6 +17,7 @@ from acme_orders.relay import redrive_once, relay_once
 from acme_orders.store import OrderStore
 from acme_runtime.channels import RECEIPTS_GROUP, RECEIPTS_STREAM, published_key, shards
 from acme_runtime.ids import uuid7_time_ms
+from acme_runtime.lua import load_script
 from tests.harness import eventually
 from tests.integration.test_outbox import insert_orders, stream_event_ids
 
@@ -562,9 +563,12 @@ async def test_receipts_of_several_shards_are_read_in_one_call_and_applied_toget
         await redis.set(on[index].published_key(event_id), "1-1")
         fields = receipt("sent", event_id, order_id, 1, 1_800_000_000_000, "<m@acme>")
         await redis.xadd(on[index].receipts, fields, id="5-1")  # the same id on each shard
+    await load_script("settle_receipts").ensure_loaded(redis)
     calls_before = await command_calls(redis, "xreadgroup")
+    settles_before = await command_calls(redis, "evalsha")
     assert await consumer.consume_once() == 3
     assert await command_calls(redis, "xreadgroup") - calls_before == 2, "own pending, then new"
+    assert await command_calls(redis, "evalsha") - settles_before == 3, "one settle per shard"
     transactions = await pool.fetchval(
         "SELECT count(DISTINCT xmin::text) FROM order_timeline WHERE kind = 'sent'"
     )
@@ -573,6 +577,8 @@ async def test_receipts_of_several_shards_are_read_in_one_call_and_applied_toget
     assert [r["notification_status"] for r in statuses] == ["sent"] * 3
     for index in range(3):
         assert await redis.xlen(on[index].receipts) == 0
+        summary: Any = await redis.xpending(on[index].receipts, RECEIPTS_GROUP)
+        assert summary["pending"] == 0, f"shard {index}'s receipt was deleted, not acknowledged"
         assert not await redis.exists(on[index].published_key(str(rows[index]["event_id"])))
     sources = await pool.fetch(
         "SELECT source_id FROM order_timeline WHERE kind = 'sent' ORDER BY source_id"

@@ -130,12 +130,11 @@ USERS: Final = (
         "ACME_ACL_REDIS_RELAY_PASSWORD",
         "publishes and re-drives events; reads, acknowledges and deletes receipts",
         keys=(EVENTS, PUBLISHED, RECEIPTS),
-        # Receipts: its group, claims, acknowledges, deletes, in one MULTI with the UNLINK of
-        # the finished events' publish-once keys.
-        commands=_words(
-            "ping xgroup|create xreadgroup xautoclaim xack xdel unlink multi exec discard"
-        ),
-        scripts=("publish_once", "prune_consumers"),
+        # Receipts: its group, reads and claims; acknowledges a receipt deleted while pending.
+        # settle_receipts.lua acknowledges and deletes the applied ones and unlinks the
+        # finished events' publish-once keys.
+        commands=_words("ping xgroup|create xreadgroup xautoclaim xack"),
+        scripts=("publish_once", "prune_consumers", "settle_receipts"),
     ),
     RedisUser(
         "acme-notifier",
