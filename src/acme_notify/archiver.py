@@ -93,7 +93,11 @@ class Archiver(PeriodicActor):
         if not await self._take_lock():
             return False
         moved = await self.move_batch()
-        expired = await self._archive.expire(self._archive_retention_s, EXPIRE_BATCH)
+        # The archive is one table for every shard: shard 0's archiver (every replica has one,
+        # whatever the shard count) expires it, rather than each shard's the same rows.
+        expired = 0
+        if self._shard.index == 0:
+            expired = await self._archive.expire(self._archive_retention_s, EXPIRE_BATCH)
         if expired:
             if self._expired is not None:
                 self._expired.inc(expired)

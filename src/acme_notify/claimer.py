@@ -3,7 +3,9 @@
 * `Claimer` takes over pending entries whose backoff has elapsed (claim_due.lua: select and
   XCLAIM atomically, so two replicas never claim the same entry), whether they failed here,
   failed elsewhere, or belong to a replica that crashed. Entries trimmed while pending are
-  acknowledged away.
+  acknowledged away. On one Redis node a round over N shards is one pipeline, each shard
+  claiming a share of the free room; on a cluster the shards are claimed in turn, the first
+  one rotating so a shard with many due retries cannot keep the others waiting.
 * `Heartbeat` refreshes the idle time of the entries this replica is sending right now
   (heartbeat.lua, XCLAIM JUSTID: no delivery counted), so a slow SMTP server never makes an
   entry look abandoned, and the claimer never sends an e-mail a second time because of it.
@@ -18,8 +20,9 @@ import structlog
 from redis.exceptions import RedisError
 
 from acme_notify.processor import Processor
-from acme_notify.streams import Streams
+from acme_notify.streams import ClaimResult, Streams, claim_due_across
 from acme_runtime.actors import PeriodicActor, sleep_or_stop
+from acme_runtime.redis_client import is_cluster
 
 __all__ = ["Claimer", "Heartbeat"]
 
@@ -53,11 +56,38 @@ class Claimer(PeriodicActor):
 
     async def _claim(self) -> bool:
         """One round over every shard; True (go again at once) when a shard filled the room."""
+        if len(self._shards) > 1 and not is_cluster(self._shards[0].redis):
+            return await self._claim_together()
         count = len(self._shards)
         first, self._first = self._first, (self._first + 1) % count
         more = False
         for step in range(count):
             more |= await self._claim_shard(self._shards[(first + step) % count])
+        return more
+
+    async def _claim_together(self) -> bool:
+        """One node: every shard's claim in one pipeline, each shard a share of the room (so
+        none can take it all); True when a shard filled its share."""
+        free = self._capacity(self._processor.free_slots)
+        if free <= 0:
+            return False
+        share = -(-free // len(self._shards))
+        results = await claim_due_across(
+            self._shards,
+            base_ms=self._base_ms,
+            cap_ms=self._cap_ms,
+            jitter=self._jitter,
+            max_deliveries=self._max_deliveries,
+            limit=share,
+        )
+        failures = [result for result in results if isinstance(result, Exception)]
+        more = False
+        for streams, result in zip(self._shards, results, strict=True):
+            if isinstance(result, ClaimResult):
+                self._take(streams, result)
+                more |= len(result.claimed) >= share
+        if failures:
+            raise failures[0]  # after the others' claims were taken
         return more
 
     async def _claim_shard(self, streams: Streams) -> bool:
@@ -72,6 +102,11 @@ class Claimer(PeriodicActor):
             max_deliveries=self._max_deliveries,
             limit=free,
         )
+        self._take(streams, result)
+        return len(result.claimed) >= free
+
+    def _take(self, streams: Streams, result: ClaimResult) -> None:
+        """Logs a round's findings on a shard and hands its claimed entries to the processor."""
         if result.missing:
             log.warning(
                 "pending_entries_missing", shard=streams.shard.index, entry_ids=result.missing
@@ -84,7 +119,6 @@ class Claimer(PeriodicActor):
                 deliveries=entry.deliveries,
             )
             self._processor.submit(entry)
-        return len(result.claimed) >= free
 
 
 class Heartbeat:

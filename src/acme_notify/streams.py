@@ -22,7 +22,16 @@ from acme_runtime.consumers import ensure_group
 from acme_runtime.lua import load_script
 from acme_runtime.text import as_text
 
-__all__ = ["Acks", "ClaimResult", "Quota", "RawEntry", "ReapRound", "Streams", "read_new_across"]
+__all__ = [
+    "Acks",
+    "ClaimResult",
+    "Quota",
+    "RawEntry",
+    "ReapRound",
+    "Streams",
+    "claim_due_across",
+    "read_new_across",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +72,33 @@ async def read_new_across(shards: Sequence[Streams], count: int, block_ms: int) 
             if fields is not None:  # None: deleted between XADD and read
                 entries.append(RawEntry(as_text(entry_id), fields, 1, index))
     return entries
+
+
+async def claim_due_across(
+    shards: Sequence[Streams],
+    *,
+    base_ms: int,
+    cap_ms: int,
+    jitter: float,
+    max_deliveries: int,
+    limit: int,
+    scan: int = 200,
+) -> list[ClaimResult | ResponseError]:
+    """claim_due on several shards in ONE pipeline (`limit` from each at most), one result per
+    shard in order: a claimer round over N shards of one Redis node is one round trip. A shard
+    whose group does not exist yet has nothing to claim; a shard whose call failed otherwise
+    answers its error, and the others' claims stand (they are XCLAIMed already: dropping them
+    would leave them idle in our name for a whole backoff)."""
+    script = load_script("claim_due")
+    calls = [on.claim_call(base_ms, cap_ms, jitter, max_deliveries, limit, scan) for on in shards]
+    replies = await script.run_many(shards[0].redis, calls, errors_as_replies=True)
+    results: list[ClaimResult | ResponseError] = []
+    for on, reply in zip(shards, replies, strict=True):
+        if not isinstance(reply, ResponseError):
+            results.append(on.claimed(reply))
+        else:
+            results.append(ClaimResult([], []) if _no_group(reply) else reply)
+    return results
 
 
 def _no_group(exc: ResponseError) -> bool:
@@ -191,25 +227,20 @@ class Streams:
     ) -> ClaimResult:
         """Claims due retries, examining the pending list `scan` entries at a time from where
         the previous call stopped, so entries deep in a long list are reached on schedule."""
+        keys, args = self.claim_call(base_ms, cap_ms, jitter, max_deliveries, limit, scan)
         try:
-            reply = await self._claim_due(base_ms, cap_ms, jitter, max_deliveries, limit, scan)
+            reply = await load_script("claim_due").run(self.redis, keys, args)
         except ResponseError as exc:
             if not _no_group(exc):
                 raise
             return ClaimResult([], [])  # the consumer has not made this shard's group yet
-        claimed_raw, missing, cursor = reply
-        self._claim_cursor = as_text(cursor)
-        claimed: list[RawEntry] = []
-        for entry_id, deliveries, flat in claimed_raw:
-            fields = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
-            claimed.append(RawEntry(as_text(entry_id), fields, int(deliveries), self.shard.index))
-        return ClaimResult(claimed, [as_text(m) for m in missing])
+        return self.claimed(reply)
 
-    async def _claim_due(
+    def claim_call(
         self, base_ms: int, cap_ms: int, jitter: float, max_deliveries: int, limit: int, scan: int
-    ) -> Any:
-        return await load_script("claim_due").run(
-            self.redis,
+    ) -> tuple[list[str], list[str | int | float]]:
+        """claim_due.lua's keys and arguments for this shard, from where its cursor stands."""
+        return (
             [self.shard.events, self.shard.last_error, self.shard.held],
             [
                 self.group,
@@ -224,6 +255,16 @@ class Streams:
                 now_ms(),
             ],
         )
+
+    def claimed(self, reply: Any) -> ClaimResult:
+        """claim_due.lua's reply for this shard; moves its cursor on."""
+        claimed_raw, missing, cursor = reply
+        self._claim_cursor = as_text(cursor)
+        claimed: list[RawEntry] = []
+        for entry_id, deliveries, flat in claimed_raw:
+            fields = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+            claimed.append(RawEntry(as_text(entry_id), fields, int(deliveries), self.shard.index))
+        return ClaimResult(claimed, [as_text(m) for m in missing])
 
     async def heartbeat(self, entry_ids: list[str]) -> int:
         if not entry_ids:

@@ -45,23 +45,33 @@ class Script:
             return await redis.eval(self.source, len(keys), *keys, *args)
 
     async def run_many(
-        self, redis: Redis, calls: Sequence[tuple[Sequence[str], Sequence[_Arg]]]
+        self,
+        redis: Redis,
+        calls: Sequence[tuple[Sequence[str], Sequence[_Arg]]],
+        *,
+        errors_as_replies: bool = False,
     ) -> list[Any]:
         """One pipeline of EVALSHA calls (keys, args), one reply each, in order. On NOSCRIPT
         the script is loaded and the whole pipeline runs again: the script must be idempotent
-        (all of ours are), since calls before the failure may already have run."""
+        (all of ours are), since calls before the failure may already have run.
+        `errors_as_replies`: a call's error is its reply (an exception instance) instead of
+        failing the lot, so the others' replies are not lost."""
 
         async def run_pipeline() -> list[Any]:
             async with redis.pipeline(transaction=False) as pipe:
                 for keys, args in calls:
                     self.queue(pipe, keys, args)
-                return await pipe.execute()
+                return await pipe.execute(raise_on_error=not errors_as_replies)
 
         try:
-            return await run_pipeline()
+            replies = await run_pipeline()
         except NoScriptError:
             await self.ensure_loaded(redis)
             return await run_pipeline()
+        if any(isinstance(reply, NoScriptError) for reply in replies):
+            await self.ensure_loaded(redis)
+            return await run_pipeline()
+        return replies
 
     def queue(self, pipe: Pipeline, keys: Sequence[str], args: Sequence[_Arg]) -> None:
         """Adds an EVALSHA to a pipeline; call `ensure_loaded` before executing it."""

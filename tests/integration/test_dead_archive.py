@@ -17,7 +17,7 @@ from acme_cli.admin.archive_actions import Acting, replay_archived
 from acme_notify.archiver import Archiver
 from acme_notify.dead_archive import ArchivedEntry, DeadArchive
 from acme_notify.keys import ARCHIVER_LOCK, AUDIT_STREAM
-from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM
+from acme_runtime.channels import DEAD_STREAM, EVENTS_STREAM, shard
 from acme_runtime.clock import now_ms
 from acme_runtime.ids import uuid7
 from tests.integration.test_admin_dead import (
@@ -272,3 +272,20 @@ async def test_archive_retention_deletes_old_rows_in_batches(
     assert await stream_ids(redis) == []
     assert await archived_ids(pool) == [s.dead_id for s in young]
     assert expired._value.get() == len(old)
+
+
+async def test_only_shard_0s_archiver_expires_the_archive_all_shards_share(
+    redis: Redis, pool: asyncpg.Pool
+) -> None:
+    """The archive is one table: a replica's archivers of shards 1..N-1 move their own dead
+    letters but leave expiry to shard 0's, so N shards do not run the same DELETE N times."""
+    old = await seed_dead(redis, 3, start_ms=now_ms() - 10 * DAY_MS)
+    young = await seed_dead(redis, 2, start_ms=now_ms() - 2 * DAY_MS)
+    archive = DeadArchive(pool)
+    await drain(archiver(redis, archive))  # moved, kept: 90 days of archive retention
+    assert len(await archived_ids(pool)) == len(old) + len(young)
+    await drain(archiver(redis, archive, archive_retention_s=5 * 86_400, on=shard(3)))
+    assert len(await archived_ids(pool)) == len(old) + len(young), "shard 3 expired rows"
+    await redis.delete(ARCHIVER_LOCK)  # the first archiver's round is over
+    await drain(archiver(redis, archive, archive_retention_s=5 * 86_400))
+    assert await archived_ids(pool) == [s.dead_id for s in young]

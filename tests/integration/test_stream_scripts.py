@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from acme_notify.keys import (
     DEAD_STREAM,
@@ -18,7 +19,7 @@ from acme_notify.keys import (
     NOTIFIER_GROUP,
     RECEIPTS_STREAM,
 )
-from acme_notify.streams import ClaimResult, ReapRound, Streams
+from acme_notify.streams import ClaimResult, ReapRound, Streams, claim_due_across
 from acme_runtime.channels import shard
 from acme_runtime.ids import uuid7
 from tests.harness import eventually
@@ -281,3 +282,28 @@ async def test_a_round_never_trims_below_another_groups_oldest_pending_entry(
     assert await redis.xack(EVENTS_STREAM, NOTIFIER_GROUP, *ids) == 300
     assert await reap(streams) == ReapRound([], 0)
     assert await redis.xlen(EVENTS_STREAM) == 300
+
+
+async def test_one_pipeline_claims_every_shards_due_retries_and_one_shards_failure_is_its_own(
+    redis: Redis,
+) -> None:
+    """claim_due_across (a claimer round on one node): each shard's due entries come back as
+    that shard's; a shard without its group yet has nothing to claim, and a shard whose call
+    Redis refuses answers its error without costing the others their claims."""
+    for index in range(2):
+        owner = Streams(redis, "a", shard=shard(index))
+        await owner.ensure_group()
+        await redis.xadd(shard(index).events, {"n": str(index)})
+        assert len(await owner.read_new(10, 10)) == 1
+    await redis.set(shard(3).events, "not a stream")  # WRONGTYPE for its claim
+    claimers = [Streams(redis, "b", shard=shard(index)) for index in range(4)]
+    results = await claim_due_across(
+        claimers, base_ms=0, cap_ms=0, jitter=0.0, max_deliveries=6, limit=10
+    )
+    first, second, without_group, refused = results
+    assert isinstance(first, ClaimResult) and [e.shard for e in first.claimed] == [0]
+    assert isinstance(second, ClaimResult) and [e.shard for e in second.claimed] == [1]
+    assert without_group == ClaimResult([], [])
+    assert isinstance(refused, ResponseError) and "WRONGTYPE" in str(refused)
+    consumers: Any = await redis.xinfo_consumers(shard(1).events, NOTIFIER_GROUP)
+    assert {c["name"].decode(): c["pending"] for c in consumers} == {"a": 0, "b": 1}
