@@ -43,8 +43,8 @@ class Claimer(PeriodicActor):
         capacity: Callable[[int], int],
     ) -> None:
         self._shards = (streams,) if isinstance(streams, Streams) else tuple(streams)
-        # The shard looked at first this round: each round starts one further, so a shard
-        # with many due retries cannot keep the others' waiting.
+        # On a cluster, the shard looked at first this round: each round starts one further,
+        # so a shard with many due retries cannot keep the others waiting.
         self._first = 0
         self._processor = processor
         self._base_ms = base_ms
