@@ -349,6 +349,10 @@ def build_app(
         exception_handlers={Exception: _on_exception},
         request_max_body_size=max_body_bytes,
         openapi_config=None,
+        # Logging is the process's (acme_runtime.logs: structlog's JSON lines, the standard
+        # library's loggers at WARNING); Litestar's default would reconfigure the root logger
+        # at INFO with a plain-text handler. Errors are logged by `_on_exception`.
+        logging_config=None,
         lifespan=[lifespan],
         debug=False,
     )
