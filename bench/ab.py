@@ -141,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ab")
     args, extra = parser.parse_known_args(argv)
+    extra = [word for word in extra if word != "--"]  # `-- --events 20000`: the scenario's own
     if not 1 <= args.rounds <= 10:
         parser.error("--rounds must be 1-10")
     envs = {"A": _pairs(parser, args.env_a), "B": _pairs(parser, args.env_b)}
