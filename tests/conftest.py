@@ -94,7 +94,7 @@ def debian_redis_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except PackageUnavailableError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the tests on Debian's redis-server: {exc}")
-        pytest.skip(str(exc))
+        pytest.skip(f"Debian's redis-server cannot be installed here (CI fails instead): {exc}")
 
 
 @pytest.fixture(scope="session")
@@ -282,7 +282,7 @@ def postfix_installed() -> None:
     except PostfixUnavailableError as exc:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the Postfix tests: {exc}")
-        pytest.skip(str(exc))
+        pytest.skip(f"Debian's redis-server cannot be installed here (CI fails instead): {exc}")
 
 
 @pytest.fixture

@@ -73,11 +73,15 @@ class StreamStats(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def _group(
-    redis: Redis, stream: str, group: dict[str, Any], info: dict[str, Any], now_ms: int
+    redis: Redis,
+    stream: str,
+    group: dict[str, Any],
+    info: dict[str, Any],
+    now_ms: int,
+    lag_cap: int,
 ) -> GroupStats:
     name = as_text(group["name"])
-    # The cap is this module's name, read at each call, so it can be lowered (a test does).
-    lag = await group_lag(redis, stream, group, info, cap=LAG_CAP)
+    lag = await group_lag(redis, stream, group, info, cap=lag_cap)
     summary: Any = await redis.xpending(stream, name)
     oldest = as_text(summary["min"]) if summary["pending"] else None
     consumers: Any = await redis.xinfo_consumers(stream, name)
@@ -99,8 +103,11 @@ async def _group(
     )
 
 
-async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
-    """The stream's length and, for each consumer group, its lag, pending and consumers."""
+async def stream_stats(
+    redis: Redis, stream: str, now_ms: int, *, lag_cap: int = LAG_CAP
+) -> StreamStats:
+    """The stream's length and, for each consumer group, its lag (counted up to `lag_cap`
+    where Redis does not report it), pending and consumers."""
     try:
         info: Any = await redis.xinfo_stream(stream)
     except ResponseError as exc:
@@ -113,7 +120,7 @@ async def stream_stats(redis: Redis, stream: str, now_ms: int) -> StreamStats:
         stream=stream,
         length=int(info["length"]),
         last_id=None if last == "0-0" else last,
-        groups=[await _group(redis, stream, g, info, now_ms) for g in groups],
+        groups=[await _group(redis, stream, g, info, now_ms, lag_cap) for g in groups],
     )
 
 
