@@ -158,8 +158,6 @@ class Acks:
     async def _batch(self, acks: Sequence[tuple[Streams, _Ack]]) -> list[bool]:
         script = load_script("ack_sent")
         calls = [streams.ack_call(ack) for streams, ack in acks]
-        if len(calls) == 1:
-            return [bool(await script.run(self._redis, *calls[0]))]
         # After NOSCRIPT the whole pipeline runs again. An entry already acknowledged answers
         # 0; only an e-mail sent just now would be reported a second time, which the order
         # service ignores (a sent order stays as it was).

@@ -377,11 +377,7 @@ class ReceiptsConsumer:
             if mine:
                 keys = [on.receipts, *_finished_dedupe_keys(mine, on)]
                 calls.append((keys, [RECEIPTS_GROUP, *(sid for sid, _f in mine)]))
-        script = load_script("settle_receipts")
-        if len(calls) == 1:
-            await script.run(self._redis, *calls[0])
-        else:
-            await script.run_many(self._redis, calls)
+        await load_script("settle_receipts").run_many(self._redis, calls)
 
     async def _apply_one_by_one(self, receipts: list[Receipt]) -> None:
         for receipt in receipts:

@@ -55,7 +55,9 @@ class Script:
         the script is loaded and the whole pipeline runs again: the script must be idempotent
         (all of ours are), since calls before the failure may already have run.
         `errors_as_replies`: a call's error is its reply (an exception instance) instead of
-        failing the lot, so the others' replies are not lost."""
+        failing the lot, so the others' replies are not lost. One call goes without a pipeline."""
+        if len(calls) == 1 and not errors_as_replies:
+            return [await self.run(redis, *calls[0])]
 
         async def run_pipeline() -> list[Any]:
             async with redis.pipeline(transaction=False) as pipe:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,23 +18,9 @@ from acme_orders.events import stream_fields
 from acme_runtime.channels import shard, shards
 from acme_runtime.ids import uuid7
 from acme_runtime.lua import load_script
-from acme_runtime.redis_client import open_redis
 from tests.redis_cluster import LocalRedisCluster
 
 SHARDS = 8
-
-
-@pytest.fixture
-async def cluster(redis_cluster: LocalRedisCluster) -> AsyncIterator[Redis]:
-    """A client of the product's kind on the cluster, emptied before the test."""
-    for node in redis_cluster.masters():
-        with node.client() as client:
-            client.flushall()
-    client = open_redis(redis_cluster.seed_url, socket_timeout=10)
-    try:
-        yield client
-    finally:
-        await client.aclose()
 
 
 def publish_calls(count: int) -> list[tuple[list[str], list[Any]]]:

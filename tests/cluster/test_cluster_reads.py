@@ -7,30 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
 
-import pytest
 from redis.asyncio import Redis
 
 from acme_notify.streams import RawEntry, Streams
 from acme_runtime.channels import shard
-from acme_runtime.redis_client import is_cluster, open_redis
 from tests.harness import eventually
 from tests.integration.test_sharded_reads import backlog, has, run_consumer, stopped
-from tests.redis_cluster import LocalRedisCluster
-
-
-@pytest.fixture
-async def cluster(redis_cluster: LocalRedisCluster) -> AsyncIterator[Redis]:
-    for node in redis_cluster.masters():
-        with node.client() as client:
-            client.flushall()
-    client = open_redis(redis_cluster.seed_url, socket_timeout=10)
-    try:
-        assert is_cluster(client)
-        yield client
-    finally:
-        await client.aclose()
 
 
 async def test_a_backlog_on_one_shard_takes_every_slot_but_one_per_idle_shard(
