@@ -8,10 +8,10 @@
 -- ARGV[8] the retention floor: the id '<now - retention ms>-0'
 --
 -- Only one replica reaps a shard per round: the lock is SET NX PX and left to expire (its
--- owner may go again before it does), so the replicas that lose it pay one call. The winner lists the exhausted entries (pending,
--- delivered `max deliveries` times or more, idle `min idle` ms, not held: a held entry waits
--- for its recipient's window, it is not failing); the caller dead-letters each through
--- dead_letter.lua, which checks all of that again. Trimming removes entries below every
+-- owner may go again before it does), so the replicas that lose it pay one call. The winner
+-- lists the exhausted entries (pending, delivered `max deliveries` times or more, idle
+-- `min idle` ms, not held: a held entry waits for its recipient's window, it is not failing);
+-- the caller dead-letters each through dead_letter.lua, which checks all of that again. Trimming removes entries below every
 -- group's last-delivered id and every group's oldest pending entry, older than the retention:
 -- never a pending or undelivered one. A stream without our group yet is not trimmed at all
 -- ("below every group" with no group of ours would drop every entry unread).
